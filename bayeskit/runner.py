@@ -1,0 +1,319 @@
+"""The one loop every engine and every ``fit()`` runs through.
+
+An engine supplies the math as a functional core (``init`` and ``step`` over
+a small state of tensors); :class:`Engine.run` adds the bookkeeping once for
+all of them: seeding, a progress bar, the per-step trace, callbacks,
+non-finite detection that names the step and the site, and checkpoints that
+resume to exactly the result of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bayeskit.posterior import Posterior
+from bayeskit.target import Target
+
+CHECKPOINT_FORMAT = "bayeskit-checkpoint/1"
+
+__all__ = ["Engine", "NonFiniteError", "progress_enabled", "versions"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A run produced NaN or inf.
+
+    Attributes
+    ----------
+    step : int
+        The first step (1-based) whose state was not finite.
+    sites : list[str]
+        The sites whose values, scores or log densities were not finite.
+    posterior : Posterior or None
+        The posterior built from the last finite state.
+    """
+
+    def __init__(self, message, *, step, sites, posterior):
+        super().__init__(message)
+        self.step, self.sites, self.posterior = step, sites, posterior
+
+
+def progress_enabled(progress: bool) -> bool:
+    """Progress bars are on unless turned off or running under CI."""
+    return bool(progress) and not os.environ.get("CI")
+
+
+def versions() -> dict[str, str]:
+    import pyro
+
+    from bayeskit import __version__
+
+    return {"bayeskit": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
+            "python": platform.python_version()}
+
+
+class _Trace:
+    """Per-step diagnostics kept on the device and stacked at the end (no host sync per step)."""
+
+    def __init__(self, initial: dict[str, torch.Tensor] | None = None):
+        self.columns: dict[str, list[torch.Tensor]] = {
+            name: list(values.unbind(0)) for name, values in (initial or {}).items()}
+
+    def append(self, info: dict[str, torch.Tensor]) -> None:
+        for name, value in info.items():
+            self.columns.setdefault(name, []).append(torch.as_tensor(value).detach())
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        return {name: torch.stack(values) for name, values in self.columns.items() if values}
+
+
+class Engine:
+    """Base class: binds hyperparameters and runs the shared loop.
+
+    Subclasses implement the functional core and the conversions:
+
+    - ``init_state(target, generator) -> State``
+    - ``step(state, target) -> (State, info)`` where ``info`` maps names to
+      0-d tensors recorded in ``Posterior.trace``; ``info["finite"]`` (bool)
+      says whether the new state is finite.
+    - ``state_dict(state) -> dict`` and ``load_state(target, dict) -> State``
+      (tensors and plain Python values only: checkpoints load with
+      ``torch.load(weights_only=True)``).
+    - ``to_posterior(state, target, trace, meta) -> Posterior``
+    - ``finite_values(state, target) -> (z, score)`` used to name culprit sites.
+    - ``settings() -> dict`` of JSON-serialisable hyperparameters.
+    """
+
+    #: Shown on the progress bar and stored in ``meta["engine"]``.
+    name = "engine"
+
+    def __init__(self, model_or_target):
+        if not (isinstance(model_or_target, Target) or callable(model_or_target)):
+            raise TypeError("the first argument must be a Pyro model (a callable) or a bayeskit.Target, "
+                            f"got {type(model_or_target).__name__}")
+        self.model_or_target = model_or_target
+
+    # ------------------------------------------------------------ to implement
+    def init_state(self, target, generator):
+        raise NotImplementedError
+
+    def step(self, state, target):
+        raise NotImplementedError
+
+    def state_dict(self, state) -> dict:
+        raise NotImplementedError
+
+    def load_state(self, target, saved: dict):
+        raise NotImplementedError
+
+    def to_posterior(self, state, target, trace, meta) -> Posterior:
+        raise NotImplementedError
+
+    def finite_values(self, state, target):
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {}
+
+    # ------------------------------------------------------------------ target
+    def target(self, *model_args, **model_kwargs) -> Target:
+        """The Target this engine runs on, built from the model and its arguments."""
+        if isinstance(self.model_or_target, Target):
+            if model_args or model_kwargs:
+                raise TypeError("model arguments were given, but the engine was built on a Target, "
+                                "which is already conditioned on its data")
+            return self.model_or_target
+        return Target.from_pyro(self.model_or_target, *model_args, **model_kwargs)
+
+    # ---------------------------------------------------------------------- run
+    def run(self, *model_args, num_steps: int = 1000, seed: int | None = None, progress: bool = True,
+            callback: Callable[[int, Any, dict], bool | None] | None = None,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
+            resume: bool = False, **model_kwargs) -> Posterior:
+        """Run the engine and return a :class:`~bayeskit.Posterior`.
+
+        Parameters
+        ----------
+        *model_args, **model_kwargs
+            Passed to the model (not when the engine was built on a Target).
+        num_steps : int
+            Total number of steps (a resumed run continues up to this count).
+        seed : int, optional
+            Seeds every random draw of the run (initial points, minibatches).
+            The same seed gives bit-identical results on CPU. ``None`` draws a
+            seed, recorded in ``meta["seed"]``. The caller's global RNG state
+            is left untouched.
+        progress : bool
+            Show a tqdm progress bar (never under ``CI``).
+        callback : callable, optional
+            ``callback(step, state, info)``; return True to stop early.
+        checkpoint : path, optional
+            File to save the state to every ``checkpoint_every`` steps and at
+            the end. With ``resume=True`` and an existing file, the run
+            continues from it and ends exactly as an uninterrupted run would.
+        """
+        _check_run_arguments(num_steps, seed, checkpoint_every)
+        target = self.target(*model_args, **model_kwargs)
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()))
+        devices = [target.device] if target.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            saved = _load_checkpoint(checkpoint, self.name) if resume else None
+            if saved is None:
+                state = self.init_state(target, torch.Generator().manual_seed(seed))
+                start, trace, elapsed = 0, _Trace(), 0.0
+            else:
+                if saved["seed"] != seed:
+                    raise ValueError(f"checkpoint {checkpoint} was written with seed {saved['seed']}, "
+                                     f"but this run has seed {seed}; pass seed={saved['seed']} to resume")
+                state = self.load_state(target, saved["state"])
+                start, trace, elapsed = saved["step"], _Trace(saved["trace"]), saved["wall_time_s"]
+                _set_rng_states(saved["rng"], devices)
+            return self._loop(target, state, start, trace, elapsed, num_steps=num_steps, seed=seed,
+                              progress=progress, callback=callback, checkpoint=checkpoint,
+                              checkpoint_every=checkpoint_every, devices=devices)
+
+    def _loop(self, target, state, start, trace, elapsed, *, num_steps, seed, progress, callback,
+              checkpoint, checkpoint_every, devices):
+        from tqdm.auto import tqdm
+
+        # On CPU a finiteness check costs nothing; on a GPU it is a host sync,
+        # so check in windows and keep the last state known to be finite.
+        window = 1 if target.device.type == "cpu" else 50
+        last_good, last_good_step = _clone(self.state_dict(state)), start
+        bar = tqdm(total=num_steps, initial=start, desc=self.name, disable=not progress_enabled(progress),
+                   dynamic_ncols=True, leave=False)
+        began, step = time.perf_counter(), start
+        try:
+            for step in range(start + 1, num_steps + 1):
+                try:
+                    state, info = self.step(state, target)
+                except (ValueError, RuntimeError) as error:
+                    # Say where it broke: errors from inside the model or torch name no step.
+                    error.args = (f"{self.name} step {step}: {error.args[0] if error.args else error}",
+                                  *error.args[1:])
+                    raise
+                trace.append(info)
+                if step % window == 0 or step == num_steps:
+                    self._check_finite(trace, state, target, last_good, last_good_step, step,
+                                       meta=lambda: self._meta(target, seed, step, num_steps, elapsed, began))
+                    last_good, last_good_step = _clone(self.state_dict(state)), step
+                if bar.disable is False and (step % 10 == 0 or step == num_steps):
+                    bar.set_postfix(_postfix(info), refresh=False)
+                bar.update(1)
+                if checkpoint is not None and (step % checkpoint_every == 0 or step == num_steps):
+                    _save_checkpoint(checkpoint, self.name, seed, step, self.state_dict(state), trace,
+                                     elapsed + time.perf_counter() - began, devices)
+                if callback is not None and callback(step, state, info):
+                    break
+        finally:
+            bar.close()
+        meta = self._meta(target, seed, step, num_steps, elapsed, began)
+        return self.to_posterior(state, target, trace.stacked(), meta)
+
+    def _check_finite(self, trace, state, target, last_good, last_good_step, step, meta):
+        flags = trace.columns.get("finite")
+        if flags is None:
+            return
+        window = torch.stack(flags[last_good_step:])  # entry i of the trace is step i + 1
+        if bool(window.all()):
+            return
+        first_bad = last_good_step + 1 + int((~window).nonzero()[0])
+        z, score = self.finite_values(state, target)
+        sites = target.nonfinite_sites(z, score)
+        good_state = self.load_state(target, last_good)
+        posterior = self.to_posterior(good_state, target, _Trace({k: torch.stack(v[:last_good_step])
+                                                                   for k, v in trace.columns.items()}).stacked(),
+                                      {**meta(), "steps_completed": last_good_step, "stopped": "non-finite"})
+        where = f"site(s) {', '.join(repr(s) for s in sites)}" if sites else "the log density"
+        raise NonFiniteError(
+            f"{self.name}: non-finite values at step {first_bad} in {where}. Lower the step size, "
+            "check the model's supports and priors, or start from other points. The posterior of the "
+            f"last finite state (step {last_good_step}) is on this error's .posterior.",
+            step=first_bad, sites=sites, posterior=posterior)
+
+    def _meta(self, target, seed, step, num_steps, elapsed, began) -> dict:
+        return {
+            "engine": self.name,
+            "settings": self.settings(),
+            "seed": seed,
+            "num_steps": num_steps,
+            "steps_completed": step,
+            "wall_time_s": elapsed + time.perf_counter() - began,
+            "device": str(target.device),
+            "dtype": str(target.dtype).replace("torch.", ""),
+            "target": target.description,
+            "versions": versions(),
+        }
+
+
+def _check_run_arguments(num_steps, seed, checkpoint_every):
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+
+
+def _clone(obj):
+    """Deep copy of the tensors in a state dict (engines update tensors in place)."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def _postfix(info):
+    return {k: f"{float(v):.3g}" for k, v in info.items() if k != "finite" and torch.as_tensor(v).numel() == 1}
+
+
+def _rng_states(devices):
+    states = {"cpu": torch.get_rng_state()}
+    for device in devices:
+        states[str(device)] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states, devices):
+    torch.set_rng_state(states["cpu"])
+    for device in devices:
+        if str(device) in states:
+            torch.cuda.set_rng_state(states[str(device)], device)
+
+
+def _save_checkpoint(path, engine, seed, step, state, trace, wall_time, devices):
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "engine": engine, "seed": seed, "step": step,
+               "state": state, "trace": trace.stacked(), "rng": _rng_states(devices),
+               "wall_time_s": wall_time}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path, engine):
+    if path is None:
+        raise ValueError("resume=True needs checkpoint=PATH")
+    path = Path(path)
+    if not path.exists():
+        return None  # nothing to resume from: start fresh and write it
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a bayeskit checkpoint ({type(error).__name__})") from error
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a bayeskit checkpoint")
+    if saved["engine"] != engine:
+        raise ValueError(f"{path} is a checkpoint of {saved['engine']}, not {engine}")
+    return saved

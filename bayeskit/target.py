@@ -1,0 +1,344 @@
+"""The log density every gradient-based engine consumes.
+
+A :class:`Target` is a batched log density on a flat, unconstrained vector
+``z`` of length :attr:`Target.dim`.  Each latent site of the model owns a
+slice of ``z``; :meth:`Target.constrain` maps ``z`` back to the model's own
+support with ``torch.distributions.biject_to(site.support)``.  The density
+includes the log-Jacobian of that map, so that
+
+.. math::
+
+    \\log \\tilde p(z) = \\log p\\big(T(z), y\\big) + \\log\\lvert\\det J_T(z)\\rvert
+
+is the density of the unconstrained variable, exactly as Pyro's and NumPyro's
+``potential_fn`` define it (with the opposite sign).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import Transform
+
+__all__ = ["Site", "Target"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One latent site of a target.
+
+    Attributes
+    ----------
+    name : str
+        The site's name in the model.
+    shape : torch.Size
+        Shape of one draw in constrained space (the model's batch + event shape).
+    unconstrained_shape : torch.Size
+        Shape of the site's block of ``z`` before flattening (differs from
+        ``shape`` for e.g. the simplex, whose unconstrained form has K - 1 entries).
+    constraint : torch.distributions.constraints.Constraint
+        The support of the site.
+    transform : Transform or None
+        Map from unconstrained to constrained space; ``None`` when the target
+        brings its own ``constrain_fn`` (the NumPyro bridge).
+    slice : slice
+        Position of the site's block in the flat vector ``z``.
+    """
+
+    name: str
+    shape: torch.Size
+    unconstrained_shape: torch.Size
+    constraint: constraints.Constraint
+    transform: Transform | None
+    slice: slice
+
+    @property
+    def numel(self) -> int:
+        return self.slice.stop - self.slice.start
+
+
+def build_sites(specs: Mapping[str, tuple[torch.Size, constraints.Constraint]]) -> dict[str, Site]:
+    """Lay out sites in a flat vector, in the order given.
+
+    ``specs`` maps a name to ``(constrained shape, support)``.  The
+    unconstrained shape comes from ``biject_to(support)``.
+    """
+    sites, offset = {}, 0
+    for name, (shape, support) in specs.items():
+        shape = torch.Size(shape)
+        transform = biject_to(support)
+        unconstrained_shape = torch.Size(transform.inverse_shape(shape))
+        size = math.prod(unconstrained_shape)
+        sites[name] = Site(name, shape, unconstrained_shape, support, transform,
+                           slice(offset, offset + size))
+        offset += size
+    return sites
+
+
+def flat_batch(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
+    """Flatten ``z`` of shape ``(..., dim)`` to ``(N, dim)``; return it and the batch shape."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() == 0 or z.shape[-1] != dim:
+        raise ValueError(f"z must have shape (..., {dim}), got {tuple(z.shape)}")
+    return z.reshape(-1, dim), z.shape[:-1]
+
+
+class Target:
+    """A batched log density on a flat unconstrained vector.
+
+    Build one with :meth:`from_pyro`, :meth:`from_numpyro` or
+    :meth:`from_log_prob`; the constructor is for those builders and for
+    advanced users who bring all pieces themselves.
+
+    Parameters
+    ----------
+    sites : dict[str, Site]
+        Latent sites, laid out contiguously (see :func:`build_sites`).
+    log_prob_fn : callable
+        ``(N, dim) -> (N,)`` log density in unconstrained space, differentiable
+        with torch autograd.
+    log_prob_and_score_fn : callable, optional
+        ``(N, dim) -> ((N,), (N, dim))``; used instead of autograd when given.
+    init_fn : callable, optional
+        ``(n, generator) -> (n, dim)`` initial points in unconstrained space
+        (prior draws for model-based targets).
+    constrain_fn : callable, optional
+        ``(N, dim) -> dict[name, (N, *shape)]``; defaults to the sites' transforms.
+    pointwise_log_likelihood_fn : callable, optional
+        ``(N, dim) -> dict[name, (N, *obs_batch_shape)]``.
+    observed_data : dict[str, Tensor], optional
+        Observed values, exported with posteriors.
+    site_log_prob_fn : callable, optional
+        ``(N, dim) -> dict[name, (N,)]`` per-site contributions, used to name
+        the culprit when the density is not finite.
+    dtype, device :
+        Dtype and device of ``z``.
+    description : str
+        Short text for ``meta`` and error messages.
+    """
+
+    def __init__(self, sites, log_prob_fn, *, log_prob_and_score_fn=None, init_fn=None,
+                 constrain_fn=None, pointwise_log_likelihood_fn=None, observed_data=None,
+                 site_log_prob_fn=None, dtype=None, device=None, description="target"):
+        if not sites:
+            raise ValueError("a Target needs at least one latent site")
+        self.sites: dict[str, Site] = dict(sites)
+        self.dim = max(site.slice.stop for site in self.sites.values())
+        self.dtype = dtype or torch.get_default_dtype()
+        self.device = torch.device(device or "cpu")
+        self.observed_data = dict(observed_data or {})
+        self.description = description
+        self._log_prob_fn = log_prob_fn
+        self._log_prob_and_score_fn = log_prob_and_score_fn
+        self._init_fn = init_fn
+        self._constrain_fn = constrain_fn
+        self._pointwise_log_likelihood_fn = pointwise_log_likelihood_fn
+        self._site_log_prob_fn = site_log_prob_fn
+
+    def __repr__(self):
+        names = ", ".join(f"{s.name}{tuple(s.shape)}" for s in self.sites.values())
+        return f"Target({self.description}; dim={self.dim}; sites: {names})"
+
+    # ------------------------------------------------------------------ density
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Log density of ``z`` of shape ``(..., dim)``; returns shape ``(...)``.
+
+        Differentiable with torch autograd.
+        """
+        flat, batch_shape = flat_batch(z, self.dim)
+        return self._log_prob_fn(flat).reshape(batch_shape)
+
+    def log_prob_and_score(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log density and its gradient ``∇_z log p(z)`` for all points at once.
+
+        Returns detached tensors of shapes ``(...)`` and ``(..., dim)``.
+        """
+        flat, batch_shape = flat_batch(z, self.dim)
+        if self._log_prob_and_score_fn is not None:
+            lp, score = self._log_prob_and_score_fn(flat)
+        else:
+            lp, score = self._autograd_score(flat)
+        return lp.reshape(batch_shape), score.reshape(*batch_shape, self.dim)
+
+    def _autograd_score(self, flat):
+        with torch.enable_grad():
+            leaf = flat.detach().requires_grad_(True)
+            lp = self._log_prob_fn(leaf)
+            # Points are independent, so the gradient of the sum is the
+            # per-point gradient; one backward pass serves all of them.
+            (score,) = torch.autograd.grad(lp.sum(), leaf)
+        return lp.detach(), score
+
+    # --------------------------------------------------------------- transforms
+    def constrain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map ``z`` of shape ``(..., dim)`` to ``{site: (..., *site.shape)}``."""
+        flat, batch_shape = flat_batch(z, self.dim)
+        if self._constrain_fn is not None:
+            values = self._constrain_fn(flat)
+        else:
+            values = {name: site.transform(self.site_block(flat, site))
+                      for name, site in self.sites.items()}
+        return {name: v.reshape(*batch_shape, *self.sites[name].shape) for name, v in values.items()}
+
+    def unconstrain(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`constrain` for targets whose sites carry transforms."""
+        missing = set(self.sites) - set(values)
+        if missing:
+            raise ValueError(f"unconstrain needs a value for every site; missing {sorted(missing)}")
+        blocks, batch_shape = [], None
+        for name, site in self.sites.items():
+            if site.transform is None:
+                raise ValueError(f"site {name!r} has no transform; this target cannot unconstrain")
+            value = torch.as_tensor(values[name], dtype=self.dtype, device=self.device)
+            lead = value.shape[: value.dim() - len(site.shape)]
+            if value.shape[len(lead):] != site.shape:
+                raise ValueError(f"site {name!r}: expected trailing shape {tuple(site.shape)}, "
+                                 f"got {tuple(value.shape)}")
+            batch_shape = lead if batch_shape is None else batch_shape
+            blocks.append(site.transform.inv(value).reshape(*lead, -1))
+        return torch.cat(blocks, dim=-1).reshape(*batch_shape, self.dim)
+
+    @staticmethod
+    def site_block(flat: torch.Tensor, site: Site) -> torch.Tensor:
+        """The site's unconstrained block of ``flat`` (N, dim), shaped ``(N, *unconstrained_shape)``."""
+        return flat[:, site.slice].reshape(flat.shape[0], *site.unconstrained_shape)
+
+    # ------------------------------------------------------------------- extras
+    def init(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` initial points of shape ``(n, dim)`` (prior draws where the target has a prior).
+
+        Without a prior, points are drawn uniformly in ``[-2, 2]^dim``, like
+        Pyro's ``init_to_uniform``.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if self._init_fn is not None:
+            return self._init_fn(n, generator).to(dtype=self.dtype, device=self.device)
+        u = torch.rand(n, self.dim, generator=generator, dtype=self.dtype)
+        return (4 * u - 2).to(self.device)
+
+    def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """``{observed site: (..., *obs_batch_shape)}``, or None when the target cannot tell."""
+        if self._pointwise_log_likelihood_fn is None:
+            return None
+        flat, batch_shape = flat_batch(z, self.dim)
+        with torch.no_grad():
+            values = self._pointwise_log_likelihood_fn(flat)
+        if values is None:
+            return None
+        return {name: v.reshape(*batch_shape, *v.shape[1:]) for name, v in values.items()}
+
+    def nonfinite_sites(self, z: torch.Tensor, score: torch.Tensor | None = None) -> list[str]:
+        """Names of the sites whose value, constrained value, score or log density is not finite."""
+        flat, _ = flat_batch(z.detach(), self.dim)
+        bad = {name for name, site in self.sites.items()
+               if not torch.isfinite(flat[:, site.slice]).all()}
+        if score is not None:
+            flat_score, _ = flat_batch(score.detach(), self.dim)
+            bad |= {name for name, site in self.sites.items()
+                    if not torch.isfinite(flat_score[:, site.slice]).all()}
+        finite_rows = torch.isfinite(flat).all(-1)
+        if not bad and finite_rows.any():
+            with torch.no_grad():
+                rows = flat[finite_rows]
+                bad |= self._sites_off_support(rows)
+                if not bad:
+                    bad |= self._sites_with_nonfinite_density(rows)
+        order = list(self.sites) + sorted(set(bad) - set(self.sites))
+        return [name for name in order if name in bad]
+
+    def _sites_off_support(self, rows):
+        """Sites whose constrained value is not finite or left its support (e.g. exp underflow to 0)."""
+        bad = set()
+        for name, value in self.constrain(rows).items():
+            inside = self.sites[name].constraint.check(value)
+            if not torch.isfinite(value).all() or not torch.as_tensor(inside).all():
+                bad.add(name)
+        return bad
+
+    def _sites_with_nonfinite_density(self, rows):
+        if self._site_log_prob_fn is None:
+            return set()
+        try:
+            terms = self._site_log_prob_fn(rows)
+        except (ValueError, RuntimeError):  # e.g. distribution validation refusing a parameter
+            return set()
+        return {name for name, lp in terms.items() if torch.isnan(lp).any() or (lp == math.inf).any()}
+
+    # ------------------------------------------------------------- constructors
+    @classmethod
+    def from_log_prob(cls, fn: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
+                      name: str = "theta", support: constraints.Constraint = constraints.real,
+                      dtype: torch.dtype | None = None, device=None) -> Target:
+        """Wrap a batched log density ``fn(x)`` with ``x`` of shape ``(..., dim)``.
+
+        ``fn`` receives points in the constrained space of ``support`` (real by
+        default) and must return shape ``(...)``; the log-Jacobian of
+        ``biject_to(support)`` is added so that engines work on ``R^dim``.
+        """
+        if not callable(fn):
+            raise TypeError("fn must be callable: (..., dim) tensor -> (...) log density")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        sites = build_sites({name: (torch.Size([dim]), support)})
+        site = sites[name]
+        if site.unconstrained_shape != site.shape:
+            raise ValueError(f"support {support} changes the dimension; pass dim as the constrained size "
+                             "and use a Pyro model for such sites")
+
+        def log_prob_fn(z):
+            x = site.transform(z)
+            lp = fn(x)
+            if lp.shape != z.shape[:-1]:
+                raise ValueError(f"fn must map (N, {dim}) to (N,), got {tuple(lp.shape)}; "
+                                 "write it batched over leading dimensions")
+            ldj = site.transform.log_abs_det_jacobian(z, x)
+            return lp + ldj.reshape(z.shape[0], -1).sum(-1)
+
+        return cls(sites, log_prob_fn, dtype=dtype, device=device, description="log_prob function",
+                   site_log_prob_fn=lambda z: {name: log_prob_fn(z)})
+
+    @classmethod
+    def from_pyro(cls, model: Callable, *args, vectorize: bool | str = "auto", **kwargs) -> Target:
+        """Build the target of a Pyro model conditioned on ``*args, **kwargs``.
+
+        All points are evaluated in one model call by wrapping the model in an
+        outer ``pyro.plate`` over points, left of every plate the model uses
+        (the way ``pyro.infer.SVGD`` vectorises particles).  With
+        ``vectorize="auto"`` this is checked once against per-point calls; a
+        model that does not broadcast falls back, with a warning, to one call
+        per point.  Subsampling plates (``pyro.plate(..., subsample_size=B)``)
+        give an unbiased stochastic density at each call, the same minibatch
+        for all points.
+
+        Raises ``ValueError`` naming the site for discrete latent sites and for
+        non-finite observed values.  ``vectorize`` is reserved here and is not
+        passed to the model.
+        """
+        from bayeskit._pyro_target import pyro_target
+
+        return pyro_target(cls, model, args, kwargs, vectorize)
+
+    @classmethod
+    def from_numpyro(cls, model: Callable, *args, **kwargs) -> Target:
+        """Build the target of a NumPyro model; JAX evaluates the potential.
+
+        Needs the ``jax`` extra.  Arrays cross between torch and JAX by DLPack.
+        """
+        from bayeskit._numpyro_target import numpyro_target
+
+        return numpyro_target(cls, model, args, kwargs)
+
+
+def warn_fallback(reason: str) -> None:
+    warnings.warn(
+        "the model could not be evaluated for all points in one vectorised call "
+        f"({reason}); falling back to one model call per point, which is slower. "
+        "Write the model so that latent values broadcast over extra leading dimensions "
+        "to get the fast path.", stacklevel=4)

@@ -1,0 +1,26 @@
+import os
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+# Statistical tests run with small sizes in CI; BAYESKIT_FULL=1 runs the full sizes by hand.
+FULL = os.environ.get("BAYESKIT_FULL") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def float64():
+    """Run a test in float64 and restore the default dtype afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

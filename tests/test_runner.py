@@ -1,0 +1,105 @@
+"""The shared runner: checkpoints, callbacks, non-finite detection, errors with their step."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from bayeskit import NonFiniteError, Target
+from bayeskit.inference import SVGD
+
+
+def minibatch_model(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", len(y), subsample_size=16) as index:
+        pyro.sample("y", dist.Normal((x[index] * w).sum(-1), 1.0), obs=y[index])
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 2, generator=g)
+    return x, x @ torch.tensor([1.0, -1.0]) + torch.randn(100, generator=g)
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    # minibatches come from the global RNG, so this also checks that its state is restored
+    x, y = data()
+    engine = SVGD(minibatch_model, num_particles=10)
+    straight = engine.run(x, y, num_steps=30, seed=3, progress=False)
+    path = tmp_path / "svgd.ckpt"
+    engine.run(x, y, num_steps=12, seed=3, progress=False, checkpoint=path, checkpoint_every=5)
+    resumed = engine.run(x, y, num_steps=30, seed=3, progress=False, checkpoint=path, resume=True)
+    assert torch.equal(resumed.samples["w"], straight.samples["w"])
+    assert torch.equal(resumed.trace["phi_norm"], straight.trace["phi_norm"])
+    assert resumed.meta["steps_completed"] == 30
+
+
+def test_resume_refuses_another_seed_and_foreign_files(tmp_path):
+    x, y = data()
+    engine = SVGD(minibatch_model, num_particles=4)
+    path = tmp_path / "svgd.ckpt"
+    engine.run(x, y, num_steps=3, seed=1, progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match="seed=1"):
+        engine.run(x, y, num_steps=6, seed=2, progress=False, checkpoint=path, resume=True)
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(ValueError, match="not a bayeskit checkpoint"):
+        engine.run(x, y, num_steps=6, seed=1, progress=False, checkpoint=other, resume=True)
+
+
+def test_callback_sees_every_step_and_can_stop_the_run():
+    x, y = data()
+    seen = []
+
+    def stop_at_seven(step, state, info):
+        seen.append(step)
+        return step == 7
+
+    post = SVGD(minibatch_model, num_particles=4).run(x, y, num_steps=50, seed=0, progress=False,
+                                                      callback=stop_at_seven)
+    assert seen == list(range(1, 8))
+    assert post.meta["steps_completed"] == 7 and post.trace["phi_norm"].shape == (7,)
+
+
+def test_non_finite_values_stop_the_run_naming_step_and_site():
+    # log density x for x < 3 and NaN beyond: particles climb until they cross 3
+    def climbing(x):
+        return torch.where(x < 3, x, torch.full_like(x, float("nan"))).sum(-1)
+
+    target = Target.from_log_prob(climbing, 1, name="height")
+    with pytest.raises(NonFiniteError, match=r"step \d+ in site\(s\) 'height'") as caught:
+        SVGD(target, num_particles=5, optimizer="sgd", lr=0.5).run(num_steps=100, seed=0, progress=False)
+    error = caught.value
+    assert error.sites == ["height"] and 1 < error.step < 100
+    assert error.posterior.meta["steps_completed"] == error.step - 1
+    assert torch.isfinite(error.posterior.samples["height"]).all()
+    assert error.posterior.trace["phi_norm"].shape == (error.step - 1,)
+
+
+def test_errors_from_inside_the_model_say_which_step():
+    def refuses_large_values(x):
+        if (x > 3).any():
+            raise ValueError("x left the region the model allows")
+        return x.sum(-1)
+
+    target = Target.from_log_prob(refuses_large_values, 1)
+    with pytest.raises(ValueError, match=r"SVGD step \d+: x left the region"):
+        SVGD(target, num_particles=4, optimizer="sgd", lr=0.5).run(num_steps=50, seed=0, progress=False)
+
+
+def test_progress_bar_is_off_under_ci(monkeypatch, capsys):
+    from bayeskit.runner import progress_enabled
+
+    monkeypatch.setenv("CI", "true")
+    assert not progress_enabled(True)
+    monkeypatch.delenv("CI")
+    assert progress_enabled(True) and not progress_enabled(False)
+
+
+def test_run_leaves_the_callers_rng_alone():
+    x, y = data()
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    SVGD(minibatch_model, num_particles=4).run(x, y, num_steps=3, seed=0, progress=False)
+    assert torch.equal(torch.rand(2), expected)
