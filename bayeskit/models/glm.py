@@ -6,7 +6,21 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["logistic_regression"]
+__all__ = ["logistic_regression", "linear_predictor"]
+
+
+def linear_predictor(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``x @ beta`` for coefficients that may carry particle dimensions, as one matmul.
+
+    ``beta`` is ``(p,)`` in a plain model run; under bayeskit's (or Pyro's)
+    particle plate it is ``(n, 1, p)``, the 1 being the data plate's slot.
+    Either way the particles stack into an ``(n, p)`` matrix and one GEMM gives
+    ``(B,)`` or ``(n, B)``, without the ``(n, B, p)`` intermediate that
+    ``(x * beta).sum(-1)`` would build.
+    """
+    lead = beta.shape[:-2]
+    rows = beta.reshape(-1, beta.shape[-1])  # one row per particle: a single GEMM
+    return (rows @ x.T).reshape(*lead, x.shape[0])
 
 
 def logistic_regression(x: torch.Tensor, y: torch.Tensor | None = None, *, prior_scale: float = 1.0,
@@ -28,8 +42,6 @@ def logistic_regression(x: torch.Tensor, y: torch.Tensor | None = None, *, prior
     beta = pyro.sample("beta", dist.Normal(torch.zeros(num_features, dtype=x.dtype, device=x.device),
                                            scale).to_event(1))
     with pyro.plate("data", num_data, subsample_size=subsample_size, device=x.device) as index:
-        # Latent values broadcast over leading dims: with particles, beta is
-        # (n, 1, p) and alpha (n, 1) against x[index] (B, p).
-        logits = alpha + (x[index] * beta).sum(-1)
+        logits = alpha + linear_predictor(x[index], beta)
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=None if y is None else y[index])
     return logits

@@ -1,0 +1,52 @@
+"""The `bayeskit` command as a user runs it."""
+
+import subprocess
+import sys
+
+import torch
+
+import bayeskit
+from bayeskit.cli import held_out_metrics, main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "bayeskit.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={"CI": "true", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"bayeskit {bayeskit.__version__}"
+
+
+def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    for name in ("svgd_posterior.nc", "svgd_forest.png", "svgd_alpha.png", "svgd_trace.png"):
+        assert (out / name).stat().st_size > 0, name
+    saved = bayeskit.load(out / "svgd_posterior.nc")
+    assert saved.meta["engine"] == "SVGD" and saved.samples["beta"].shape[-1] == 30
+    result = run_cli("summary", str(out / "svgd_posterior.nc"))
+    assert result.returncode == 0, result.stderr
+    assert "alpha" in result.stdout and "beta[" in result.stdout
+
+
+def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):
+    junk = tmp_path / "junk.nc"
+    junk.write_text("not netcdf")
+    result = run_cli("summary", str(junk))
+    assert result.returncode == 2
+    assert "not a bayeskit posterior" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_held_out_metrics_by_hand():
+    class Stub:
+        samples = {"alpha": torch.tensor([[0.0, 1.0]]), "beta": torch.tensor([[[1.0], [-1.0]]])}
+        weights = torch.tensor([[0.5, 0.5]])
+
+    x, y = torch.tensor([[2.0], [-2.0]]), torch.tensor([1.0, 0.0])
+    accuracy, lpd = held_out_metrics(Stub(), x, y)
+    p = torch.sigmoid(torch.tensor([[2.0, -2.0], [-1.0, 3.0]]))  # (draws, points)
+    like = torch.stack([p[:, 0], 1 - p[:, 1]], dim=1)
+    assert abs(lpd - like.mean(0).log().mean().item()) < 1e-6
+    assert accuracy == float((((p.mean(0) > 0.5).float()) == y).float().mean())
