@@ -147,8 +147,14 @@ def rhat(samples, method="rank"):
     return torch.as_tensor(array_stats.rhat(_chain_draw_array(samples), chain_axis=0, draw_axis=1, method=method))
 
 
-def ess(samples, method="bulk"):
-    """Effective sample size (``bulk`` or ``tail``, Vehtari et al. 2021) of ``(chain, draw, ...)`` draws."""
+def ess(samples, method="bulk", prob=None):
+    """Effective sample size (``bulk`` or ``tail``, Vehtari et al. 2021) of ``(chain, draw, ...)`` draws.
+
+    ``tail`` uses the 5% and 95% quantiles unless ``prob`` says otherwise.
+    """
     from arviz_stats.base import array_stats
 
-    return torch.as_tensor(array_stats.ess(_chain_draw_array(samples), chain_axis=0, draw_axis=1, method=method))
+    if method == "tail" and prob is None:
+        prob = (0.05, 0.95)
+    return torch.as_tensor(array_stats.ess(_chain_draw_array(samples), chain_axis=0, draw_axis=1,
+                                           method=method, prob=prob))
