@@ -229,8 +229,8 @@ class Engine:
         z, score = self.finite_values(state, target)
         sites = target.nonfinite_sites(z, score)
         good_state = self.load_state(target, last_good)
-        posterior = self.to_posterior(good_state, target, _Trace({k: torch.stack(v[:last_good_step])
-                                                                   for k, v in trace.columns.items()}).stacked(),
+        good_trace = {k: torch.stack(v[:last_good_step]) for k, v in trace.columns.items() if last_good_step}
+        posterior = self.to_posterior(good_state, target, good_trace,
                                       {**meta(), "steps_completed": last_good_step, "stopped": "non-finite"})
         where = f"site(s) {', '.join(repr(s) for s in sites)}" if sites else "the log density"
         raise NonFiniteError(

@@ -17,7 +17,6 @@ is the density of the unconstrained variable, exactly as Pyro's and NumPyro's
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -170,10 +169,12 @@ class Target:
         with torch.enable_grad():
             leaf = flat.detach().requires_grad_(True)
             lp = self._log_prob_fn(leaf)
+            if not lp.requires_grad:  # a density that does not depend on z
+                return lp.detach(), torch.zeros_like(flat)
             # Points are independent, so the gradient of the sum is the
             # per-point gradient; one backward pass serves all of them.
-            (score,) = torch.autograd.grad(lp.sum(), leaf)
-        return lp.detach(), score
+            (score,) = torch.autograd.grad(lp.sum(), leaf, allow_unused=True)
+        return lp.detach(), torch.zeros_like(flat) if score is None else score
 
     # --------------------------------------------------------------- transforms
     def constrain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -335,10 +336,3 @@ class Target:
 
         return numpyro_target(cls, model, args, kwargs)
 
-
-def warn_fallback(reason: str) -> None:
-    warnings.warn(
-        "the model could not be evaluated for all points in one vectorised call "
-        f"({reason}); falling back to one model call per point, which is slower. "
-        "Write the model so that latent values broadcast over extra leading dimensions "
-        "to get the fast path.", stacklevel=4)

@@ -103,3 +103,10 @@ def test_run_leaves_the_callers_rng_alone():
     torch.manual_seed(5)
     SVGD(minibatch_model, num_particles=4).run(x, y, num_steps=3, seed=0, progress=False)
     assert torch.equal(torch.rand(2), expected)
+
+
+def test_non_finite_start_is_reported_at_step_one():
+    target = Target.from_log_prob(lambda x: torch.full(x.shape[:-1], float("nan")), 2, name="w")
+    with pytest.raises(NonFiniteError, match="step 1 in site") as caught:
+        SVGD(target, num_particles=3).run(num_steps=10, seed=0, progress=False)
+    assert caught.value.posterior.meta["steps_completed"] == 0 and caught.value.posterior.trace == {}

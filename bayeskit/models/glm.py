@@ -42,6 +42,7 @@ def logistic_regression(x: torch.Tensor, y: torch.Tensor | None = None, *, prior
     beta = pyro.sample("beta", dist.Normal(torch.zeros(num_features, dtype=x.dtype, device=x.device),
                                            scale).to_event(1))
     with pyro.plate("data", num_data, subsample_size=subsample_size, device=x.device) as index:
-        logits = alpha + linear_predictor(x[index], beta)
+        rows = x if subsample_size is None else x[index]  # no copy of x without minibatching
+        logits = alpha + linear_predictor(rows, beta)
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=None if y is None else y[index])
     return logits

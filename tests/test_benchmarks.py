@@ -1,0 +1,33 @@
+"""The benchmark scripts run (quick mode), and bayeskit's answer agrees with NUTS there."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numpyro")
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+def test_svgd_benchmark_quick_mode(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "svgd_vs_peers.py"), "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, env={"CI": "true", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "svgd_vs_peers_quick.json").read_text())
+    rows = {row["library"]: row for row in report["results"]}
+    assert set(report["versions"]) >= {"pyro", "numpyro", "jax", "torch", "bayeskit"}
+    # 100 particles after 30 steps: posterior means within half a NUTS sd
+    assert rows["bayeskit SVGD"]["mean_error_max_sd"] < 0.5
+    assert all(row["seconds_per_step"] > 0 for row in rows.values())
+
+
+def test_benchmark_module_imports():
+    spec = importlib.util.spec_from_file_location("svgd_vs_peers", BENCHMARKS / "svgd_vs_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x, y = module.make_data(50, 3)
+    assert x.shape == (50, 3) and set(y.tolist()) <= {0.0, 1.0}
