@@ -183,11 +183,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--particles", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per library (median reported)")
     parser.add_argument("--quick", action="store_true", help="2,000 rows, 30 steps, short NUTS")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows, args.steps = 2000, 30
+        args.rows, args.steps, args.repeats = 2000, 30, 1
     warmup, samples = (200, 200) if args.quick else (1000, 2000)
 
     x, y = make_data(args.rows, args.features)
@@ -198,13 +199,24 @@ def main(argv=None):
             ("Pyro SVGD (univariate, its default)",
              lambda: run_pyro(x, y, args.steps, args.lr, args.particles, "univariate")),
             ("NumPyro einstein SVGD (jit)", lambda: run_numpyro(x, y, args.steps, args.lr, args.particles))]
-    rows = []
-    for name, run in runs:
+    # Round-robin repeats, median per library: this machine's speed drifts by tens of
+    # percent over minutes, and interleaving spreads the drift over all libraries alike.
+    for _, run in runs:
         run()  # warm-up: first-call allocations and lazy imports are not the library's per-step cost
-        theta, per_step, setup = run()
-        rows.append({"library": name, "seconds_per_step": per_step, "setup_seconds": setup,
+    timings = {name: [] for name, _ in runs}
+    last = {}
+    for _ in range(args.repeats):
+        for name, run in runs:
+            theta, per_step, setup = run()
+            timings[name].append(per_step)
+            last[name] = (theta, setup)
+    rows = []
+    for name, _ in runs:
+        theta, setup = last[name]
+        rows.append({"library": name, "seconds_per_step": float(np.median(timings[name])),
+                     "seconds_per_step_repeats": timings[name], "setup_seconds": setup,
                      **errors(theta, reference)})
-        print(f"{name}: {per_step * 1e3:.2f} ms/step", flush=True)
+        print(f"{name}: {rows[-1]['seconds_per_step'] * 1e3:.2f} ms/step (median of {args.repeats})", flush=True)
     settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "nuts_warmup": warmup, "nuts_samples": samples, "nuts_seconds": nuts_seconds,
                 "kernel": "rbf, median heuristic", "optimizer": "Adagrad", "dtype": "float32"}
     report = {"settings": settings, "versions": versions(), "results": rows}

@@ -1,4 +1,4 @@
-"""Diagnostics against closed forms, scipy, autograd and ArviZ."""
+"""Diagnostics against closed forms, scipy, torch autograd, NumPy by hand and ArviZ's definitions."""
 
 import math
 
@@ -9,96 +9,192 @@ from scipy import stats
 
 from bayeskit import diagnostics
 
+F64 = torch.float64
 
-def stein_kernel_by_autograd(x, score_fn, c=1.0, beta=-0.5):
-    """k_p(x_i, x_j) built from torch autograd of the IMQ kernel: an independent reference."""
+
+# ------------------------------------------------------------------------------ KSD
+def imq(a, b, c, beta, lengthscale):
+    return (c ** 2 + ((a - b) ** 2).sum() / lengthscale ** 2) ** beta
+
+
+def stein_matrix_by_autograd(x, score_fn, c=1.0, beta=-0.5, lengthscale=1.0):
+    """k_p(x_i, x_j) from autograd derivatives of the IMQ kernel: a reference that shares no algebra."""
     n, d = x.shape
     out = torch.zeros(n, n, dtype=x.dtype)
     for i in range(n):
         for j in range(n):
             a = x[i].clone().requires_grad_(True)
             b = x[j].clone().requires_grad_(True)
-            k = (c**2 + ((a - b) ** 2).sum()) ** beta
+            k = imq(a, b, c, beta, lengthscale)
             grad_a, grad_b = torch.autograd.grad(k, (a, b), create_graph=True)
             trace = sum(torch.autograd.grad(grad_a[m], b, retain_graph=True)[0][m] for m in range(d))
-            out[i, j] = (k * score_fn(a) @ score_fn(b) + score_fn(a) @ grad_b + score_fn(b) @ grad_a
-                         + trace).detach()
+            sa, sb = score_fn(a), score_fn(b)
+            out[i, j] = (k * sa @ sb + sa @ grad_b + sb @ grad_a + trace).detach()
     return out
 
 
-def test_ksd_matches_an_autograd_stein_kernel(float64):
-    x = torch.randn(6, 3)
-
-    def score(v):
-        return -(v - 0.5)
-
-    weights = torch.rand(6)
-    weights /= weights.sum()
-    reference = stein_kernel_by_autograd(x, score)
-    expected = (weights @ reference @ weights).sqrt()
-    got = diagnostics.kernel_stein_discrepancy(x, score(x), weights=weights)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-
-
-def test_ksd_separates_good_from_bad_samples_and_shrinks_with_n(float64):
+@pytest.mark.parametrize("c, beta, lengthscale", [(1.0, -0.5, 1.0), (0.7, -0.3, 1.8)])
+def test_ksd_matches_a_stein_kernel_built_by_autograd(c, beta, lengthscale):
     g = torch.Generator().manual_seed(0)
-    exact_small = torch.randn(200, 2, generator=g)
-    exact_large = torch.randn(2000, 2, generator=g)
-    shifted = exact_small + 0.5
+    x = torch.randn(7, 3, generator=g, dtype=F64)
+    precision = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.1], [0.0, 0.1, 0.5]], dtype=F64)
+
+    def score(v):  # N(0.5, precision^-1)
+        return -(v - 0.5) @ precision
+
+    weights = torch.rand(7, generator=g, dtype=F64)
+    weights /= weights.sum()
+    reference = stein_matrix_by_autograd(x, score, c, beta, lengthscale)
+    expected = (weights @ reference @ weights).sqrt()
+    got = diagnostics.kernel_stein_discrepancy(x, score(x), weights=weights, c=c, beta=beta,
+                                               lengthscale=lengthscale)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    uniform = torch.full((7,), 1 / 7, dtype=F64)
+    torch.testing.assert_close(diagnostics.kernel_stein_discrepancy(x, score(x), c=c, beta=beta,
+                                                                    lengthscale=lengthscale),
+                               (uniform @ reference @ uniform).sqrt(), rtol=1e-10, atol=1e-12)
+
+
+def test_ksd_blocks_and_batches_agree_with_one_pass(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 2, generator=g, dtype=F64)
+    weights = torch.rand(3, 40, generator=g, dtype=F64)
+    whole = diagnostics.kernel_stein_discrepancy(x, -x, weights=weights)
+    single = torch.stack([diagnostics.kernel_stein_discrepancy(x[i], -x[i], weights=weights[i]) for i in range(3)])
+    torch.testing.assert_close(whole, single, rtol=1e-12, atol=1e-14)
+    monkeypatch.setattr(diagnostics, "PAIRWISE_BLOCK_ELEMENTS", 100)  # many small row blocks
+    torch.testing.assert_close(diagnostics.kernel_stein_discrepancy(x, -x, weights=weights), whole,
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_ksd_separates_exact_from_shifted_draws_and_shrinks_with_n():
+    g = torch.Generator().manual_seed(0)
     ksd = diagnostics.kernel_stein_discrepancy
-    good, bad = ksd(exact_small, -exact_small), ksd(shifted, -shifted)
-    assert bad > 3 * good
-    assert ksd(exact_large, -exact_large) < good
+    small = torch.randn(200, 2, generator=g, dtype=F64)
+    large = torch.randn(3000, 2, generator=g, dtype=F64)
+    shifted = small + 0.5
+    good = ksd(small, -small)  # true score of N(0, I) is -x
+    assert ksd(shifted, -shifted) > 3 * good
+    assert ksd(large, -large) < good
+    # for exact draws the V-statistic is O(1/n): KSD ~ n^-1/2 (up to the diagonal term)
+    assert float(ksd(large, -large)) < 0.6 * float(good)
 
 
-def test_ksd_is_batched_over_leading_dims(float64):
-    x = torch.randn(3, 10, 2)
-    batched = diagnostics.kernel_stein_discrepancy(x, -x)
-    single = torch.stack([diagnostics.kernel_stein_discrepancy(x[i], -x[i]) for i in range(3)])
-    torch.testing.assert_close(batched, single)
+def test_ksd_rejects_bad_input():
+    x = torch.randn(5, 2, dtype=F64)
+    with pytest.raises(ValueError, match="score must have the shape"):
+        diagnostics.kernel_stein_discrepancy(x, x[:4])
+    with pytest.raises(ValueError, match="beta"):
+        diagnostics.kernel_stein_discrepancy(x, -x, beta=0.5)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        diagnostics.kernel_stein_discrepancy(x, -x, weights=torch.ones(4))
+    with pytest.raises(ValueError, match="weights must be finite and non-negative"):
+        diagnostics.kernel_stein_discrepancy(x, -x, weights=-torch.ones(5))
 
 
-def test_energy_distance_matches_scipy(float64):
+# -------------------------------------------------------------------------- energy
+def test_energy_distance_is_the_square_of_scipys_in_one_dimension():
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=80), rng.normal(0.7, 1.5, size=120)
     wu, wv = rng.random(80), rng.random(120)
-    # scipy returns sqrt(2 E|X-Y| - E|X-X'| - E|Y-Y'|) for 1-D samples
-    expected = stats.energy_distance(u, v, wu, wv) ** 2
+    # scipy: sqrt(2) * ||F - G||_2 = sqrt(2 E|X-Y| - E|X-X'| - E|Y-Y'|) in 1-D
     got = diagnostics.energy_distance(torch.from_numpy(u), torch.from_numpy(v),
                                       weights_x=torch.from_numpy(wu), weights_y=torch.from_numpy(wv))
-    assert float(got) == pytest.approx(expected, rel=1e-10)
-    assert float(diagnostics.energy_distance(torch.from_numpy(u), torch.from_numpy(u))) == pytest.approx(0, abs=1e-12)
+    assert float(got) == pytest.approx(stats.energy_distance(u, v, wu, wv) ** 2, rel=1e-10)
+    unweighted = diagnostics.energy_distance(torch.from_numpy(u)[:, None], torch.from_numpy(v)[:, None])
+    assert float(unweighted) == pytest.approx(stats.energy_distance(u, v) ** 2, rel=1e-10)
+    assert float(diagnostics.energy_distance(torch.from_numpy(u), torch.from_numpy(u))) == 0.0
 
 
-def test_weighted_ess_by_hand():
-    log_weights = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)) + 7.0
-    w = np.array([0.1, 0.2, 0.3, 0.4])
-    assert float(diagnostics.weighted_ess(log_weights)) == pytest.approx(w.sum() ** 2 / (w**2).sum())
-    assert float(diagnostics.weighted_ess(torch.zeros(50))) == pytest.approx(50)
-    assert float(diagnostics.weighted_ess(torch.tensor([0.0, -1e4, -1e4]))) == pytest.approx(1)
+def test_energy_distance_in_several_dimensions_by_hand():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 3)), rng.normal(0.3, 1.0, size=(45, 3))
+    wx = rng.random(30)
+    wx /= wx.sum()
+    wy = np.full(45, 1 / 45)
+
+    def mean_norm(a, b, wa, wb):
+        return wa @ np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1) @ wb
+
+    expected = 2 * mean_norm(x, y, wx, wy) - mean_norm(x, x, wx, wx) - mean_norm(y, y, wy, wy)
+    got = diagnostics.energy_distance(torch.from_numpy(x), torch.from_numpy(y), weights_x=torch.from_numpy(wx))
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="same dimension"):
+        diagnostics.energy_distance(torch.from_numpy(x), torch.from_numpy(y[:, :2]))
 
 
-def test_iad_matches_total_variation_of_two_normals(float64):
-    g = torch.Generator().manual_seed(0)
-    mu = 1.0
-    x = torch.randn(20000, 1, generator=g)
-    y = torch.randn(20000, 1, generator=g) + mu
-    exact = 2 * stats.norm.cdf(mu / 2) - 1  # total variation between N(0, 1) and N(mu, 1)
-    assert diagnostics.integrated_absolute_distance(x, y) == pytest.approx(exact, abs=0.02)
-    assert diagnostics.integrated_absolute_distance(x, x) == pytest.approx(0, abs=1e-12)
+# ----------------------------------------------------------------------- weighted ESS
+def test_weighted_ess_equal_dominating_and_by_hand():
+    assert float(diagnostics.weighted_ess(torch.zeros(50, dtype=F64))) == pytest.approx(50, rel=1e-14)
+    dominated = torch.tensor([0.0, -30.0, -30.0, -30.0], dtype=F64)
+    assert float(diagnostics.weighted_ess(dominated)) == pytest.approx(1, abs=1e-10)
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(size=(3, 20)) * 2 + 700.0  # exp(700 + ...) overflows in float64 if done naively
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    expected = w.sum(1) ** 2 / (w ** 2).sum(1)
+    np.testing.assert_allclose(diagnostics.weighted_ess(torch.from_numpy(log_w)).numpy(), expected, rtol=1e-12)
+    all_w = np.exp(log_w - log_w.max())
+    assert float(diagnostics.weighted_ess(torch.from_numpy(log_w), dim=None)) == pytest.approx(
+        all_w.sum() ** 2 / (all_w ** 2).sum(), rel=1e-12)
+    with_zero = torch.tensor([0.0, 0.0, -math.inf], dtype=F64)  # a zero weight is not a draw
+    assert float(diagnostics.weighted_ess(with_zero)) == pytest.approx(2, rel=1e-14)
 
 
+# ------------------------------------------------------------------------ r_hat, ESS
 def test_rhat_and_ess_flag_mixing():
     g = torch.Generator().manual_seed(0)
-    mixed = torch.randn(4, 500, generator=g)
-    stuck = mixed + torch.arange(4.0)[:, None]
-    assert float(diagnostics.rhat(mixed)) < 1.01
-    assert float(diagnostics.rhat(stuck)) > 1.1
-    assert 1500 < float(diagnostics.ess(mixed)) < 2500
-    ar1 = torch.zeros(4, 500)
-    noise = torch.randn(4, 500, generator=g)
-    for t in range(1, 500):
+    mixed = torch.randn(4, 500, 2, generator=g, dtype=F64)
+    stuck = mixed + torch.arange(4.0, dtype=F64)[:, None, None]
+    assert diagnostics.rhat(mixed).shape == (2,)
+    assert (diagnostics.rhat(mixed) < 1.01).all()
+    assert (diagnostics.rhat(stuck) > 1.1).all()
+    bulk = diagnostics.ess(mixed)
+    assert ((bulk > 1500) & (bulk < 2600)).all()  # i.i.d.: about chain * draw = 2000
+    assert torch.isfinite(diagnostics.ess(mixed, method="tail")).all()
+    ar1 = torch.zeros(4, 1000, dtype=F64)
+    noise = torch.randn(4, 1000, generator=g, dtype=F64)
+    for t in range(1, 1000):
         ar1[:, t] = 0.9 * ar1[:, t - 1] + noise[:, t]
-    # AR(1) with phi = 0.9: ESS ~ n (1 - phi) / (1 + phi) = 2000 / 19
-    assert float(diagnostics.ess(ar1)) == pytest.approx(2000 * 0.1 / 1.9, rel=0.5)
-    assert math.isfinite(float(diagnostics.ess(ar1, method="tail")))
+    # AR(1) with phi = 0.9: ESS of the mean ~ N (1 - phi) / (1 + phi)
+    assert float(diagnostics.ess(ar1, method="mean")) == pytest.approx(4000 * 0.1 / 1.9, rel=0.35)
+
+
+def test_rhat_and_ess_are_arviz_values():
+    from arviz_stats.base import array_stats
+
+    rng = np.random.default_rng(3)
+    draws = rng.normal(size=(3, 200))
+    assert float(diagnostics.rhat(torch.from_numpy(draws))) == array_stats.rhat(draws, chain_axis=0, draw_axis=1)
+    assert float(diagnostics.ess(torch.from_numpy(draws), method="tail")) == array_stats.ess(
+        draws, chain_axis=0, draw_axis=1, method="tail", prob=(0.05, 0.95))
+    with pytest.raises(ValueError, match="chain, draw"):
+        diagnostics.rhat(torch.zeros(10))
+
+
+# ----------------------------------------------------------------------------- IAD
+def test_iad_matches_total_variation_of_two_normals():
+    g = torch.Generator().manual_seed(0)
+    mu = 1.0
+    x = torch.randn(20000, 1, generator=g, dtype=F64)
+    y = torch.randn(20000, 1, generator=g, dtype=F64) + mu
+    exact = 2 * stats.norm.cdf(mu / 2) - 1  # TV(N(0, 1), N(mu, 1)) = (1/2) int |f - g|
+    assert float(diagnostics.integrated_absolute_distance(x, y)) == pytest.approx(exact, abs=0.02)
+    assert float(diagnostics.integrated_absolute_distance(x, y, bandwidth="scott")) == pytest.approx(exact, abs=0.02)
+    assert float(diagnostics.integrated_absolute_distance(x, x)) == 0.0
+
+
+def test_iad_averages_the_marginals():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20000, 2, generator=g, dtype=F64)
+    y = torch.randn(20000, 2, generator=g, dtype=F64) + torch.tensor([2.0, 0.0], dtype=F64)
+    exact = (2 * stats.norm.cdf(1.0) - 1 + 0.0) / 2  # shifted marginal, identical marginal
+    assert float(diagnostics.integrated_absolute_distance(x, y)) == pytest.approx(exact, abs=0.02)
+    far = diagnostics.integrated_absolute_distance(x[:, :1], x[:, :1] + 50.0, bandwidth=0.2)
+    assert float(far) == pytest.approx(1.0, abs=1e-6)  # disjoint densities: TV is one
+
+
+def test_iad_rejects_a_sample_without_spread():
+    with pytest.raises(ValueError, match="no spread"):
+        diagnostics.integrated_absolute_distance(torch.zeros(10), torch.randn(10))
+    with pytest.raises(ValueError, match="bandwidth"):
+        diagnostics.integrated_absolute_distance(torch.randn(10), torch.randn(10), bandwidth="wide")
