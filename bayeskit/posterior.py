@@ -357,7 +357,11 @@ class Posterior:
         Unweighted draws go through ``arviz_stats.summary`` (89% ETI as in
         ArviZ, full precision: no rounding). With a single chain its ``r_hat``
         column, which ArviZ fills with NaN without warning, is dropped rather
-        than shown.
+        than shown. Particle posteriors (``meta["sample_kind"] ==
+        "particles"``, as the Stein engines write) get the statistics only
+        (``mean``, ``sd``, interval): their draws are a deterministic,
+        interacting set, not a Markov chain, so ESS, MCSE and R-hat computed
+        along them would mean nothing.
 
         Weighted draws are never summarised as if unweighted. With weights
         :math:`w_i` normalised over all chains and draws,
@@ -395,7 +399,8 @@ class Posterior:
             return self._weighted_summary(var_names, float(ci_prob))
         from arviz_stats import summary
 
-        table = summary(self._posterior_tree(var_names), ci_prob=ci_prob, ci_kind="eti", round_to=None)
+        kind = "stats" if self.meta.get("sample_kind") == "particles" else "all"
+        table = summary(self._posterior_tree(var_names), kind=kind, ci_prob=ci_prob, ci_kind="eti", round_to=None)
         if self.num_chains == 1:
             table = table.drop(columns="r_hat", errors="ignore")
         return table
@@ -599,7 +604,8 @@ def weighted_quantile(values, weights, probs):
     ``p`` interpolates linearly between these points and is clamped to the
     sample's range outside :math:`[P_1, P_n]`. With equal weights this is
     Hazen's rule (Hyndman and Fan, 1996, definition 5), numpy's
-    ``method="hazen"``. Zero weights contribute nothing.
+    ``method="hazen"``. Zero weights contribute nothing; a NaN value of
+    positive weight makes every quantile NaN, as in ``np.quantile``.
 
     Parameters
     ----------
@@ -615,6 +621,8 @@ def weighted_quantile(values, weights, probs):
     values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
     keep = weights > 0  # a zero-weight draw is not part of the distribution
     values, weights = values[keep], weights[keep]
+    if np.isnan(values).any():  # as np.quantile: no ordering, no quantile
+        return [math.nan for _ in probs]
     order = np.argsort(values, kind="stable")
     values, weights = values[order], weights[order] / weights.sum()
     midpoints = np.cumsum(weights) - 0.5 * weights

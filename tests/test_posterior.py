@@ -170,6 +170,15 @@ def test_one_chain_summary_drops_the_meaningless_r_hat():
     assert table.loc["mu", "mean"] == pytest.approx(float(draws.mean()), rel=1e-12)
 
 
+def test_particle_summary_shows_statistics_only():
+    particles = torch.randn(2, 30, 3, dtype=torch.float64)
+    table = Posterior({"z": particles}, meta={"sample_kind": "particles"}).summary(ci_prob=0.5)
+    assert list(table.columns) == ["mean", "sd", "eti50_lb", "eti50_ub"]  # no ESS/R-hat along particles
+    np.testing.assert_allclose(table["mean"].values, particles.mean((0, 1)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(table["eti50_ub"].values, np.quantile(particles.reshape(60, 3).numpy(), 0.75, axis=0),
+                               rtol=1e-12)
+
+
 def test_weighted_summary_equals_a_numpy_hand_computation():
     g = torch.Generator().manual_seed(1)
     draws = torch.randn(3, 400, 2, generator=g, dtype=torch.float64) * 2 + 1
@@ -205,6 +214,7 @@ def test_weighted_quantile_by_hand_and_hazen_with_equal_weights():
     np.testing.assert_allclose(weighted_quantile(x, np.ones(101), probs), np.quantile(x, probs, method="hazen"),
                                rtol=0, atol=1e-13)
     assert weighted_quantile([0.0, 5.0, 1.0], [1.0, 0.0, 1.0], [0.5]) == [0.5]  # zero weight: not a draw
+    assert np.isnan(weighted_quantile([0.0, np.nan], [1.0, 1.0], [0.5])).all()  # as np.quantile
 
 
 def test_weights_change_the_summary_and_zero_weights_vanish():
@@ -241,14 +251,14 @@ def test_resample_keeps_the_weighted_mean_and_is_systematic():
     weighted_mean = float((post.weights * draws).sum())
     assert float(resampled.samples["x"].mean()) == pytest.approx(weighted_mean, abs=0.01)
     assert weighted_mean == pytest.approx(1.0, abs=0.1)
-    # systematic resampling: draw i appears floor(K w_i) or ceil(K w_i) times
-    _, index = torch.unique(draws.reshape(-1), return_inverse=True)
-    picked = torch.searchsorted(torch.sort(draws.reshape(-1)).values, resampled.samples["x"].reshape(-1))
-    counts = torch.bincount(picked, minlength=4000).double()
-    expected = (4000 * post.weights.reshape(-1))[torch.sort(draws.reshape(-1)).indices]
+    # systematic resampling: draw i appears floor(K w_i) or ceil(K w_i) times (draws are distinct values)
+    sorted_draws, order = torch.sort(draws.reshape(-1))
+    counts = torch.bincount(torch.searchsorted(sorted_draws, resampled.samples["x"].reshape(-1)), minlength=4000)
+    expected = (4000 * post.weights.reshape(-1))[order]
     assert ((counts >= expected.floor()) & (counts <= expected.ceil())).all()
     torch.testing.assert_close(resampled.sample_stats["lp"], -resampled.samples["x"] ** 2)  # stats follow
-    assert torch.equal(post.resample(num_draws=10, seed=3).samples["x"], post.resample(num_draws=10, seed=3).samples["x"])
+    first, again = post.resample(num_draws=10, seed=3), post.resample(num_draws=10, seed=3)
+    assert torch.equal(first.samples["x"], again.samples["x"])  # the seed fixes the result
     assert resampled.meta["resampled"]["method"] == "systematic"
 
 
@@ -313,3 +323,20 @@ def test_inputs_are_stored_detached_on_the_cpu_with_their_dtype():
     post = Posterior({"a": leaf * 2, "b": np.ones((2, 3), dtype=np.float32)[:, ::-1]})
     assert not post.samples["a"].requires_grad and post.samples["a"].dtype == torch.float64
     assert post.samples["b"].dtype == torch.float32 and post.samples["b"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("suffix, writer", [(".nc", "to_netcdf"), (".zarr", "to_zarr")])
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch, suffix, writer):
+    path = full_posterior().save(tmp_path / f"post{suffix}")
+    original = getattr(xr.DataTree, writer)
+
+    def write_half_then_fail(tree, target, *args, **kwargs):
+        original(tree, target, *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xr.DataTree, writer, write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        Posterior({"other": torch.zeros(1, 3)}).save(path)
+    monkeypatch.undo()
+    assert_identical(full_posterior(), load(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"post{suffix}"]
