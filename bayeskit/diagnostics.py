@@ -163,6 +163,16 @@ def kernel_stein_discrepancy(x, score, *, weights=None, c=1.0, beta=-0.5, length
 
 
 # ------------------------------------------------------------------- energy distance
+def _two_samples(x, y):
+    """``x`` and ``y`` as ``(n, d)`` and ``(m, d)`` points on one device, with the same ``d``."""
+    x, y = _as_points(x, "x"), _as_points(y, "y")
+    if y.device != x.device:
+        raise ValueError(f"y is on {y.device}, but x is on {x.device}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension d, got {x.shape[1]} and {y.shape[1]}")
+    return x, y
+
+
 def _mean_distance(a, b, wa, wb):
     """``sum_ij wa_i wb_j |a_i - b_j|``, block by block."""
     total = torch.zeros((), dtype=a.dtype, device=a.device)
@@ -198,13 +208,8 @@ def energy_distance(x, y, *, weights_x=None, weights_y=None):
     Tensor
         0-d, on ``x``'s device.
     """
-    x = _as_points(x, "x")
-    y = _as_points(y, "y")
-    if y.device != x.device:
-        raise ValueError(f"y is on {y.device}, but x is on {x.device}")
+    x, y = _two_samples(x, y)
     y = y.to(x.dtype)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension d, got {x.shape[1]} and {y.shape[1]}")
     wx = _normalised_weights(weights_x, x.shape[:1], x, "weights_x")
     wy = _normalised_weights(weights_y, y.shape[:1], x, "weights_y")
     return 2 * _mean_distance(x, y, wx, wy) - _mean_distance(x, x, wx, wx) - _mean_distance(y, y, wy, wy)
@@ -346,12 +351,7 @@ def integrated_absolute_distance(x, y, *, bandwidth=None, grid_size=2048):
     Tensor
         0-d, on ``x``'s device.
     """
-    x = _as_points(x, "x")
-    y = _as_points(y, "y")
-    if y.device != x.device:
-        raise ValueError(f"y is on {y.device}, but x is on {x.device}")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension d, got {x.shape[1]} and {y.shape[1]}")
+    x, y = _two_samples(x, y)
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 16:
         raise ValueError(f"grid_size must be an integer >= 16, got {grid_size!r}")
     # float64 where the device has it: the two densities are subtracted
