@@ -59,7 +59,8 @@ print(log_prob.shape, score.shape)
 
 # %% [markdown]
 # ## SVGD
-# 100 particles (two independent sets, so that r_hat compares them), the RBF
+# 100 particles in two independent sets of 50 (their spread tells how much a
+# run's result depends on its start), the RBF
 # kernel with the median-heuristic bandwidth and Adagrad. `seed` makes the
 # run bit-for-bit reproducible on CPU.
 
@@ -72,7 +73,8 @@ print(post)
 
 # %% [markdown]
 # ## Reading the result
-# `summary()` is ArviZ's table. The per-step trace records what the engine
+# `summary()` is ArviZ's table (for particles: mean, sd and interval; ESS
+# along particles would mean nothing). The per-step trace records what the engine
 # did: the mean log density should plateau and the update size shrink.
 
 # %%
