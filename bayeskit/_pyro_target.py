@@ -9,7 +9,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from bayeskit.target import build_sites
+from bayeskit.target import Target, build_sites
 
 PARTICLE_PLATE = "_bayeskit_points"
 
@@ -75,8 +75,7 @@ class PyroDensity:
         return model
 
     def constrained_values(self, flat):
-        return {name: site.transform(flat[:, site.slice].reshape(flat.shape[0], *site.unconstrained_shape))
-                for name, site in self.sites.items()}
+        return {name: site.transform(Target.site_block(flat, site)) for name, site in self.sites.items()}
 
     def _pad(self, name, value):
         """(N, *shape) -> (N, 1, ..., 1, *shape) so that N sits at the points plate's dim."""
@@ -141,8 +140,7 @@ class PyroDensity:
                     out.setdefault(name, []).append(lp)
         out = {name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in out.items()}
         for name, site in self.sites.items():
-            u = flat[:, site.slice].reshape(n, *site.unconstrained_shape)
-            ldj = site.transform.log_abs_det_jacobian(u, values[name])
+            ldj = site.transform.log_abs_det_jacobian(Target.site_block(flat, site), values[name])
             out[name] = out[name] + ldj.reshape(n, -1).sum(-1)
         return out
 
@@ -260,8 +258,7 @@ def pyro_target(cls, model, args, kwargs, vectorize):
 
     target = cls(
         sites, density.log_prob,
-        init_fn=lambda n, generator: density.prior_draws(n, generator),
-        constrain_fn=density.constrained_values,
+        init_fn=density.prior_draws,
         pointwise_log_likelihood_fn=pointwise,
         observed_data={name: site["value"].detach() for name, site in observed.items()},
         site_log_prob_fn=density.site_log_probs,

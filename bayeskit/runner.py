@@ -88,6 +88,7 @@ class Engine:
     - ``to_posterior(state, target, trace, meta) -> Posterior``
     - ``finite_values(state, target) -> (z, score)`` used to name culprit sites.
     - ``settings() -> dict`` of JSON-serialisable hyperparameters.
+    - optionally ``snapshot(state) -> dict``, a cheap copy for recovery.
     """
 
     #: Shown on the progress bar and stored in ``meta["engine"]``.
@@ -120,6 +121,14 @@ class Engine:
 
     def settings(self) -> dict:
         return {}
+
+    def snapshot(self, state) -> dict:
+        """A copy of the state that later steps cannot change, kept to recover from non-finite values.
+
+        The default deep-copies ``state_dict``; an engine whose state holds a
+        large append-only buffer (kept draws) can share it instead.
+        """
+        return _clone(self.state_dict(state))
 
     # ------------------------------------------------------------------ target
     def target(self, *model_args, **model_kwargs) -> Target:
@@ -187,7 +196,7 @@ class Engine:
         # On CPU a finiteness check costs nothing; on a GPU it is a host sync,
         # so check in windows and keep the last state known to be finite.
         window = 1 if target.device.type == "cpu" else 50
-        last_good, last_good_step = _clone(self.state_dict(state)), start
+        last_good, last_good_step = self.snapshot(state), start
         bar = tqdm(total=num_steps, initial=start, desc=self.name, disable=not progress_enabled(progress),
                    dynamic_ncols=True, leave=False)
         began, step = time.perf_counter(), start
@@ -204,7 +213,7 @@ class Engine:
                 if step % window == 0 or step == num_steps:
                     self._check_finite(trace, state, target, last_good, last_good_step, step,
                                        meta=lambda: self._meta(target, seed, step, num_steps, elapsed, began))
-                    last_good, last_good_step = _clone(self.state_dict(state)), step
+                    last_good, last_good_step = self.snapshot(state), step
                 if bar.disable is False and (step % 10 == 0 or step == num_steps):
                     bar.set_postfix(_postfix(info), refresh=False)
                 bar.update(1)

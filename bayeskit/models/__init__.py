@@ -1,5 +1,6 @@
 """Model families: ordinary Pyro models and PyroModules that every engine can take."""
 
+from bayeskit.models.bnn import bayesian_mlp
 from bayeskit.models.glm import logistic_regression
 
-__all__ = ["logistic_regression"]
+__all__ = ["logistic_regression", "bayesian_mlp"]

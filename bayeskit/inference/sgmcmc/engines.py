@@ -1,0 +1,288 @@
+"""SG-MCMC engines: SGLD, pSGLD, SGHMC and SGNHT on a Pyro model or a Target.
+
+Each engine runs ``num_chains`` chains in one batched step (one model call
+scores all chains on the same minibatch), follows a step-size schedule
+(constant, polynomial decay or cyclical), discards ``num_warmup`` steps,
+keeps every ``thin``-th state and returns a :class:`~bayeskit.Posterior`
+with draws shaped ``(chain, draw, ...)``, so ArviZ's r_hat and ESS apply.
+
+Minibatches come from the model: write ``pyro.plate("data", N,
+subsample_size=B)`` and each step sees a fresh minibatch, scaled by
+``N / B``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bayeskit.inference.sgmcmc.kernels import (PSGLDKernel, SGHMCKernel, SGLDKernel, SGMCMCState, SGNHTKernel,
+                                               _positive)
+from bayeskit.inference.sgmcmc.schedules import make_schedule
+from bayeskit.posterior import Posterior
+from bayeskit.runner import Engine
+
+__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "SGNHT", "SGMCMCRun"]
+
+#: Full-data pointwise log-likelihoods are exported up to this many numbers (chains x draws x rows).
+MAX_LOG_LIKELIHOOD_SIZE = 50_000_000
+
+
+@dataclass
+class SGMCMCRun:
+    """An engine's state: the kernel state, the draws kept so far and the step count.
+
+    ``draws`` is ``(chains, num_draws, dim)`` in unconstrained space, filled
+    up to ``num_collected``; ``draw_log_prob`` the stochastic log density
+    seen at each kept draw.
+    """
+
+    kernel_state: SGMCMCState
+    draws: torch.Tensor
+    draw_log_prob: torch.Tensor
+    num_collected: int
+    step: int
+
+
+def _positive_int(name, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class SGMCMC(Engine):
+    """Base class of the SG-MCMC engines; subclasses choose the kernel.
+
+    Parameters
+    ----------
+    model_or_target : callable or Target
+        A Pyro model (use ``pyro.plate(..., subsample_size=B)`` for
+        minibatches) or a :class:`~bayeskit.Target`.
+    step_size : float
+        The base step size ``epsilon`` (see each engine for its meaning).
+    num_samples : int
+        Draws kept per chain.
+    num_warmup : int
+        Steps discarded first (burn-in).
+    num_chains : int
+        Chains advanced together in one batched step (default 4, so that
+        r_hat is defined).
+    thin : int
+        Keep every ``thin``-th state after warm-up.
+    schedule : str or schedule object
+        ``"constant"`` (default), ``"polynomial"``, ``"cyclical"``, or an
+        instance of :mod:`bayeskit.inference.sgmcmc.schedules`.
+    temperature : float
+        Sample ``p(theta | x)^(1/T)``; 1 is the posterior.
+    init : Tensor, optional
+        Starting points, unconstrained, ``(num_chains, dim)`` or ``(dim,)``;
+        prior draws by default.
+    dims, coords : dict, optional
+        Dimension names and labels for the exported posterior.
+    """
+
+    name = "SG-MCMC"
+
+    def __init__(self, model_or_target, *, step_size, num_samples=1000, num_warmup=1000, num_chains=4, thin=1,
+                 schedule="constant", temperature=1.0, init=None, dims=None, coords=None):
+        super().__init__(model_or_target)
+        self.step_size = _positive("step_size", step_size)
+        self.num_samples = _positive_int("num_samples", num_samples)
+        self.num_warmup = _positive_int("num_warmup", num_warmup, minimum=0)
+        self.num_chains = _positive_int("num_chains", num_chains)
+        self.thin = _positive_int("thin", thin)
+        self.temperature = _positive("temperature", temperature)
+        self.schedule = make_schedule(schedule)
+        self.plan = self.schedule.plan(self.step_size, self.num_warmup, self.num_samples, self.thin)
+        self.initial_position = init
+        self.dims, self.coords = dims, coords
+        self.kernel = self.make_kernel()
+
+    def make_kernel(self):
+        raise NotImplementedError
+
+    def settings(self):
+        return {"step_size": self.step_size, "num_samples": self.num_samples, "num_warmup": self.num_warmup,
+                "num_chains": self.num_chains, "thin": self.thin, **self.schedule.settings(),
+                **self.kernel.settings()}
+
+    def run(self, *model_args, seed=None, progress=True, callback=None, checkpoint=None, checkpoint_every=100,
+            resume=False, **model_kwargs) -> Posterior:
+        """Run all chains for ``plan.num_steps`` steps and return the kept draws.
+
+        Takes the model's arguments and the runner's options (``seed``,
+        ``progress``, ``callback``, ``checkpoint``, ``resume``; see
+        :meth:`bayeskit.runner.Engine.run`).  The number of steps follows
+        from ``num_warmup``, ``num_samples``, ``thin`` and the schedule.
+        """
+        if "num_steps" in model_kwargs:
+            raise TypeError(f"{self.name}.run takes no num_steps: set num_samples, num_warmup and thin "
+                            f"on the engine (this run has {self.plan.num_steps} steps)")
+        return super().run(*model_args, num_steps=self.plan.num_steps, seed=seed, progress=progress,
+                           callback=callback, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                           resume=resume, **model_kwargs)
+
+    # ------------------------------------------------------------ functional core
+    def _start(self, target, generator):
+        if self.initial_position is None:
+            return target.init(self.num_chains, generator)
+        start = torch.as_tensor(self.initial_position, dtype=target.dtype, device=target.device)
+        if start.shape == (target.dim,):
+            start = start.expand(self.num_chains, target.dim)
+        if start.shape != (self.num_chains, target.dim):
+            raise ValueError(f"init must have shape ({self.num_chains}, {target.dim}) or ({target.dim},), "
+                             f"got {tuple(start.shape)}")
+        return start
+
+    def init_state(self, target, generator):
+        position = self._start(target, generator)
+        draws = position.new_zeros(self.num_chains, self.plan.num_draws, target.dim)
+        return SGMCMCRun(self.kernel.init(position), draws, position.new_zeros(self.num_chains,
+                                                                              self.plan.num_draws), 0, 0)
+
+    def step(self, state, target):
+        index = state.step
+        step_size = float(self.plan.step_sizes[index])
+        log_prob, score = target.log_prob_and_score(state.kernel_state.position)
+        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=bool(self.plan.noise[index]))
+        if self.plan.collect[index]:
+            # The stored density is the one seen at the pre-step point, one step
+            # stale but free; it is a minibatch estimate when the model subsamples.
+            state.draws[:, state.num_collected] = kernel_state.position
+            state.draw_log_prob[:, state.num_collected] = log_prob
+            state.num_collected += 1
+        state.kernel_state, state.step = kernel_state, index + 1
+        info = {"log_prob": log_prob.mean(), "step_size": torch.tensor(step_size),
+                "finite": torch.isfinite(kernel_state.position).all() & torch.isfinite(score).all()}
+        if kernel_state.thermostat is not None:
+            info["thermostat"] = kernel_state.thermostat.mean()
+        return state, info
+
+    def finite_values(self, state, target):
+        position = state.kernel_state.position
+        _, score = target.log_prob_and_score(position)
+        return position, score
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self, state):
+        return {"kernel": state.kernel_state.tensors(), "draws": state.draws, "draw_log_prob": state.draw_log_prob,
+                "num_collected": state.num_collected, "step": state.step}
+
+    def snapshot(self, state):
+        # Kept draws are written once and never changed, so the buffer is
+        # shared rather than copied every step; num_collected marks what counts.
+        return {**self.state_dict(state), "kernel": {name: value.clone()
+                                                     for name, value in state.kernel_state.tensors().items()}}
+
+    def load_state(self, target, saved):
+        kernel_state = SGMCMCState(**{name: value.to(device=target.device, dtype=target.dtype)
+                                      for name, value in saved["kernel"].items()})
+        return SGMCMCRun(kernel_state, saved["draws"].to(device=target.device, dtype=target.dtype),
+                         saved["draw_log_prob"].to(device=target.device, dtype=target.dtype),
+                         int(saved["num_collected"]), int(saved["step"]))
+
+    # ------------------------------------------------------------ export
+    def to_posterior(self, state, target, trace, meta):
+        meta = {**meta, "sample_kind": "mcmc"}
+        if state.num_collected:
+            draws = state.draws[:, :state.num_collected]
+            log_prob = state.draw_log_prob[:, :state.num_collected]
+        else:  # stopped before the first kept draw: export the current point, and say so
+            draws = state.kernel_state.position.unsqueeze(1)
+            log_prob = target.log_prob(draws).detach()
+            meta["note"] = "no draws were kept (stopped during warm-up); the posterior holds the last state"
+        with torch.no_grad():
+            samples = target.constrain(draws)
+        return Posterior(samples, sample_stats={"log_prob": log_prob}, trace=trace, meta=meta,
+                         observed_data=target.observed_data or None,
+                         log_likelihood=_pointwise_log_likelihood(target, draws),
+                         dims=self.dims, coords=self.coords)
+
+
+def _pointwise_log_likelihood(target, draws):
+    """Full-data pointwise log-likelihood at the draws, unless the model subsamples or it is too large."""
+    num_rows = sum(value.numel() for value in target.observed_data.values())
+    if getattr(target, "subsampled", False) or draws.shape[0] * draws.shape[1] * num_rows > MAX_LOG_LIKELIHOOD_SIZE:
+        return None
+    return target.pointwise_log_likelihood(draws)
+
+
+class SGLD(SGMCMC):
+    """Stochastic gradient Langevin dynamics (Welling and Teh, ICML 2011).
+
+    ``theta <- theta + (epsilon/2) g_hat + N(0, epsilon T)``: the step size
+    ``epsilon`` is both the gradient step (times 1/2) and the noise variance.
+    Its discretisation bias grows with ``epsilon``; use a small step or
+    ``schedule="polynomial"``.  See :class:`SGMCMC` for the other arguments.
+
+    Examples
+    --------
+    >>> post = SGLD(model, step_size=1e-5, num_samples=1000).run(x, y, seed=0)  # doctest: +SKIP
+    >>> post.summary()  # doctest: +SKIP
+    """
+
+    name = "SGLD"
+
+    def make_kernel(self):
+        return SGLDKernel(temperature=self.temperature)
+
+
+class PSGLD(SGMCMC):
+    """Preconditioned SGLD (Li et al., AAAI 2016): RMSprop-scaled steps and noise.
+
+    ``alpha`` is the squared-gradient average's decay, ``eps`` the floor of
+    ``sqrt(V)``.  The preconditioner makes one step size serve parameters of
+    very different scales (neural-network weights).
+    """
+
+    name = "pSGLD"
+
+    def __init__(self, model_or_target, *, alpha=0.99, eps=1e-5, **kwargs):
+        self.alpha, self.eps = alpha, eps
+        super().__init__(model_or_target, **kwargs)
+
+    def make_kernel(self):
+        return PSGLDKernel(temperature=self.temperature, alpha=self.alpha, eps=self.eps)
+
+
+class SGHMC(SGMCMC):
+    """Stochastic gradient Hamiltonian Monte Carlo (Chen, Fox and Guestrin, ICML 2014).
+
+    ``step_size`` is the time step ``epsilon`` of the Langevin dynamics with
+    momentum; ``friction`` is ``alpha`` per unit time (default
+    ``0.1 / step_size``: Chen et al.'s recommended momentum decay of 0.1 per
+    step); ``noise_estimate`` the gradient-noise variance ``beta_hat`` (0,
+    a number, or ``"ema"``).  In Chen et al.'s practical form the learning
+    rate is ``epsilon**2`` and the momentum decay ``epsilon * friction``.
+    """
+
+    name = "SGHMC"
+
+    def __init__(self, model_or_target, *, friction=None, noise_estimate=0.0, **kwargs):
+        self.friction, self.noise_estimate = friction, noise_estimate
+        super().__init__(model_or_target, **kwargs)
+
+    def make_kernel(self):
+        friction = 0.1 / self.step_size if self.friction is None else self.friction
+        return SGHMCKernel(temperature=self.temperature, friction=friction, noise_estimate=self.noise_estimate)
+
+
+class SGNHT(SGMCMC):
+    """Stochastic gradient Nosé-Hoover thermostat (Ding et al., NeurIPS 2014).
+
+    ``step_size`` is the time step; ``diffusion`` the injected noise ``A``
+    (default ``0.1 / step_size``, as SGHMC's friction), which is also the
+    thermostat's starting value.  The thermostat adapts the friction to the
+    unknown gradient noise.
+    """
+
+    name = "SGNHT"
+
+    def __init__(self, model_or_target, *, diffusion=None, **kwargs):
+        self.diffusion = diffusion
+        super().__init__(model_or_target, **kwargs)
+
+    def make_kernel(self):
+        diffusion = 0.1 / self.step_size if self.diffusion is None else self.diffusion
+        return SGNHTKernel(temperature=self.temperature, diffusion=diffusion)

@@ -1,0 +1,336 @@
+"""The functional core of stochastic-gradient MCMC: one update per algorithm.
+
+Every update takes the state at ``theta_t`` and a stochastic estimate of the
+score at ``theta_t``,
+
+.. math::
+
+    \\hat g(\\theta) = \\nabla \\log p(\\theta) + \\frac{N}{B} \\sum_{i \\in \\text{batch}}
+        \\nabla \\log p(x_i \\mid \\theta),
+
+which is what :meth:`bayeskit.Target.log_prob_and_score` returns for a Pyro
+model with ``pyro.plate(..., subsample_size=B)`` (Pyro scales the minibatch
+by ``N / B``).  All tensors are batched: positions are ``(chains, dim)`` and
+every chain moves in the same call.  The target is tempered as
+``p(theta | x)^(1 / T)`` by ``temperature=T`` (``T = 1`` samples the
+posterior; ``T < 1`` sharpens it, as in "cold posterior" work).
+
+Use the pure functions in your own loop::
+
+    state = sgld_init(position)
+    for t in range(num_steps):
+        _, score = target.log_prob_and_score(state.position)
+        state = sgld_step(state, score, step_size=1e-4)
+
+or the kernel objects (:class:`SGLDKernel`, ...), which bind the
+hyperparameters and are what the engines in
+:mod:`bayeskit.inference.sgmcmc` and the federated and structured variants
+take.  Noise comes from torch's global generator on the positions' device;
+seed it (the engines do) for reproducible runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = [
+    "SGMCMCState", "SGLDKernel", "PSGLDKernel", "SGHMCKernel", "SGNHTKernel", "make_kernel",
+    "sgld_init", "sgld_step", "psgld_init", "psgld_step", "sghmc_init", "sghmc_step",
+    "sgnht_init", "sgnht_step",
+]
+
+
+@dataclass
+class SGMCMCState:
+    """What an SG-MCMC update carries from one step to the next.
+
+    Attributes
+    ----------
+    position : Tensor
+        ``(chains, dim)`` current parameters, unconstrained.
+    momentum : Tensor or None
+        ``(chains, dim)`` for SGHMC and SGNHT.
+    thermostat : Tensor or None
+        ``(chains, 1)`` the SGNHT friction variable ``xi``.
+    square_avg : Tensor or None
+        ``(chains, dim)`` running average of squared gradients (pSGLD's ``V``,
+        SGHMC's gradient-noise estimate).
+    grad_avg : Tensor or None
+        ``(chains, dim)`` running average of gradients (SGHMC's noise estimate).
+    """
+
+    position: torch.Tensor
+    momentum: torch.Tensor | None = None
+    thermostat: torch.Tensor | None = None
+    square_avg: torch.Tensor | None = None
+    grad_avg: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The non-empty fields, for checkpoints."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+def _check_position(position):
+    if not isinstance(position, torch.Tensor) or position.dim() != 2:
+        raise ValueError("position must be a tensor of shape (chains, dim), got "
+                         f"{getattr(position, 'shape', type(position).__name__)}")
+    return position.detach().clone()
+
+
+def _gaussian(like, variance):
+    """N(0, variance) noise shaped like ``like``; variance broadcasts."""
+    return torch.randn_like(like) * torch.as_tensor(variance, dtype=like.dtype, device=like.device).sqrt()
+
+
+# ---------------------------------------------------------------------------- SGLD
+def sgld_init(position: torch.Tensor) -> SGMCMCState:
+    """SGLD's state: the position alone."""
+    return SGMCMCState(_check_position(position))
+
+
+def sgld_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, temperature: float = 1.0,
+              noise: bool = True) -> SGMCMCState:
+    """Stochastic gradient Langevin dynamics (Welling and Teh, ICML 2011).
+
+    .. math:: \\theta \\leftarrow \\theta + \\tfrac{\\epsilon}{2} \\hat g(\\theta)
+              + \\mathcal N(0, \\epsilon T I).
+
+    ``noise=False`` gives stochastic gradient ascent (the exploration phase
+    of cyclical schedules).
+    """
+    position = state.position + 0.5 * step_size * score
+    if noise:
+        position = position + _gaussian(position, step_size * temperature)
+    return replace(state, position=position)
+
+
+# ---------------------------------------------------------------------------- pSGLD
+def psgld_init(position: torch.Tensor) -> SGMCMCState:
+    """pSGLD's state: the position; the squared-gradient average starts with the first gradient."""
+    return SGMCMCState(_check_position(position))
+
+
+def psgld_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, alpha: float = 0.99,
+               eps: float = 1e-5, temperature: float = 1.0, noise: bool = True) -> SGMCMCState:
+    """Preconditioned SGLD (Li, Chen, Carlson and Carin, AAAI 2016).
+
+    An RMSprop preconditioner ``G = diag(1 / (eps + sqrt(V)))`` with
+    ``V <- alpha V + (1 - alpha) g^2``:
+
+    .. math:: \\theta \\leftarrow \\theta + \\tfrac{\\epsilon}{2} G \\hat g
+              + \\mathcal N(0, \\epsilon T G).
+
+    The correction term ``Gamma`` (derivatives of ``G``) is dropped, as the
+    paper recommends: it vanishes as ``alpha -> 1``.  The first step uses
+    ``V = g^2`` rather than a biased-to-zero average.
+    """
+    square = score * score
+    square_avg = square if state.square_avg is None else alpha * state.square_avg + (1 - alpha) * square
+    preconditioner = 1.0 / (eps + square_avg.sqrt())
+    position = state.position + 0.5 * step_size * preconditioner * score
+    if noise:
+        position = position + _gaussian(position, step_size * temperature * preconditioner)
+    return replace(state, position=position, square_avg=square_avg)
+
+
+# ---------------------------------------------------------------------------- SGHMC
+def sghmc_init(position: torch.Tensor, momentum: torch.Tensor | None = None) -> SGMCMCState:
+    """SGHMC's state: position, momentum (zeros unless given) and gradient averages for the noise estimate."""
+    position = _check_position(position)
+    momentum = torch.zeros_like(position) if momentum is None else momentum.detach().clone()
+    return SGMCMCState(position, momentum=momentum, square_avg=torch.zeros_like(position),
+                       grad_avg=torch.zeros_like(position))
+
+
+def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, friction: float,
+               noise_estimate: float | str = 0.0, temperature: float = 1.0, noise: bool = True,
+               estimate_decay: float = 0.01) -> SGMCMCState:
+    """Stochastic gradient Hamiltonian Monte Carlo (Chen, Fox and Guestrin, ICML 2014), unit mass.
+
+    Euler steps of the second-order Langevin dynamics with friction
+    ``alpha`` and time step ``epsilon``:
+
+    .. math::
+
+        m \\leftarrow m + \\epsilon \\hat g(\\theta) - \\epsilon \\alpha m
+            + \\mathcal N\\big(0, \\epsilon (2 \\alpha T - \\epsilon \\hat\\beta)\\big),
+        \\qquad \\theta \\leftarrow \\theta + \\epsilon m,
+
+    where ``beta_hat`` estimates the variance of the stochastic gradient,
+    whose noise already injects ``epsilon^2 beta_hat`` into ``m`` (the
+    paper's ``B_hat = epsilon V_hat / 2``).  ``noise_estimate`` is that
+    variance (a number, per coordinate) or ``"ema"``: an exponential moving
+    variance of the gradients, an over-estimate (it includes the drift of
+    ``theta``) that errs towards less injected noise.  The injected variance
+    is clamped at zero.  In Chen et al.'s practical parametrisation this is
+    learning rate ``eta = epsilon^2`` and momentum decay ``epsilon alpha``.
+    """
+    momentum = state.momentum
+    square_avg, grad_avg = state.square_avg, state.grad_avg
+    if noise_estimate == "ema":
+        grad_avg = (1 - estimate_decay) * grad_avg + estimate_decay * score
+        square_avg = (1 - estimate_decay) * square_avg + estimate_decay * (score - grad_avg) ** 2
+        beta = square_avg
+    else:
+        beta = noise_estimate
+    momentum = momentum + step_size * score - step_size * friction * momentum
+    if noise:
+        variance = step_size * (2 * friction * temperature - step_size * torch.as_tensor(beta).to(momentum))
+        momentum = momentum + _gaussian(momentum, variance.clamp(min=0.0))
+    position = state.position + step_size * momentum
+    return replace(state, position=position, momentum=momentum, square_avg=square_avg, grad_avg=grad_avg)
+
+
+# ---------------------------------------------------------------------------- SGNHT
+def sgnht_init(position: torch.Tensor, diffusion: float, momentum: torch.Tensor | None = None) -> SGMCMCState:
+    """SGNHT's state: position, momentum (zeros unless given) and the thermostat, started at ``diffusion``."""
+    position = _check_position(position)
+    momentum = torch.zeros_like(position) if momentum is None else momentum.detach().clone()
+    thermostat = torch.full((position.shape[0], 1), float(diffusion), dtype=position.dtype,
+                            device=position.device)
+    return SGMCMCState(position, momentum=momentum, thermostat=thermostat)
+
+
+def sgnht_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, diffusion: float,
+               temperature: float = 1.0, noise: bool = True) -> SGMCMCState:
+    """Stochastic gradient Nosé-Hoover thermostat (Ding, Fang, Babbush, Chen, Skeel, Neven, NeurIPS 2014).
+
+    .. math::
+
+        m \\leftarrow m - \\epsilon \\xi m + \\epsilon \\hat g(\\theta)
+            + \\mathcal N(0, 2 A \\epsilon T),\\quad
+        \\theta \\leftarrow \\theta + \\epsilon m,\\quad
+        \\xi \\leftarrow \\xi + \\epsilon \\big(m^\\top m / d - T\\big).
+
+    The thermostat ``xi`` adapts the friction until the kinetic energy per
+    dimension matches the temperature, which absorbs the unknown gradient
+    noise; ``A`` (``diffusion``) is the injected noise.  With ``noise=False``
+    the thermostat still runs but drives towards zero kinetic energy.
+    """
+    momentum = state.momentum - step_size * state.thermostat * state.momentum + step_size * score
+    if noise:
+        momentum = momentum + _gaussian(momentum, 2 * diffusion * step_size * temperature)
+    position = state.position + step_size * momentum
+    target_energy = temperature if noise else 0.0
+    kinetic = (momentum * momentum).mean(-1, keepdim=True)
+    thermostat = state.thermostat + step_size * (kinetic - target_energy)
+    return replace(state, position=position, momentum=momentum, thermostat=thermostat)
+
+
+# ------------------------------------------------------------------ kernel objects
+def _positive(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SGLDKernel:
+    """SGLD with its hyperparameters bound: ``init(position)``, ``step(state, score, step_size, noise)``."""
+
+    temperature: float = 1.0
+    name = "SGLD"
+
+    def __post_init__(self):
+        _positive("temperature", self.temperature)
+
+    def init(self, position):
+        return sgld_init(position)
+
+    def step(self, state, score, step_size, noise=True):
+        return sgld_step(state, score, step_size, temperature=self.temperature, noise=noise)
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature}
+
+
+@dataclass(frozen=True)
+class PSGLDKernel(SGLDKernel):
+    """pSGLD: RMSprop-preconditioned SGLD; ``alpha`` is the average's decay, ``eps`` its floor."""
+
+    alpha: float = 0.99
+    eps: float = 1e-5
+    name = "pSGLD"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha!r}")
+        _positive("eps", self.eps)
+
+    def init(self, position):
+        return psgld_init(position)
+
+    def step(self, state, score, step_size, noise=True):
+        return psgld_step(state, score, step_size, alpha=self.alpha, eps=self.eps,
+                          temperature=self.temperature, noise=noise)
+
+    def settings(self):
+        return {**super().settings(), "alpha": self.alpha, "eps": self.eps}
+
+
+@dataclass(frozen=True)
+class SGHMCKernel(SGLDKernel):
+    """SGHMC with friction ``alpha`` (per unit time) and a gradient-noise estimate (number or ``"ema"``)."""
+
+    friction: float = 1.0
+    noise_estimate: float | str = 0.0
+    name = "SGHMC"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("friction", self.friction)
+        if self.noise_estimate != "ema" and not (isinstance(self.noise_estimate, (int, float))
+                                                 and self.noise_estimate >= 0):
+            raise ValueError(f"noise_estimate must be a non-negative number or 'ema', got {self.noise_estimate!r}")
+
+    def init(self, position):
+        return sghmc_init(position)
+
+    def step(self, state, score, step_size, noise=True):
+        return sghmc_step(state, score, step_size, friction=self.friction, noise_estimate=self.noise_estimate,
+                          temperature=self.temperature, noise=noise)
+
+    def settings(self):
+        return {**super().settings(), "friction": self.friction, "noise_estimate": self.noise_estimate}
+
+
+@dataclass(frozen=True)
+class SGNHTKernel(SGLDKernel):
+    """SGNHT with injected noise ``diffusion`` (A); the thermostat starts at A."""
+
+    diffusion: float = 1.0
+    name = "SGNHT"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("diffusion", self.diffusion)
+
+    def init(self, position):
+        return sgnht_init(position, self.diffusion)
+
+    def step(self, state, score, step_size, noise=True):
+        return sgnht_step(state, score, step_size, diffusion=self.diffusion, temperature=self.temperature,
+                          noise=noise)
+
+    def settings(self):
+        return {**super().settings(), "diffusion": self.diffusion}
+
+
+_KERNELS = {"sgld": SGLDKernel, "psgld": PSGLDKernel, "sghmc": SGHMCKernel, "sgnht": SGNHTKernel}
+
+
+def make_kernel(kernel, **hyperparameters):
+    """A kernel object from a name (``"sgld"``, ``"psgld"``, ``"sghmc"``, ``"sgnht"``) or an instance."""
+    if isinstance(kernel, str):
+        if kernel.lower() not in _KERNELS:
+            raise ValueError(f"unknown SG-MCMC kernel {kernel!r}; choose one of {sorted(_KERNELS)}")
+        return _KERNELS[kernel.lower()](**hyperparameters)
+    if hyperparameters:
+        raise TypeError("hyperparameters are bound in a kernel instance; pass them to its constructor")
+    if not (hasattr(kernel, "init") and hasattr(kernel, "step")):
+        raise TypeError(f"kernel must be a name or an object with init() and step(), got {kernel!r}")
+    return kernel
