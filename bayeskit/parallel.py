@@ -7,6 +7,7 @@ the pieces run with ``backend=``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 
 __all__ = ["parallel_map", "BACKENDS"]
@@ -49,5 +50,25 @@ def _ray_map(fn, items, options):
         raise ImportError("backend='ray' needs Ray: pip install 'bayeskit[distributed]'") from error
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
+    _ship_module_by_value(fn)
     task = ray.remote(fn).options(**options)
     return ray.get([task.remote(item) for item in items])
+
+
+def _ship_module_by_value(fn):
+    """Let Ray workers unpickle ``fn`` even when they cannot import its module.
+
+    Ray pickles functions by reference to their module.  Workers import
+    installed packages (bayeskit included) but not a user's script folder or
+    a test file, so such a module travels by value: its functions and the
+    globals they use are pickled along with the task.
+    """
+    import ray.cloudpickle
+
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None or module.__name__ == "__main__":  # __main__ already travels by value
+        return
+    path = getattr(module, "__file__", None) or ""
+    if module.__name__.partition(".")[0] == "bayeskit" or "site-packages" in path or "dist-packages" in path:
+        return
+    ray.cloudpickle.register_pickle_by_value(module)

@@ -253,19 +253,22 @@ class SGHMC(SGMCMC):
     momentum; ``friction`` is ``alpha`` per unit time (default
     ``0.1 / step_size``: Chen et al.'s recommended momentum decay of 0.1 per
     step); ``noise_estimate`` the gradient-noise variance ``beta_hat`` (0,
-    a number, or ``"ema"``).  In Chen et al.'s practical form the learning
+    a number, or ``"ema"``); ``mass`` a scalar or diagonal mass (set it near
+    the posterior precision on narrow posteriors; see
+    :func:`~bayeskit.inference.sgmcmc.kernels.sghmc_step`).  In Chen et al.'s practical form the learning
     rate is ``epsilon**2`` and the momentum decay ``epsilon * friction``.
     """
 
     name = "SGHMC"
 
-    def __init__(self, model_or_target, *, friction=None, noise_estimate=0.0, **kwargs):
-        self.friction, self.noise_estimate = friction, noise_estimate
+    def __init__(self, model_or_target, *, friction=None, noise_estimate=0.0, mass=1.0, **kwargs):
+        self.friction, self.noise_estimate, self.mass = friction, noise_estimate, mass
         super().__init__(model_or_target, **kwargs)
 
     def make_kernel(self):
         friction = 0.1 / self.step_size if self.friction is None else self.friction
-        return SGHMCKernel(temperature=self.temperature, friction=friction, noise_estimate=self.noise_estimate)
+        return SGHMCKernel(temperature=self.temperature, friction=friction, noise_estimate=self.noise_estimate,
+                           mass=self.mass)
 
 
 class SGNHT(SGMCMC):
@@ -274,15 +277,21 @@ class SGNHT(SGMCMC):
     ``step_size`` is the time step; ``diffusion`` the injected noise ``A``
     (default ``0.1 / step_size``, as SGHMC's friction), which is also the
     thermostat's starting value.  The thermostat adapts the friction to the
-    unknown gradient noise.
+    unknown gradient noise; it relaxes in about ``xi / step_size`` steps, so
+    on a narrow posterior set ``mass`` near the posterior precision
+    (see :func:`~bayeskit.inference.sgmcmc.kernels.sgnht_step`).  From a
+    start far from the posterior the thermostat overshoots (the kinetic
+    energy is large at first) and comes back at about ``step_size`` per step:
+    give it a warm-up of several ``xi_max / step_size`` steps (watch
+    ``post.trace["thermostat"]``).
     """
 
     name = "SGNHT"
 
-    def __init__(self, model_or_target, *, diffusion=None, **kwargs):
-        self.diffusion = diffusion
+    def __init__(self, model_or_target, *, diffusion=None, mass=1.0, **kwargs):
+        self.diffusion, self.mass = diffusion, mass
         super().__init__(model_or_target, **kwargs)
 
     def make_kernel(self):
         diffusion = 0.1 / self.step_size if self.diffusion is None else self.diffusion
-        return SGNHTKernel(temperature=self.temperature, diffusion=diffusion)
+        return SGNHTKernel(temperature=self.temperature, diffusion=diffusion, mass=self.mass)

@@ -80,6 +80,11 @@ def _check_position(position):
     return position.detach().clone()
 
 
+def _inv_sqrt(mass, like):
+    """``M^(-1/2)`` of a scalar or diagonal mass, as a tensor that broadcasts against ``like``."""
+    return torch.as_tensor(mass, dtype=like.dtype, device=like.device).rsqrt()
+
+
 def _gaussian(like, variance):
     """N(0, variance) noise shaped like ``like``; variance broadcasts."""
     return torch.randn_like(like) * torch.as_tensor(variance, dtype=like.dtype, device=like.device).sqrt()
@@ -147,8 +152,8 @@ def sghmc_init(position: torch.Tensor, momentum: torch.Tensor | None = None) -> 
 
 def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, friction: float,
                noise_estimate: float | str = 0.0, temperature: float = 1.0, noise: bool = True,
-               estimate_decay: float = 0.01) -> SGMCMCState:
-    """Stochastic gradient Hamiltonian Monte Carlo (Chen, Fox and Guestrin, ICML 2014), unit mass.
+               mass: float | torch.Tensor = 1.0, estimate_decay: float = 0.01) -> SGMCMCState:
+    """Stochastic gradient Hamiltonian Monte Carlo (Chen, Fox and Guestrin, ICML 2014).
 
     Euler steps of the second-order Langevin dynamics with friction
     ``alpha`` and time step ``epsilon``:
@@ -167,8 +172,16 @@ def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, fri
     ``theta``) that errs towards less injected noise.  The injected variance
     is clamped at zero.  In Chen et al.'s practical parametrisation this is
     learning rate ``eta = epsilon^2`` and momentum decay ``epsilon alpha``.
+
+    ``mass`` (a number or a ``(dim,)`` tensor, the diagonal of ``M``) runs
+    the same dynamics on ``x = M^(1/2) theta``: the score is scaled by
+    ``M^(-1/2)`` and so is the position update.  A mass near the posterior
+    precision makes the posterior of ``x`` roughly unit scale, so one step
+    size and friction suit every coordinate and the dynamics are not stiff.
     """
     momentum = state.momentum
+    inv_sqrt_mass = _inv_sqrt(mass, score)
+    score = inv_sqrt_mass * score
     square_avg, grad_avg = state.square_avg, state.grad_avg
     if noise_estimate == "ema":
         grad_avg = (1 - estimate_decay) * grad_avg + estimate_decay * score
@@ -180,7 +193,7 @@ def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, fri
     if noise:
         variance = step_size * (2 * friction * temperature - step_size * torch.as_tensor(beta).to(momentum))
         momentum = momentum + _gaussian(momentum, variance.clamp(min=0.0))
-    position = state.position + step_size * momentum
+    position = state.position + step_size * inv_sqrt_mass * momentum
     return replace(state, position=position, momentum=momentum, square_avg=square_avg, grad_avg=grad_avg)
 
 
@@ -195,25 +208,39 @@ def sgnht_init(position: torch.Tensor, diffusion: float, momentum: torch.Tensor 
 
 
 def sgnht_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, diffusion: float,
-               temperature: float = 1.0, noise: bool = True) -> SGMCMCState:
+               temperature: float = 1.0, noise: bool = True, mass: float | torch.Tensor = 1.0) -> SGMCMCState:
     """Stochastic gradient Nosé-Hoover thermostat (Ding, Fang, Babbush, Chen, Skeel, Neven, NeurIPS 2014).
 
     .. math::
 
-        m \\leftarrow m - \\epsilon \\xi m + \\epsilon \\hat g(\\theta)
+        m \\leftarrow e^{-\\epsilon \\xi} m + \\epsilon \\hat g(\\theta)
             + \\mathcal N(0, 2 A \\epsilon T),\\quad
         \\theta \\leftarrow \\theta + \\epsilon m,\\quad
         \\xi \\leftarrow \\xi + \\epsilon \\big(m^\\top m / d - T\\big).
 
     The thermostat ``xi`` adapts the friction until the kinetic energy per
     dimension matches the temperature, which absorbs the unknown gradient
-    noise; ``A`` (``diffusion``) is the injected noise.  With ``noise=False``
+    noise; ``A`` (``diffusion``) is the injected noise.  The friction is
+    applied as the exact decay ``exp(-epsilon xi)`` rather than Euler's
+    ``1 - epsilon xi`` (as in the splitting schemes of Leimkuhler and Shang,
+    2016): the two agree to first order, but from a start far from the
+    posterior the thermostat overshoots and Euler's factor turns negative
+    once ``epsilon xi > 2``, and the chain diverges.  With ``noise=False``
     the thermostat still runs but drives towards zero kinetic energy.
+
+    The thermostat relaxes in about ``xi / epsilon`` steps, the position in
+    about ``xi / (epsilon omega^2)`` for a posterior of curvature
+    ``omega^2``: on a narrow posterior (large ``omega``) the thermostat lags
+    far behind.  ``mass`` rescales as in :func:`sghmc_step`; a mass near the
+    posterior precision brings ``omega`` to about 1 and the two time scales
+    together.
     """
-    momentum = state.momentum - step_size * state.thermostat * state.momentum + step_size * score
+    inv_sqrt_mass = _inv_sqrt(mass, score)
+    score = inv_sqrt_mass * score
+    momentum = torch.exp(-step_size * state.thermostat) * state.momentum + step_size * score
     if noise:
         momentum = momentum + _gaussian(momentum, 2 * diffusion * step_size * temperature)
-    position = state.position + step_size * momentum
+    position = state.position + step_size * inv_sqrt_mass * momentum
     target_energy = temperature if noise else 0.0
     kinetic = (momentum * momentum).mean(-1, keepdim=True)
     thermostat = state.thermostat + step_size * (kinetic - target_energy)
@@ -278,11 +305,13 @@ class SGHMCKernel(SGLDKernel):
 
     friction: float = 1.0
     noise_estimate: float | str = 0.0
+    mass: float | torch.Tensor = 1.0
     name = "SGHMC"
 
     def __post_init__(self):
         super().__post_init__()
         _positive("friction", self.friction)
+        _check_mass(self.mass)
         if self.noise_estimate != "ema" and not (isinstance(self.noise_estimate, (int, float))
                                                  and self.noise_estimate >= 0):
             raise ValueError(f"noise_estimate must be a non-negative number or 'ema', got {self.noise_estimate!r}")
@@ -292,10 +321,11 @@ class SGHMCKernel(SGLDKernel):
 
     def step(self, state, score, step_size, noise=True):
         return sghmc_step(state, score, step_size, friction=self.friction, noise_estimate=self.noise_estimate,
-                          temperature=self.temperature, noise=noise)
+                          temperature=self.temperature, noise=noise, mass=self.mass)
 
     def settings(self):
-        return {**super().settings(), "friction": self.friction, "noise_estimate": self.noise_estimate}
+        return {**super().settings(), "friction": self.friction, "noise_estimate": self.noise_estimate,
+                "mass": _setting(self.mass)}
 
 
 @dataclass(frozen=True)
@@ -303,21 +333,35 @@ class SGNHTKernel(SGLDKernel):
     """SGNHT with injected noise ``diffusion`` (A); the thermostat starts at A."""
 
     diffusion: float = 1.0
+    mass: float | torch.Tensor = 1.0
     name = "SGNHT"
 
     def __post_init__(self):
         super().__post_init__()
         _positive("diffusion", self.diffusion)
+        _check_mass(self.mass)
 
     def init(self, position):
         return sgnht_init(position, self.diffusion)
 
     def step(self, state, score, step_size, noise=True):
         return sgnht_step(state, score, step_size, diffusion=self.diffusion, temperature=self.temperature,
-                          noise=noise)
+                          noise=noise, mass=self.mass)
 
     def settings(self):
-        return {**super().settings(), "diffusion": self.diffusion}
+        return {**super().settings(), "diffusion": self.diffusion, "mass": _setting(self.mass)}
+
+
+def _setting(value):
+    """A JSON-friendly form of a scalar-or-tensor hyperparameter."""
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+def _check_mass(mass):
+    values = torch.as_tensor(mass)
+    if values.dim() > 1 or not bool((values > 0).all()) or not bool(torch.isfinite(values).all()):
+        raise ValueError("mass must be a positive number or a 1-D tensor of positive entries (the diagonal), "
+                         f"got {mass!r}")
 
 
 _KERNELS = {"sgld": SGLDKernel, "psgld": PSGLDKernel, "sghmc": SGHMCKernel, "sgnht": SGNHTKernel}

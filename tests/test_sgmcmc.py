@@ -1,0 +1,217 @@
+"""SG-MCMC engines on a Bayesian linear regression whose posterior is known in closed form.
+
+The must-show of the SG-MCMC issue: 10,000 rows, minibatches of 100, 4
+chains; posterior means within 0.1 posterior sd of the truth, variances
+within 20%, r_hat < 1.05 for SGLD (small step), SGHMC and SGNHT.  Those are
+the sizes under ``BAYESKIT_FULL=1``.  CI runs the same code with 2,000 rows
+and minibatches of 200: the gradient noise relative to the curvature scales
+with ``N / B``, and every SG-MCMC method's mixing time with it, so a ten times
+smaller ratio buys the same statistical power in a tenth of the steps.
+
+Tolerances: the issue's, widened only where the chains' own Monte Carlo error
+(from ArviZ's ESS) is larger: means within ``max(0.1 sd, 3 MCSE)``,
+variances within ``20% + 3 sqrt(2 / ESS)``.
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from bayeskit import NonFiniteError
+from bayeskit.inference import PSGLD, SGHMC, SGLD, SGNHT, CyclicalSchedule, PolynomialDecay
+from conftest import FULL
+
+NUM_ROWS, BATCH = (10_000, 100) if FULL else (2_000, 200)
+DIM, PRIOR_SD, NOISE_SD = 4, 1.0, 1.0
+
+
+def linear_regression(x, y, batch_size):
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1], dtype=x.dtype), PRIOR_SD).to_event(1))
+    with pyro.plate("data", x.shape[0], subsample_size=batch_size) as rows:
+        pyro.sample("y", dist.Normal((x[rows] * w).sum(-1), NOISE_SD), obs=y[rows])
+
+
+def regression_data(num_rows=NUM_ROWS, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_rows, DIM, generator=generator, dtype=torch.float64)
+    w = torch.randn(DIM, generator=generator, dtype=torch.float64)
+    y = x @ w + NOISE_SD * torch.randn(num_rows, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+def exact_posterior(x, y):
+    precision = x.T @ x / NOISE_SD**2 + torch.eye(x.shape[1], dtype=x.dtype) / PRIOR_SD**2
+    covariance = torch.linalg.inv(precision)
+    return covariance @ x.T @ y / NOISE_SD**2, covariance.diagonal()
+
+
+def engines():
+    """Settings from the problem's scales: curvature ~ N, gradient-noise variance ~ N^2 / B."""
+    ratio = NUM_ROWS / BATCH
+    # SGLD: eps * curvature = 0.3 B / N keeps the discretisation + gradient-noise excess
+    # variance near eps * curvature * (N / B) / 4 = 7.5%; the chains mix in about 13 N / B steps.
+    sgld_steps = int(40 * 13 * ratio) if FULL else 10_000
+    sgld = SGLD(linear_regression, step_size=0.3 / ratio / NUM_ROWS, num_warmup=2_000, num_samples=sgld_steps)
+    # SGHMC and SGNHT with mass ~ the posterior precision (N): unit-scale dynamics, eps = 0.05.
+    # The minibatch noise variance in those units is N / B; SGHMC subtracts an estimate of it
+    # (friction must exceed eps * noise / 2); SGNHT's thermostat finds it.
+    steps = int(1_000 * ratio) if FULL else 5_000
+    sghmc = SGHMC(linear_regression, step_size=0.05, friction=max(1.0, 0.05 * ratio), noise_estimate="ema",
+                  mass=float(NUM_ROWS), num_warmup=1_000, num_samples=steps)
+    # From a prior draw, ~50 posterior sd away, the thermostat overshoots to xi ~ 100 and relaxes
+    # back at about eps per step: SGNHT needs the longer warm-up.
+    sgnht = SGNHT(linear_regression, step_size=0.05, diffusion=1.0, mass=float(NUM_ROWS), num_warmup=5_000,
+                  num_samples=steps)
+    return {"SGLD": sgld, "SGHMC": sghmc, "SGNHT": sgnht}
+
+
+def assert_matches_closed_form(post, x, y, label):
+    mean, variance = exact_posterior(x, y)
+    summary = post.summary()
+    draws = post.samples["w"].reshape(-1, DIM)
+    sd = variance.sqrt()
+    ess = torch.tensor(summary["ess_bulk"].to_numpy())
+    mcse = torch.tensor(summary["mcse_mean"].to_numpy())
+    r_hat = torch.tensor(summary["r_hat"].to_numpy())
+    mean_error = (draws.mean(0) - mean).abs() / sd
+    variance_ratio = draws.var(0) / variance
+    print(f"{label}: mean error / sd {mean_error.tolist()}, variance ratio {variance_ratio.tolist()}, "
+          f"ESS {ess.tolist()}, r_hat {r_hat.tolist()}")
+    assert (mean_error < torch.clamp(3 * mcse / sd, min=0.1)).all()
+    assert ((variance_ratio - 1).abs() < 0.2 + 3 * (2 / ess).sqrt()).all()
+    assert (r_hat < 1.05).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SGLD", "SGHMC", "SGNHT"])
+def test_linear_regression_matches_the_closed_form_posterior(name):
+    x, y = regression_data()
+    engine = engines()[name]
+    assert engine.num_chains == 4
+    post = engine.run(x, y, BATCH, seed=1, progress=False)
+    assert_matches_closed_form(post, x, y, name)
+
+
+def test_psgld_on_the_linear_regression():
+    # RMSprop scales steps by about 1 / sqrt(gradient-noise variance V), so the excess variance
+    # is about eps sqrt(V) / 4: eps = 0.4 / sqrt(V) keeps it near 10%.
+    x, y = regression_data(num_rows=500)
+    batch = 50
+    noise_sd = len(y) / batch**0.5
+    post = PSGLD(linear_regression, step_size=0.4 / noise_sd, num_warmup=2_000, num_samples=4_000).run(
+        x, y, batch, seed=0, progress=False)
+    assert_matches_closed_form(post, x, y, "pSGLD")
+
+
+# ------------------------------------------------------------------ mechanics
+def small_engine(**kwargs):
+    settings = {"step_size": 1e-4, "num_warmup": 20, "num_samples": 30, "num_chains": 3, **kwargs}
+    return SGLD(linear_regression, **settings)
+
+
+def test_draws_are_chain_by_draw_and_export_to_arviz():
+    x, y = regression_data(num_rows=200)
+    post = small_engine(thin=2).run(x, y, 20, seed=0, progress=False)
+    assert post.samples["w"].shape == (3, 30, DIM)
+    assert post.meta["engine"] == "SGLD" and post.meta["steps_completed"] == 20 + 30 * 2
+    assert post.meta["settings"]["thin"] == 2
+    assert len(post.trace["step_size"]) == 80
+    tree = post.to_arviz()
+    assert tree["posterior"]["w"].shape == (3, 30, DIM)
+    assert "r_hat" in post.summary().columns
+    assert post.log_likelihood == {}  # a subsampled model has no full-data likelihood per call
+
+
+def test_full_data_models_export_the_pointwise_log_likelihood():
+    x, y = regression_data(num_rows=50)
+    post = small_engine().run(x, y, None, seed=0, progress=False)
+    expected = dist.Normal((x * post.samples["w"].unsqueeze(-2)).sum(-1), NOISE_SD).log_prob(y)
+    torch.testing.assert_close(post.log_likelihood["y"], expected)
+
+
+def test_same_seed_same_draws_and_checkpoint_resume_is_exact(tmp_path):
+    x, y = regression_data(num_rows=300)
+    engine = SGHMC(linear_regression, step_size=1e-3, num_warmup=10, num_samples=40, num_chains=2)
+    first = engine.run(x, y, 30, seed=3, progress=False)
+    again = engine.run(x, y, 30, seed=3, progress=False)
+    assert torch.equal(first.samples["w"], again.samples["w"])
+    path = tmp_path / "sghmc.ckpt"
+    engine.run(x, y, 30, seed=3, progress=False, checkpoint=path, checkpoint_every=7,
+               callback=lambda step, state, info: step == 21)
+    resumed = engine.run(x, y, 30, seed=3, progress=False, checkpoint=path, resume=True)
+    assert torch.equal(resumed.samples["w"], first.samples["w"])
+
+
+def test_cyclical_schedule_keeps_draws_only_while_sampling():
+    x, y = regression_data(num_rows=200)
+    schedule = CyclicalSchedule(num_cycles=2, explore_fraction=0.5)
+    post = small_engine(num_warmup=0, num_samples=20, schedule=schedule).run(x, y, 20, seed=0, progress=False)
+    assert post.samples["w"].shape == (3, 20, DIM)
+    sizes = post.trace["step_size"]
+    assert len(sizes) == 2 * 20  # 10 draws a cycle, half of each cycle exploring
+    torch.testing.assert_close(sizes[0].double(), torch.tensor(1e-4, dtype=torch.float64))
+    assert sizes[19] < sizes[10] < sizes[0] and torch.isclose(sizes[20], sizes[0])
+
+
+def test_polynomial_decay_follows_welling_and_teh():
+    x, y = regression_data(num_rows=200)
+    post = small_engine(schedule=PolynomialDecay(gamma=0.55, decay_steps=10)).run(x, y, 20, seed=0,
+                                                                                  progress=False)
+    t = torch.arange(50, dtype=torch.float64)
+    torch.testing.assert_close(post.trace["step_size"].double(), 1e-4 * (1 + t / 10) ** -0.55)
+
+
+def test_a_step_too_large_names_the_site_and_keeps_the_last_finite_draws():
+    x, y = regression_data(num_rows=200)
+    with pytest.raises(NonFiniteError, match=r"site\(s\) 'w'") as caught:
+        SGLD(linear_regression, step_size=10.0, num_warmup=0, num_samples=200).run(x, y, 20, seed=0,
+                                                                                 progress=False)
+    posterior = caught.value.posterior
+    assert torch.isfinite(posterior.samples["w"]).all()
+    assert posterior.samples["w"].shape[1] == caught.value.step - 1
+
+
+def test_stopping_during_warmup_still_returns_a_posterior():
+    x, y = regression_data(num_rows=200)
+    post = small_engine().run(x, y, 20, seed=0, progress=False, callback=lambda step, state, info: step == 5)
+    assert post.samples["w"].shape == (3, 1, DIM)
+    assert "no draws were kept" in post.meta["note"]
+
+
+def test_init_sets_the_starting_point():
+    x, y = regression_data(num_rows=200)
+    start = torch.full((DIM,), 3.0, dtype=torch.float64)
+    post = small_engine(num_warmup=0, num_samples=1, step_size=1e-12).run(x, y, 20, seed=0, progress=False)
+    assert not torch.allclose(post.samples["w"], start)
+    post = small_engine(num_warmup=0, num_samples=1, step_size=1e-12, init=start).run(x, y, 20, seed=0,
+                                                                                      progress=False)
+    torch.testing.assert_close(post.samples["w"], start.expand(3, 1, DIM), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"step_size": 0.0}, "step_size must be a positive finite number"),
+    ({"step_size": 1e-3, "num_samples": 0}, "num_samples must be an int >= 1"),
+    ({"step_size": 1e-3, "thin": 1.5}, "thin must be an int >= 1"),
+    ({"step_size": 1e-3, "schedule": "cosine"}, "unknown schedule 'cosine'"),
+    ({"step_size": 1e-3, "num_samples": 10, "schedule": CyclicalSchedule(num_cycles=3)},
+     r"num_samples \(10\) must be a multiple of num_cycles \(3\)"),
+])
+def test_bad_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SGLD(linear_regression, **kwargs)
+
+
+def test_run_refuses_num_steps_and_a_misshapen_init():
+    x, y = regression_data(num_rows=50)
+    with pytest.raises(TypeError, match="takes no num_steps"):
+        small_engine().run(x, y, 10, num_steps=5)
+    with pytest.raises(ValueError, match=r"init must have shape \(3, 4\) or \(4,\)"):
+        small_engine(init=torch.zeros(2, DIM)).run(x, y, 10, seed=0, progress=False)
+
+
+def test_friction_default_is_a_momentum_decay_of_a_tenth_per_step():
+    engine = SGHMC(linear_regression, step_size=0.02)
+    assert math.isclose(engine.kernel.friction * engine.step_size, 0.1)
