@@ -183,6 +183,98 @@ class _NotVectorizable(RuntimeError):
     pass
 
 
+class CompiledDensity:
+    """The density of a :class:`PyroDensity`, traced once with ``torch.jit.trace`` and replayed.
+
+    Running a Pyro model re-executes its Python and Pyro's effect handlers at
+    every call, which costs more than the tensor work itself on small models
+    (a 30-50-1 network with 4 chains: about 4 ms eager, 1.5 ms traced).  The
+    minibatch indices of each subsampling plate are drawn here, the way
+    Pyro's ``plate`` draws them (``randperm(size)[:subsample_size]``), and
+    passed to the traced function as inputs, so every call still sees a
+    fresh minibatch.  One trace is kept per number of points.
+
+    Like Pyro's ``jit_compile=True``: the model must run the same tensor
+    operations at every call (no Python control flow on values, no random
+    draws other than the minibatch).
+    """
+
+    def __init__(self, density: PyroDensity, plates: dict[str, tuple[int, int, torch.device]]):
+        self.density = density
+        self.plates = plates  # name -> (size, subsample_size, device)
+        self.traced = {}
+
+    def indices(self):
+        return [torch.randperm(size, device=device)[:subsample_size]
+                for size, subsample_size, device in self.plates.values()]
+
+    def _conditioned_log_prob(self, flat, *indices):
+        with poutine.condition(data=dict(zip(self.plates, indices))):
+            return self.density.log_prob(flat)
+
+    def _trace(self, flat, indices):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python values frozen into the graph
+            return torch.jit.trace(self._conditioned_log_prob, (flat, *indices), check_trace=False)
+
+    def log_prob(self, flat):
+        indices = self.indices()
+        key = flat.shape[0]
+        if key not in self.traced:
+            self.traced[key] = self._trace(flat.detach(), indices)
+        return self.traced[key](flat, *indices)
+
+    def agrees_with_eager(self, flat) -> tuple[bool, str]:
+        """Trace at ``flat``, then compare with the plain eager density there and at other points.
+
+        The eager density draws its own minibatch from the same seed, so this
+        also checks that the indices drawn here are the ones Pyro's plates
+        would draw.  The other points (``-flat``, and ``flat`` with its rows
+        reversed) catch Python branches on values that the trace froze.
+        """
+        traced = None
+        for points in (flat, -flat, flat.flip(0)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                indices = self.indices()
+                try:
+                    if traced is None:
+                        traced = self._trace(points.detach(), indices)
+                    fast = traced(points, *indices)
+                except Exception as error:  # the model's code could not be traced
+                    return False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                torch.manual_seed(0)
+                slow = self.density.log_prob(points)
+            scale = slow.abs().max().clamp(min=1.0)
+            if fast.shape != slow.shape or not torch.allclose(fast, slow, rtol=1e-4, atol=1e-4 * float(scale)):
+                return False, "traced and eager log densities differ"
+        self.traced[flat.shape[0]] = traced
+        return True, ""
+
+
+def _subsample_plates(trace) -> dict[str, tuple[int, int, torch.device]]:
+    """Plates that draw a minibatch: ``name -> (size, subsample_size, device)``.
+
+    A plate without ``subsample_size`` (or with one as large as its size)
+    uses all rows in order, ``arange(size)``, which the trace keeps as it is.
+    """
+    return {name: (site["fn"].size, site["fn"].subsample_size, site["value"].device)
+            for name, site in trace.nodes.items()
+            if site_is_subsample(site) and (site["fn"].subsample_size or site["fn"].size) < site["fn"].size}
+
+
+def _compile(density, prototype, check_points):
+    """A CompiledDensity when the traced density matches the eager one, else None with a warning."""
+    compiled = CompiledDensity(density, _subsample_plates(prototype))
+    ok, reason = compiled.agrees_with_eager(check_points)
+    if ok:
+        return compiled
+    warnings.warn(f"jit_compile=True: the model could not be traced ({reason}); running it eagerly. "
+                  "Tracing needs the same tensor operations at every call: no Python branches on "
+                  "tensor values and no random draws besides the minibatch.", stacklevel=4)
+    return None
+
+
 def _subsample_trace(trace):
     """A trace holding only the subsample sites, to replay a minibatch into other runs."""
     replay = poutine.Trace()
@@ -220,11 +312,13 @@ def warn_fallback(reason: str) -> None:
         "to get the fast path.", stacklevel=4)
 
 
-def pyro_target(cls, model, args, kwargs, vectorize):
+def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False):
     if not callable(model):
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
     if vectorize not in (True, False, "auto"):
         raise ValueError(f"vectorize must be True, False or 'auto', got {vectorize!r}")
+    if not isinstance(jit_compile, bool):
+        raise TypeError(f"jit_compile must be True or False, got {jit_compile!r}")
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG where it was
         with poutine.block():
             prototype = poutine.trace(model).get_trace(*args, **kwargs)
@@ -238,6 +332,7 @@ def pyro_target(cls, model, args, kwargs, vectorize):
     density = PyroDensity(model, args, kwargs, sites,
                           {name: len(site["fn"].batch_shape) for name, site in latent.items()},
                           _max_plate_nesting(prototype), vectorized=vectorize is not False)
+    check = None
     if vectorize == "auto":
         density.vectorized = False  # per-point draws work for every model
         check = density.prior_draws(2, torch.Generator().manual_seed(0)).to(first)
@@ -246,6 +341,11 @@ def pyro_target(cls, model, args, kwargs, vectorize):
         if not ok:
             warn_fallback(reason)
             density.vectorized = False
+    compiled = None
+    if jit_compile:
+        if check is None:
+            check = density.prior_draws(2, torch.Generator().manual_seed(0)).to(first)
+        compiled = _compile(density, prototype, check)
     subsampled = any(site_is_subsample(s) and len(s["value"]) < s["fn"].size
                      for s in prototype.nodes.values())
     observed_batch_shapes = {name: site["fn"].batch_shape for name, site in observed.items()}
@@ -257,7 +357,7 @@ def pyro_target(cls, model, args, kwargs, vectorize):
         return density.pointwise_log_likelihood(flat, observed_batch_shapes)
 
     target = cls(
-        sites, density.log_prob,
+        sites, density.log_prob if compiled is None else compiled.log_prob,
         init_fn=density.prior_draws,
         pointwise_log_likelihood_fn=pointwise,
         observed_data={name: site["value"].detach() for name, site in observed.items()},
@@ -267,7 +367,8 @@ def pyro_target(cls, model, args, kwargs, vectorize):
     )
     target.vectorized = density.vectorized
     target.subsampled = subsampled
+    target.compiled = compiled is not None
     return target
 
 
-__all__ = ["pyro_target", "PyroDensity"]
+__all__ = ["pyro_target", "PyroDensity", "CompiledDensity"]

@@ -29,6 +29,10 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     result = run_cli("summary", str(out / "svgd_posterior.nc"))
     assert result.returncode == 0, result.stderr
     assert "alpha" in result.stdout and "beta[" in result.stdout
+    for name in ("sghmc_posterior.nc", "sghmc_trace_b1.png", "sghmc_engine_trace.png"):
+        assert (out / name).stat().st_size > 0, name
+    sghmc = bayeskit.load(out / "sghmc_posterior.nc")
+    assert sghmc.meta["engine"] == "SGHMC" and sghmc.samples["w0"].shape == (4, 100, 30, 50)
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

@@ -234,3 +234,50 @@ def test_nonfinite_sites_names_the_culprit(float64):
     z = torch.zeros(2, target.dim)
     z[0, target.sites["sigma"].slice] = -1e5  # sigma underflows to 0: log density not finite
     assert "sigma" in target.nonfinite_sites(z)
+
+
+def subsampled_scale_model(x, y, batch_size):
+    w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    sigma = pyro.sample("sigma", dist.LogNormal(torch.tensor(0.0), 1.0))
+    with pyro.plate("data", x.shape[0], subsample_size=batch_size) as rows:
+        pyro.sample("y", dist.Normal((x[rows] * w).sum(-1), sigma), obs=y[rows])
+
+
+@pytest.mark.parametrize("model, extra", [(mixed_support_model, ()), (subsampled_scale_model, (7,))])
+def test_jit_compiled_target_matches_pyro_and_draws_fresh_minibatches(float64, model, extra):
+    x, y = make_data()
+    compiled = Target.from_pyro(model, x, y, *extra, jit_compile=True)
+    assert compiled.compiled
+    z = compiled.init(6, torch.Generator().manual_seed(1))
+    if not extra:  # full data: Pyro's own potential is the ground truth
+        log_prob, score = compiled.log_prob_and_score(z)
+        energy, grad = pyro_potential(model, (x, y), compiled, z)
+        torch.testing.assert_close(log_prob, -energy, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(score, -grad, rtol=1e-5, atol=1e-5)
+        return
+    eager = Target.from_pyro(model, x, y, *extra)
+    values = []
+    for seed in range(3):  # the same seed draws the same minibatch as Pyro's plate would
+        torch.manual_seed(seed)
+        expected = eager.log_prob_and_score(z)
+        torch.manual_seed(seed)
+        got = compiled.log_prob_and_score(z)
+        torch.testing.assert_close(got, expected)
+        values.append(got[0])
+    assert not torch.equal(values[0], values[1])  # each call sees a new minibatch
+
+
+def test_jit_compile_falls_back_for_models_it_cannot_trace(float64):
+    def branches_on_a_value(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0), 1.0))
+        scale = 1.0 if float(mu.detach().reshape(-1)[0]) > 0 else 2.0  # frozen by a trace
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, scale), obs=y)
+
+    with pytest.warns(UserWarning, match="jit_compile=True: the model could not be traced"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="the model could not be evaluated")
+            target = Target.from_pyro(branches_on_a_value, torch.randn(10), jit_compile=True)
+    assert not target.compiled
+    with pytest.raises(TypeError, match="jit_compile must be True or False"):
+        Target.from_pyro(subsampled_scale_model, *make_data(), 7, jit_compile="yes")

@@ -20,7 +20,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["bayesian_mlp", "mlp_forward", "layer_sizes", "LIKELIHOODS"]
+__all__ = ["bayesian_mlp", "mlp_forward", "predict", "layer_sizes", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "categorical", "normal")
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
@@ -50,6 +50,20 @@ def mlp_forward(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]
         if layer < len(weights) - 1:
             h = act(h)
     return h.reshape(*lead, x.shape[0], h.shape[-1])
+
+
+def predict(samples, x: torch.Tensor, activation="relu") -> torch.Tensor:
+    """The network's output at ``x`` for every posterior draw: ``(chain, draw, n, out)``.
+
+    ``samples`` is a :class:`~bayeskit.Posterior` or its ``samples`` dict
+    (sites ``w0, b0, w1, b1, ...`` as :func:`bayesian_mlp` names them).
+    """
+    samples = getattr(samples, "samples", samples)
+    num_layers = sum(1 for name in samples if name.startswith("w") and name[1:].isdigit())
+    if num_layers == 0 or any(f"b{i}" not in samples for i in range(num_layers)):
+        raise ValueError("samples must hold the sites w0, b0, w1, b1, ... of a bayesian_mlp posterior")
+    weights = [(samples[f"w{i}"].to(x), samples[f"b{i}"].to(x)) for i in range(num_layers)]
+    return mlp_forward(x, weights, activation)
 
 
 def bayesian_mlp(x: torch.Tensor, y: torch.Tensor | None = None, *, hidden=(50,), num_outputs: int | None = None,

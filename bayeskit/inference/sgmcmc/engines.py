@@ -95,6 +95,8 @@ class SGMCMC(Engine):
         self.temperature = _positive("temperature", temperature)
         self.schedule = make_schedule(schedule)
         self.plan = self.schedule.plan(self.step_size, self.num_warmup, self.num_samples, self.thin)
+        # (step size, noise, collect) per step as Python values: no tensor indexing in the hot loop
+        self.steps = list(zip(self.plan.step_sizes.tolist(), self.plan.noise.tolist(), self.plan.collect.tolist()))
         self.initial_position = init
         self.dims, self.coords = dims, coords
         self.kernel = self.make_kernel()
@@ -142,22 +144,27 @@ class SGMCMC(Engine):
                                                                               self.plan.num_draws), 0, 0)
 
     def step(self, state, target):
-        index = state.step
-        step_size = float(self.plan.step_sizes[index])
+        step_size, noise, collect = self.steps[state.step]
         log_prob, score = target.log_prob_and_score(state.kernel_state.position)
-        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=bool(self.plan.noise[index]))
-        if self.plan.collect[index]:
-            # The stored density is the one seen at the pre-step point, one step
-            # stale but free; it is a minibatch estimate when the model subsamples.
+        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise)
+        return state, self.record(state, kernel_state, log_prob, collect)
+
+    def record(self, state, kernel_state, log_prob, collect) -> dict:
+        """Keep the new state as a draw if the plan says so, count the step, return its trace entry.
+
+        The stored density is the one seen at the pre-step point, one step
+        stale but free; it is a minibatch estimate when the model subsamples.
+        """
+        if collect:
             state.draws[:, state.num_collected] = kernel_state.position
             state.draw_log_prob[:, state.num_collected] = log_prob
             state.num_collected += 1
-        state.kernel_state, state.step = kernel_state, index + 1
-        info = {"log_prob": log_prob.mean(), "step_size": torch.tensor(step_size),
-                "finite": torch.isfinite(kernel_state.position).all() & torch.isfinite(score).all()}
+        state.kernel_state, state.step = kernel_state, state.step + 1
+        # A non-finite score or density makes the new position non-finite: one sum checks all three.
+        info = {"log_prob": log_prob.mean(), "finite": torch.isfinite(kernel_state.position.sum())}
         if kernel_state.thermostat is not None:
             info["thermostat"] = kernel_state.thermostat.mean()
-        return state, info
+        return info
 
     def finite_values(self, state, target):
         position = state.kernel_state.position
@@ -185,6 +192,8 @@ class SGMCMC(Engine):
     # ------------------------------------------------------------ export
     def to_posterior(self, state, target, trace, meta):
         meta = {**meta, "sample_kind": "mcmc"}
+        if "log_prob" in trace:  # the step sizes are the plan's; no need to record them per step
+            trace = {**trace, "step_size": self.plan.step_sizes[:len(trace["log_prob"])]}
         if state.num_collected:
             draws = state.draws[:, :state.num_collected]
             log_prob = state.draw_log_prob[:, :state.num_collected]
@@ -192,12 +201,38 @@ class SGMCMC(Engine):
             draws = state.kernel_state.position.unsqueeze(1)
             log_prob = target.log_prob(draws).detach()
             meta["note"] = "no draws were kept (stopped during warm-up); the posterior holds the last state"
+        _warn_on_runaway_chains(log_prob, target.dim)
         with torch.no_grad():
             samples = target.constrain(draws)
         return Posterior(samples, sample_stats={"log_prob": log_prob}, trace=trace, meta=meta,
                          observed_data=target.observed_data or None,
                          log_likelihood=_pointwise_log_likelihood(target, draws),
                          dims=self.dims, coords=self.coords)
+
+
+def _warn_on_runaway_chains(log_prob, dim):
+    """Warn when a chain's draws sit far below the best chain's log density.
+
+    A chain can run off to huge but finite values (a step size too large for
+    it, the restart of a cyclical schedule) without any NaN to stop the run,
+    and averages over all chains hide it.  At stationarity a draw's log
+    density varies by about ``sqrt(dim / 2)``; a median more than
+    ``max(100, 10 sqrt(dim))`` below the best chain's is flagged.
+    """
+    if log_prob.shape[0] < 2:
+        return
+    medians = log_prob.median(dim=1).values
+    best = medians.max()
+    gap = max(100.0, 10 * dim**0.5)
+    behind = (medians < best - gap).nonzero().flatten().tolist()
+    if behind:
+        import warnings
+
+        values = ", ".join(f"chain {c}: {float(medians[c]):.4g}" for c in behind)
+        warnings.warn(f"median log density of the draws far below the best chain's ({float(best):.4g}): {values}. "
+                      "Those chains may not have converged yet (warm-up too short), have run off (step size "
+                      "too large for them) or be stuck in a poor mode; look at post.sample_stats['log_prob'] "
+                      "per chain before pooling them.", stacklevel=6)
 
 
 def _pointwise_log_likelihood(target, draws):
@@ -251,8 +286,8 @@ class SGHMC(SGMCMC):
 
     ``step_size`` is the time step ``epsilon`` of the Langevin dynamics with
     momentum; ``friction`` is ``alpha`` per unit time (default
-    ``0.1 / step_size``: Chen et al.'s recommended momentum decay of 0.1 per
-    step); ``noise_estimate`` the gradient-noise variance ``beta_hat`` (0,
+    ``0.1 / step_size``: a momentum decay of 0.1 per step, a common choice in
+    Chen et al.'s practical form); ``noise_estimate`` the gradient-noise variance ``beta_hat`` (0,
     a number, or ``"ema"``); ``mass`` a scalar or diagonal mass (set it near
     the posterior precision on narrow posteriors; see
     :func:`~bayeskit.inference.sgmcmc.kernels.sghmc_step`).  In Chen et al.'s practical form the learning

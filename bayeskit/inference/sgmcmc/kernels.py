@@ -86,8 +86,9 @@ def _inv_sqrt(mass, like):
 
 
 def _gaussian(like, variance):
-    """N(0, variance) noise shaped like ``like``; variance broadcasts."""
-    return torch.randn_like(like) * torch.as_tensor(variance, dtype=like.dtype, device=like.device).sqrt()
+    """N(0, variance) noise shaped like ``like``; variance (a number or a tensor) broadcasts."""
+    scale = math.sqrt(variance) if isinstance(variance, (int, float)) else variance.sqrt()
+    return torch.randn_like(like) * scale
 
 
 # ---------------------------------------------------------------------------- SGLD
@@ -191,8 +192,9 @@ def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, fri
         beta = noise_estimate
     momentum = momentum + step_size * score - step_size * friction * momentum
     if noise:
-        variance = step_size * (2 * friction * temperature - step_size * torch.as_tensor(beta).to(momentum))
-        momentum = momentum + _gaussian(momentum, variance.clamp(min=0.0))
+        variance = step_size * (2 * friction * temperature - step_size * beta)
+        variance = max(variance, 0.0) if isinstance(variance, float) else variance.clamp(min=0.0)
+        momentum = momentum + _gaussian(momentum, variance)
     position = state.position + step_size * inv_sqrt_mass * momentum
     return replace(state, position=position, momentum=momentum, square_avg=square_avg, grad_avg=grad_avg)
 

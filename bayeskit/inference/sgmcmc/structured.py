@@ -474,32 +474,20 @@ class StructuredSGMCMC(SGMCMC):
         return structured_points(position, contexts, group_index, keep_current)
 
     def step(self, state, target):
-        index = state.step
-        step_size = float(self.plan.step_sizes[index])
+        step_size, noise, collect = self.steps[state.step]
         position = state.kernel_state.position
         points = self._points(state, position)
         chains, num_groups, num_draws, dim = points.shape
         # One call scores the current state (for its log density) and every structured point.
         batch = torch.cat([position.unsqueeze(1), points.reshape(chains, num_groups * num_draws, dim)], dim=1)
         log_probs, scores = target.log_prob_and_score(batch)
-        log_prob = log_probs[:, 0]
         score = structured_score(scores[:, 1:].reshape(chains, num_groups, num_draws, dim),
                                  state.layout.group_index)
-        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=bool(self.plan.noise[index]))
-        if self.plan.collect[index]:
-            # As in SGMCMC.step: the stored density is the pre-step one, one step stale but free.
-            state.draws[:, state.num_collected] = kernel_state.position
-            state.draw_log_prob[:, state.num_collected] = log_prob
-            state.num_collected += 1
-        steps_done = index + 1
+        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise)
+        steps_done = state.step + 1
         if steps_done % self.buffer_every == 0:
             state.buffer[:, (steps_done // self.buffer_every) % self.buffer_size] = kernel_state.position
-        state.kernel_state, state.step = kernel_state, steps_done
-        info = {"log_prob": log_prob.mean(), "step_size": torch.tensor(step_size),
-                "finite": torch.isfinite(kernel_state.position).all() & torch.isfinite(score).all()}
-        if kernel_state.thermostat is not None:
-            info["thermostat"] = kernel_state.thermostat.mean()
-        return state, info
+        return state, self.record(state, kernel_state, log_probs[:, 0], collect)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, state):
