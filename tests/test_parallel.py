@@ -27,6 +27,6 @@ def test_ray_backend_without_ray_says_how_to_install():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
-def test_ray_backend_matches_inprocess():
+def test_ray_backend_matches_inprocess(ray_cluster):
     items = [torch.arange(3.0) + i for i in range(4)]
     assert parallel_map(square_sum, items, backend="ray") == parallel_map(square_sum, items)

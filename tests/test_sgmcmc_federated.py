@@ -6,8 +6,6 @@ Ground truth here is conjugate algebra, not the code under test: the mean of
 """
 
 import math
-import os
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -163,18 +161,6 @@ def test_given_surrogates_skip_the_fit_and_any_kernel_plugs_in(float64):
 
 
 # --------------------------------------------------------------------- Ray
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    # Workers import this module to unpickle the models defined above.
-    tests_dir = str(Path(__file__).parent)
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_backend_gives_the_same_draws_as_in_process(ray_cluster):
     shards = non_iid_shards([40, 24], [[-1.0, 0.0], [1.0, 0.5]])
     settings = dict(step_size=2e-3, num_samples=10, num_warmup=10, num_chains=4, local_steps=5,
