@@ -81,8 +81,10 @@ def _check_position(position):
 
 
 def _inv_sqrt(mass, like):
-    """``M^(-1/2)`` of a scalar or diagonal mass, as a tensor that broadcasts against ``like``."""
-    return torch.as_tensor(mass, dtype=like.dtype, device=like.device).rsqrt()
+    """``M^(-1/2)`` of a scalar (kept a Python number: no device copy per step) or diagonal mass."""
+    if isinstance(mass, (int, float)):
+        return float(mass) ** -0.5
+    return mass.to(dtype=like.dtype, device=like.device).rsqrt()
 
 
 def _gaussian(like, variance):
@@ -313,7 +315,7 @@ class SGHMCKernel(SGLDKernel):
     def __post_init__(self):
         super().__post_init__()
         _positive("friction", self.friction)
-        _check_mass(self.mass)
+        _check_mass(self)
         if self.noise_estimate != "ema" and not (isinstance(self.noise_estimate, (int, float))
                                                  and self.noise_estimate >= 0):
             raise ValueError(f"noise_estimate must be a non-negative number or 'ema', got {self.noise_estimate!r}")
@@ -341,7 +343,7 @@ class SGNHTKernel(SGLDKernel):
     def __post_init__(self):
         super().__post_init__()
         _positive("diffusion", self.diffusion)
-        _check_mass(self.mass)
+        _check_mass(self)
 
     def init(self, position):
         return sgnht_init(position, self.diffusion)
@@ -359,11 +361,15 @@ def _setting(value):
     return value.tolist() if isinstance(value, torch.Tensor) else value
 
 
-def _check_mass(mass):
-    values = torch.as_tensor(mass)
+def _check_mass(kernel):
+    """Validate ``kernel.mass``; a sequence becomes a tensor (moved to the chains' device at use)."""
+    mass = kernel.mass
+    values = torch.as_tensor(mass, dtype=torch.float64)
     if values.dim() > 1 or not bool((values > 0).all()) or not bool(torch.isfinite(values).all()):
         raise ValueError("mass must be a positive number or a 1-D tensor of positive entries (the diagonal), "
                          f"got {mass!r}")
+    if not isinstance(mass, (int, float, torch.Tensor)):
+        object.__setattr__(kernel, "mass", values)  # frozen dataclass
 
 
 _KERNELS = {"sgld": SGLDKernel, "psgld": PSGLDKernel, "sghmc": SGHMCKernel, "sgnht": SGNHTKernel}
