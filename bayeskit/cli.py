@@ -73,8 +73,8 @@ def demo_sghmc(out: Path, *, quick: bool, seed: int, progress: bool):
     data = load_breast_cancer().standardized()
     train, test = data.split(test_fraction=0.2, seed=seed)
     hidden, batch = (50,), 64
-    engine = SGHMC(bayesian_mlp, step_size=0.03, num_chains=4, num_warmup=100 if quick else 1000,
-                   num_samples=100 if quick else 500, thin=2)
+    engine = SGHMC(bayesian_mlp, step_size=0.02, num_chains=4, num_warmup=100 if quick else 1000,
+                   num_samples=100 if quick else 500, thin=2 if quick else 10)
     _print_header(f"SGHMC: Bayesian neural network {train.x.shape[1]}-{hidden[0]}-1, breast cancer "
                   f"({len(train.y)} train / {len(test.y)} test, minibatches of {batch}, {engine.num_chains} chains)")
     start = time.perf_counter()

@@ -41,9 +41,9 @@ QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
 OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
 OUT.mkdir(parents=True, exist_ok=True)
 # Each step is a few small matrix products (at most 455 x 50). At this size torch's
-# intra-op threads cost more in synchronisation than they save: on the 2-core machine
-# this was written on, one gradient evaluation took 3-6 ms on one thread and 15-40 ms
-# on two when other processes were running.
+# intra-op threads gain nothing, and on a machine busy with other processes they
+# cost a lot (one gradient evaluation took 3-6 ms on one thread and 15-40 ms on two
+# when this was written on a shared 2-core machine), so we use one.
 torch.set_num_threads(1)
 
 # %% [markdown]
@@ -64,11 +64,14 @@ data = load_breast_cancer().standardized()
 train, test = data.split(test_fraction=0.2, seed=0)
 HIDDEN = (50,)
 BATCH = 50
-model_kwargs = {"hidden": HIDDEN, "subsample_size": BATCH}
+# jit_compile=True traces the model's density once and replays the trace (the
+# minibatch still changes every step): 2-3 times faster on a network this small.
+model_kwargs = {"hidden": HIDDEN, "subsample_size": BATCH, "jit_compile": True}
 
 target = bk.Target.from_pyro(bayesian_mlp, train.x, train.y, **model_kwargs)
 print(target)
-print("minibatched:", target.subsampled, "| one call for all chains:", target.vectorized)
+print("minibatched:", target.subsampled, "| one call for all chains:", target.vectorized,
+      "| traced:", target.compiled)
 
 # %% [markdown]
 # ## SGHMC
