@@ -182,7 +182,7 @@ SHARDS = [(torch.randn(5, 2),), (torch.randn(6, 2),)]
     (dict(shard_probs=[0.5, 0.6]), "shard_probs must sum to 1"),
     (dict(shard_probs=[1.5, -0.5]), "shard_probs must be positive"),
     (dict(shard_probs=[[0.5, 0.5]]), "shard_probs must be a 1-d"),
-    (dict(local_steps=0), "local_steps must be a positive int"),
+    (dict(local_steps=0), "local_steps must be an int >= 1"),
     (dict(backend="dask"), "backend must be one of"),
     (dict(surrogate_covariance="dense"), "surrogate_covariance must be one of"),
     (dict(surrogate_steps=1), "surrogate_steps must be at least 2"),

@@ -55,7 +55,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
-from bayeskit.inference.sgmcmc.engines import SGMCMC
+from bayeskit.inference.sgmcmc.engines import SGMCMC, _positive_int
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, _positive, make_kernel
 from bayeskit.parallel import BACKENDS, parallel_map
 from bayeskit.posterior import Posterior
@@ -458,12 +458,6 @@ def _check_shard_probs(shard_probs):
     return probs
 
 
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 # ============================================================ the engines
 @dataclass
 class FederatedRun:
@@ -653,11 +647,6 @@ class FederatedSGMCMC(SGMCMC):
             saved["surrogate_means"] = torch.stack([s.mean for s in state.surrogates])
             saved["surrogate_precisions"] = torch.stack([s.precision for s in state.surrogates])
         return saved
-
-    def snapshot(self, state):
-        # Kept draws are written once, so the buffers are shared, not copied every round.
-        return {**self.state_dict(state), "kernel": {name: value.clone()
-                                                     for name, value in state.kernel_state.tensors().items()}}
 
     def load_state(self, federation, saved):
         like = {"device": federation.device, "dtype": federation.dtype}

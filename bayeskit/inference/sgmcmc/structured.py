@@ -491,13 +491,9 @@ class StructuredSGMCMC(SGMCMC):
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, state):
+        # The base snapshot() shares this buffer rather than copying it every step: a
+        # snapshot only exports the draws of the last finite state, which never reads it.
         return {**super().state_dict(state), "buffer": state.buffer}
-
-    def snapshot(self, state):
-        # The buffer is shared, not copied: a snapshot only serves to export the
-        # draws of the last finite state, which never reads the buffer, and
-        # copying chains x buffer_size x dim numbers every step would dominate.
-        return {**super().snapshot(state), "buffer": state.buffer}
 
     def load_state(self, target, saved):
         run = super().load_state(target, saved)
