@@ -57,20 +57,22 @@ def test_sgld_temperature_scales_the_variance():
     assert abs(state.position.var().item() / exact - 1) < variance_tolerance(CHAINS)
 
 
-def sghmc_transition(eps, friction, precision):
-    """(theta, m) -> A (theta, m) for the update m' = m - eps h theta - eps alpha m, theta' = theta + eps m'."""
+def sghmc_stationary_covariance(eps, friction, precision, momentum_noise):
+    """Stationary covariance of (theta, m) under m' = m - eps h theta - eps alpha m + xi, theta' = theta + eps m'.
+
+    ``momentum_noise`` is the variance of ``xi``, which enters theta through ``theta' = theta + eps m'``.
+    """
     momentum_row = np.array([-eps * precision, 1 - eps * friction])
     position_row = np.array([1.0, 0.0]) + eps * momentum_row
-    return np.vstack([position_row, momentum_row])
+    transition = np.vstack([position_row, momentum_row])
+    noise_loading = np.array([[eps], [1.0]])
+    return solve_discrete_lyapunov(transition, momentum_noise * noise_loading @ noise_loading.T)
 
 
 @pytest.mark.parametrize("friction", [0.5, 3.0])
 def test_sghmc_matches_the_lyapunov_stationary_covariance(friction):
     precision, eps = 2.0, 0.1
-    a = sghmc_transition(eps, friction, precision)
-    injected = eps * 2 * friction  # momentum noise variance; it enters theta through theta' = theta + eps m'
-    b = np.array([[eps], [1.0]])
-    exact = solve_discrete_lyapunov(a, injected * b @ b.T)
+    exact = sghmc_stationary_covariance(eps, friction, precision, momentum_noise=eps * 2 * friction)
     state = run_kernel(SGHMCKernel(friction=friction), precision, 1500, step_size=eps)
     theta, m = state.position.squeeze(-1), state.momentum.squeeze(-1)
     assert abs(theta.var().item() / exact[0, 0] - 1) < variance_tolerance(CHAINS)
@@ -82,10 +84,8 @@ def test_sghmc_noise_estimate_removes_the_gradient_noise_bias():
     # sampler beta lowers the injected noise by exactly that much, so the stationary
     # covariance is that of the noise-free chain.
     precision, eps, friction, beta = 1.0, 0.1, 2.0, 20.0
-    a = sghmc_transition(eps, friction, precision)
-    b = np.array([[eps], [1.0]])
-    noise_free = solve_discrete_lyapunov(a, eps * 2 * friction * b @ b.T)[0, 0]
-    uncorrected = solve_discrete_lyapunov(a, (eps * 2 * friction + eps**2 * beta) * b @ b.T)[0, 0]
+    noise_free = sghmc_stationary_covariance(eps, friction, precision, eps * 2 * friction)[0, 0]
+    uncorrected = sghmc_stationary_covariance(eps, friction, precision, eps * 2 * friction + eps**2 * beta)[0, 0]
     corrected = run_kernel(SGHMCKernel(friction=friction, noise_estimate=beta), precision, 1500, step_size=eps,
                            gradient_noise_sd=math.sqrt(beta))
     naive = run_kernel(SGHMCKernel(friction=friction), precision, 1500, step_size=eps,
@@ -98,10 +98,8 @@ def test_sghmc_noise_estimate_removes_the_gradient_noise_bias():
 
 def test_sghmc_ema_noise_estimate_helps_without_being_told():
     precision, eps, friction, beta = 1.0, 0.1, 2.0, 30.0
-    a = sghmc_transition(eps, friction, precision)
-    b = np.array([[eps], [1.0]])
-    noise_free = solve_discrete_lyapunov(a, eps * 2 * friction * b @ b.T)[0, 0]
-    naive = solve_discrete_lyapunov(a, (eps * 2 * friction + eps**2 * beta) * b @ b.T)[0, 0]
+    noise_free = sghmc_stationary_covariance(eps, friction, precision, eps * 2 * friction)[0, 0]
+    naive = sghmc_stationary_covariance(eps, friction, precision, eps * 2 * friction + eps**2 * beta)[0, 0]
     state = run_kernel(SGHMCKernel(friction=friction, noise_estimate="ema"), precision, 3000, step_size=eps,
                        gradient_noise_sd=math.sqrt(beta))
     variance = state.position.var().item()
