@@ -179,6 +179,41 @@ class PyroDensity:
         return torch.cat(blocks, dim=-1).detach()
 
 
+    def sampled_fisher(self, flat, num_samples):
+        r"""Monte Carlo Fisher information of the likelihood at each point, ``(N, dim, dim)``.
+
+        For each point, observations :math:`y^*` are simulated from the model's
+        own likelihood and :math:`g = \nabla_z \sum \sqrt{c}\,\log p(y^* \mid z)` is
+        taken, with :math:`c` each observed site's subsampling scale; then
+        :math:`E[g g^\top] = \sum_{sites} c\, F_{minibatch} = F_{full}`, the full-data
+        Fisher, since the scores of independent simulated observations are
+        uncorrelated.  ``num_samples`` simulated data sets are averaged.
+        """
+        from pyro.distributions.util import scale_and_mask
+
+        if not self.vectorized:
+            raise ValueError("the sampled Fisher metric needs a model that vectorises over points; "
+                             "pass metric=callable instead")
+        n, dim = flat.shape
+        with torch.enable_grad(), pyro.validation_enabled(False):
+            points = flat.detach().repeat(num_samples, 1).requires_grad_(True)
+            values = self.constrained_values(points)
+            data = {name: self._pad(name, v) for name, v in values.items()}
+            model = poutine.condition(self._particle_model(points.shape[0]), data)
+            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+            total = points.new_zeros(points.shape[0])
+            for site in trace.nodes.values():
+                if _is_observed(site):
+                    simulated = site["fn"].sample().detach()
+                    log_lik = scale_and_mask(site["fn"].log_prob(simulated), site["scale"] ** 0.5, site["mask"])
+                    total = total + self._per_point(log_lik, points.shape[0])
+            if not total.requires_grad:  # no observation depends on the latent values
+                return flat.new_zeros(n, dim, dim)
+            (grad,) = torch.autograd.grad(total.sum(), points)
+        grad = grad.reshape(num_samples, n, dim)
+        return torch.einsum("snd,sne->nde", grad, grad) / num_samples
+
+
 class _NotVectorizable(RuntimeError):
     pass
 
@@ -312,7 +347,7 @@ def warn_fallback(reason: str) -> None:
         "to get the fast path.", stacklevel=4)
 
 
-def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False):
+def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_transform=None):
     if not callable(model):
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
     if vectorize not in (True, False, "auto"):
@@ -326,7 +361,8 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False):
     latent = {name: site for name, site in prototype.nodes.items() if _is_latent(site)}
     if not latent:
         raise ValueError("the model has no latent sample sites: nothing to infer")
-    sites = build_sites({name: (site["value"].shape, site["fn"].support) for name, site in latent.items()})
+    sites = build_sites({name: (site["value"].shape, site["fn"].support) for name, site in latent.items()},
+                        site_transform)
     observed = {name: site for name, site in prototype.nodes.items() if _is_observed(site)}
     first = next(iter(latent.values()))["value"]
     density = PyroDensity(model, args, kwargs, sites,
@@ -365,6 +401,7 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False):
         dtype=first.dtype, device=first.device,
         description=f"Pyro model {getattr(model, '__name__', type(model).__name__)}",
     )
+    target.sampled_fisher = density.sampled_fisher
     target.vectorized = density.vectorized
     target.subsampled = subsampled
     target.compiled = compiled is not None

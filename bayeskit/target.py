@@ -61,16 +61,20 @@ class Site:
         return self.slice.stop - self.slice.start
 
 
-def build_sites(specs: Mapping[str, tuple[torch.Size, constraints.Constraint]]) -> dict[str, Site]:
+def build_sites(specs: Mapping[str, tuple[torch.Size, constraints.Constraint]],
+                site_transform: Callable[[str, constraints.Constraint], Transform] | None = None
+                ) -> dict[str, Site]:
     """Lay out sites in a flat vector, in the order given.
 
     ``specs`` maps a name to ``(constrained shape, support)``.  The
-    unconstrained shape comes from ``biject_to(support)``.
+    unconstrained shape comes from ``biject_to(support)``, or from
+    ``site_transform(name, support)`` when given (the mirrored Stein samplers
+    parameterise sites by their mirror maps' dual coordinates).
     """
     sites, offset = {}, 0
     for name, (shape, support) in specs.items():
         shape = torch.Size(shape)
-        transform = biject_to(support)
+        transform = biject_to(support) if site_transform is None else site_transform(name, support)
         unconstrained_shape = torch.Size(transform.inverse_shape(shape))
         size = math.prod(unconstrained_shape)
         sites[name] = Site(name, shape, unconstrained_shape, support, transform,

@@ -67,10 +67,20 @@ class RBFKernel:
         self.bandwidth = _check_bandwidth(bandwidth)
 
     def __call__(self, x):
+        k, f_prime, h = self.matrices(x)
+        return k, _repulsion(x, f_prime), h
+
+    def matrices(self, x):
+        """``(k, f', h)``: the kernel matrix, the derivative of its profile ``f'(r_ij^2)`` and the bandwidth.
+
+        ``grad_{x_j} k(x_j, x_i) = 2 f'(r_ij^2) (x_j - x_i)``: the mirrored
+        samplers precondition each of these pair gradients, so they need
+        ``f'`` rather than the summed repulsion.
+        """
         sq = _squared_distances(x)
         h = self._bandwidth(sq)
         k = torch.exp(-sq / h[..., None, None])
-        return k, _repulsion(x, -k / h[..., None, None]), h
+        return k, -k / h[..., None, None], h
 
     def _bandwidth(self, sq):
         if self.bandwidth == "median":
@@ -97,12 +107,12 @@ class IMQKernel(RBFKernel):
             raise ValueError(f"beta must lie in (-1, 0), got {beta}")
         self.beta = beta
 
-    def __call__(self, x):
+    def matrices(self, x):
         sq = _squared_distances(x)
         h = self._bandwidth(sq)[..., None, None]
         base = 1 + sq / h
         k = base.pow(self.beta)
-        return k, _repulsion(x, self.beta / h * base.pow(self.beta - 1)), h[..., 0, 0]
+        return k, self.beta / h * base.pow(self.beta - 1), h[..., 0, 0]
 
     def _bandwidth(self, sq):
         if self.bandwidth == "median":

@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["logistic_regression", "linear_predictor"]
+__all__ = ["logistic_regression", "logistic_regression_fisher", "linear_predictor"]
 
 
 def linear_predictor(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -46,3 +46,21 @@ def logistic_regression(x: torch.Tensor, y: torch.Tensor | None = None, *, prior
         logits = alpha + linear_predictor(rows, beta)
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=None if y is None else y[index])
     return logits
+
+
+def logistic_regression_fisher(x: torch.Tensor):
+    r"""The Fisher information of :func:`logistic_regression`'s likelihood, as a metric for :class:`~bayeskit.inference.SVNG`.
+
+    For the unconstrained vector ``z = (alpha, beta)`` and rows :math:`\tilde x_n = (1, x_n)`:
+    :math:`F(z) = \sum_n p_n (1 - p_n)\, \tilde x_n \tilde x_n^\top` with
+    :math:`p_n = \sigma(\tilde x_n^\top z)`.  Adding ``damping = 1 / prior_scale**2``
+    in SVNG makes the metric the expected Hessian of the negative log posterior.
+
+    Returns ``metric(z) -> (..., 1 + p, 1 + p)``.
+    """
+    design = torch.cat([torch.ones(len(x), 1, dtype=x.dtype, device=x.device), x], dim=-1)
+
+    def metric(z):
+        p = torch.sigmoid(z @ design.T)
+        return torch.einsum("...n,nd,ne->...de", p * (1 - p), design, design)
+    return metric
