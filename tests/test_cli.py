@@ -33,6 +33,11 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
         assert (out / name).stat().st_size > 0, name
     sghmc = bayeskit.load(out / "sghmc_posterior.nc")
     assert sghmc.meta["engine"] == "SGHMC" and sghmc.samples["w0"].shape == (4, 100, 30, 50)
+    for name in ("mirrored_posterior.nc", "mirrored_forest.png"):
+        assert (out / name).stat().st_size > 0, name
+    mirrored = bayeskit.load(out / "mirrored_posterior.nc")
+    assert mirrored.meta["engine"] == "SVMD"
+    torch.testing.assert_close(mirrored.samples["p"].sum(-1), torch.ones(1, 50, dtype=torch.float64))
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

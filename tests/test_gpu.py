@@ -50,3 +50,21 @@ def test_sgmcmc_chains_run_batched_on_cuda_and_agree_with_cpu():
         return torch.distributions.Bernoulli(logits=logits).log_prob(data.y).mean()
 
     assert abs(mean_log_likelihood(on_gpu) - mean_log_likelihood(on_cpu)) < 0.05
+
+
+def test_mirrored_samplers_run_on_cuda_and_agree_with_cpu():
+    import pyro
+    import pyro.distributions as dist
+
+    from bayeskit.inference import SVMD, MirroredSVGD
+
+    def model(alpha):
+        pyro.sample("p", dist.Dirichlet(alpha))
+    alpha = torch.tensor([5.0, 2.0, 0.5, 0.5], dtype=torch.float64)
+    # the same start on both devices (their random streams differ)
+    init = {"p": dist.Dirichlet(torch.ones(4, dtype=torch.float64)).sample((64,))}
+    for engine in (MirroredSVGD(model, num_particles=64, init=init), SVMD(model, num_particles=64, init=init)):
+        on_gpu = engine.run(alpha.cuda(), num_steps=200, seed=0, progress=False)
+        on_cpu = engine.run(alpha, num_steps=200, seed=0, progress=False)
+        assert on_gpu.meta["device"].startswith("cuda")
+        torch.testing.assert_close(on_gpu.samples["p"].cpu(), on_cpu.samples["p"], atol=1e-6, rtol=1e-5)
