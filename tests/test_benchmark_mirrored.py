@@ -88,3 +88,21 @@ def test_projected_svgd_and_floor_helpers():
     assert module.energy(exact, exact) == pytest.approx(0.0, abs=1e-12)
     floor = module.iid_floor(alpha, exact, particles=20, reps=3)
     assert floor.shape == (3,) and (floor > 0).all()
+
+
+@pytest.mark.slow
+def test_svng_benchmark_quick_mode(tmp_path):
+    script = BENCHMARK.parent / "svng_vs_svgd.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=False,
+                            capture_output=True, text=True, timeout=300, env={"CI": "true", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "svng_vs_svgd_quick.json").read_text())
+    methods = {row["method"] for row in report["results"]}
+    assert methods == {"SVNG, exact Fisher", "SVNG, sampled Fisher", "SVGD, SGD", "SVGD, Adagrad (default)"}
+    for row in report["results"]:
+        if "diverged_at" in row:  # allowed for the noisy sampled Fisher, not for the others
+            assert row["method"] == "SVNG, sampled Fisher", row
+            continue
+        assert row["seconds_per_step"] > 0 and len(row["lpd"]) == 8
+        assert all(math.isfinite(v) and v < 0 for v in row["lpd"].values()), row
+    assert report["versions"]["torch"] and report["versions"]["pyro"]
