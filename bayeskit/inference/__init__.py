@@ -1,11 +1,12 @@
 """Inference engines. Each returns a :class:`bayeskit.Posterior`."""
 
 from bayeskit.inference.kernels import IMQKernel, RBFKernel
+from bayeskit.inference.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
 from bayeskit.inference.sgmcmc import (DSGLD, FSGLD, PSGLD, SGHMC, SGLD, SGNHT, ConstantSchedule, CyclicalSchedule,
                                        PolynomialDecay, StructuredSGMCMC)
-from bayeskit.inference.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
 from bayeskit.inference.stein import SVGD, SVMD, SVNG, MirroredSVGD
 
-__all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG", "MirrorMap", "IdentityMap", "OrthantMap", "BoxMap",
-           "SimplexMap", "CustomMirrorMap", "RBFKernel", "IMQKernel", "SGLD", "PSGLD", "SGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
+__all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG", "RBFKernel", "IMQKernel",
+           "MirrorMap", "IdentityMap", "OrthantMap", "BoxMap", "SimplexMap", "CustomMirrorMap",
+           "SGLD", "PSGLD", "SGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
            "ConstantSchedule", "PolynomialDecay", "CyclicalSchedule"]

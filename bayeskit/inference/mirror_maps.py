@@ -155,7 +155,8 @@ def _bound(value, name):
 
 
 class OrthantMap(MirrorMap):
-    r"""Entropic map of :math:`\{\theta > a\}`: :math:`\psi(\theta) = \sum_i (\theta_i - a)\log(\theta_i - a) - \theta_i`.
+    r"""Entropic map of :math:`\{\theta > a\}`:
+    :math:`\psi(\theta) = \sum_i (\theta_i - a)\log(\theta_i - a) - \theta_i`.
 
     :math:`\nabla\psi^*(\eta) = a + e^\eta`, :math:`\nabla^2\psi^{-1} = \mathrm{diag}(\theta - a)`,
     :math:`\log\det\nabla^2\psi^* = \sum_i \eta_i`.

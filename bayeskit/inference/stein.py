@@ -330,7 +330,8 @@ def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, 
     .. math::
 
         g_k = \frac{1}{n^2}\sum_m A_{km}\,\nabla^2\psi(\theta_m)
-              \sum_l \big[A_{lm}\, s_\eta(\eta_l) + \nabla^2\psi(\theta_l)^{-1}\nabla_{\theta_l} A(\theta_l, \theta_m)\big],
+              \sum_l \big[A_{lm}\, s_\eta(\eta_l)
+              + \nabla^2\psi(\theta_l)^{-1}\nabla_{\theta_l} A(\theta_l, \theta_m)\big],
 
     computed in O(n^2 r d) with O(d) (inverse) Hessian actions.
     Returns ``(g, bandwidth, num_eigen)``.

@@ -49,7 +49,8 @@ def logistic_regression(x: torch.Tensor, y: torch.Tensor | None = None, *, prior
 
 
 def logistic_regression_fisher(x: torch.Tensor):
-    r"""The Fisher information of :func:`logistic_regression`'s likelihood, as a metric for :class:`~bayeskit.inference.SVNG`.
+    r"""The Fisher information of :func:`logistic_regression`'s likelihood: a metric for
+    :class:`~bayeskit.inference.SVNG`.
 
     For the unconstrained vector ``z = (alpha, beta)`` and rows :math:`\tilde x_n = (1, x_n)`:
     :math:`F(z) = \sum_n p_n (1 - p_n)\, \tilde x_n \tilde x_n^\top` with
