@@ -124,8 +124,9 @@ class SVGD(Engine):
     num_particles : int
         Particles per chain (default 100).
     num_chains : int
-        Independent particle sets, advanced together in one batched step;
-        with several, ``summary()`` reports r_hat across them.
+        Independent particle sets, advanced together in one batched step
+        (compare their means to see whether the runs agree; ``summary()``
+        gives particle posteriors statistics only, no r_hat).
     kernel : "rbf", "imq" or a kernel object
         See :mod:`bayeskit.inference.kernels`; the bandwidth follows the
         median heuristic by default.
@@ -472,6 +473,13 @@ class SVMD(MirroredSVGD):
     descent; with many it spreads them like MSVGD but with steps scaled to
     the local geometry.  Costs an ``n x n`` eigendecomposition per chain
     and step on top of MSVGD.
+
+    The Hessian :math:`\nabla^2\psi` itself (not its inverse) enters the
+    kernel, and it is large where a particle nears the boundary.  On a
+    3-component mixture (simplex weights, real locations, a positive scale;
+    ``tutorials/03_mirrored_stein_simplex.py``) one of four particle sets
+    kept growing steps and stayed about 3x too wide after 2,500 steps, while
+    MirroredSVGD matched NUTS: check SVMD against MirroredSVGD on new models.
 
     Parameters
     ----------
