@@ -94,12 +94,16 @@ class PyroDensity:
         with pyro.validation_enabled(False):
             return self._traces(flat)
 
+    def _vectorized_trace(self, flat, values):
+        """One model run with all points in the outer plate, latent sites conditioned on ``values``."""
+        data = {name: self._pad(name, v) for name, v in values.items()}
+        model = poutine.condition(self._particle_model(flat.shape[0]), data)
+        return poutine.trace(model).get_trace(*self.args, **self.kwargs)
+
     def _traces(self, flat):
         values = self.constrained_values(flat)
         if self.vectorized:
-            data = {name: self._pad(name, v) for name, v in values.items()}
-            model = poutine.condition(self._particle_model(flat.shape[0]), data)
-            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+            trace = self._vectorized_trace(flat, values)
             trace.compute_log_prob()
             return [trace], values
         traces, replay = [], None
@@ -197,10 +201,7 @@ class PyroDensity:
         n, dim = flat.shape
         with torch.enable_grad(), pyro.validation_enabled(False):
             points = flat.detach().repeat(num_samples, 1).requires_grad_(True)
-            values = self.constrained_values(points)
-            data = {name: self._pad(name, v) for name, v in values.items()}
-            model = poutine.condition(self._particle_model(points.shape[0]), data)
-            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+            trace = self._vectorized_trace(points, self.constrained_values(points))
             total = points.new_zeros(points.shape[0])
             for site in trace.nodes.values():
                 if _is_observed(site):

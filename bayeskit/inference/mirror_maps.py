@@ -64,6 +64,8 @@ class MirrorMap:
     """
 
     name = "mirror"
+    #: 0 for maps acting coordinate by coordinate, 1 for maps acting on whole vectors (the simplex)
+    event_dim = 0
 
     # shape bookkeeping: the simplex drops its last coordinate, the others keep all
     def reduce(self, value: torch.Tensor) -> torch.Tensor:
@@ -77,9 +79,17 @@ class MirrorMap:
     def reduced_size(self, size: int) -> int:
         return size
 
+    def site_size(self, reduced_size: int) -> int:
+        """Inverse of :meth:`reduced_size`."""
+        return reduced_size
+
     def site_to_dual(self, value: torch.Tensor) -> torch.Tensor:
         """:meth:`to_dual` of a point given as the model's site sees it."""
         return self.to_dual(self.reduce(value))
+
+    def site_from_dual(self, eta: torch.Tensor) -> torch.Tensor:
+        """The point of ``eta`` as the model's site sees it: ``expand(to_primal(eta))``."""
+        return self.expand(self.to_primal(eta))
 
     # the map
     def to_dual(self, theta: torch.Tensor) -> torch.Tensor:
@@ -260,6 +270,7 @@ class SimplexMap(MirrorMap):
     """
 
     name = "simplex"
+    event_dim = 1
 
     def reduce(self, value):
         return value[..., :-1]
@@ -271,6 +282,9 @@ class SimplexMap(MirrorMap):
         if size < 2:
             raise ValueError("a simplex site needs at least 2 coordinates")
         return size - 1
+
+    def site_size(self, reduced_size):
+        return reduced_size + 1
 
     def to_dual(self, theta):
         return torch.log(theta) - torch.log(1 - theta.sum(-1, keepdim=True))
@@ -285,12 +299,12 @@ class SimplexMap(MirrorMap):
         full = torch.cat([eta, eta.new_zeros(eta.shape[:-1] + (1,))], dim=-1)
         return torch.log_softmax(full, dim=-1)
 
-    def full_primal(self, eta):
-        """All K coordinates of the point, accurate even where they underflow the reduced sum."""
+    def site_from_dual(self, eta):
+        # all K coordinates from eta: accurate even where they underflow the reduced sum
         return self._log_theta(eta).exp()
 
     def to_primal(self, eta):
-        return self.full_primal(eta)[..., :-1]
+        return self.site_from_dual(eta)[..., :-1]
 
     def inverse_hessian_apply(self, eta, v):
         theta = self.to_primal(eta)
@@ -393,39 +407,32 @@ class MirrorTransform(Transform):
         super().__init__(cache_size=0)
         self.mirror = mirror
         self._codomain = domain_constraint
-        self._event_dim = 1 if isinstance(mirror, SimplexMap) else 0
 
     @property
     def domain(self):
-        return constraints.independent(constraints.real, self._event_dim)
+        return constraints.independent(constraints.real, self.mirror.event_dim)
 
     @property
     def codomain(self):
         return self._codomain
 
     def _call(self, eta):
-        if isinstance(self.mirror, SimplexMap):
-            return self.mirror.full_primal(eta)
-        return self.mirror.expand(self.mirror.to_primal(eta))
+        return self.mirror.site_from_dual(eta)
 
     def _inverse(self, value):
         return self.mirror.site_to_dual(value)
 
     def log_abs_det_jacobian(self, eta, value):
-        if self._event_dim:
+        if self.mirror.event_dim:
             return self.mirror.log_det_inverse_hessian(eta)
         # elementwise maps: one term per coordinate, summed by the caller
         return self.mirror.log_det_inverse_hessian(eta.unsqueeze(-1))
 
     def forward_shape(self, shape):
-        if isinstance(self.mirror, SimplexMap):
-            return (*shape[:-1], shape[-1] + 1)
-        return shape
+        return (*shape[:-1], self.mirror.site_size(shape[-1])) if shape else shape
 
     def inverse_shape(self, shape):
-        if isinstance(self.mirror, SimplexMap):
-            return (*shape[:-1], self.mirror.reduced_size(shape[-1]))
-        return shape
+        return (*shape[:-1], self.mirror.reduced_size(shape[-1])) if shape else shape
 
 
 def _base_constraint(constraint):
@@ -532,7 +539,7 @@ def _composed_dual_target(target, site_transform):
         return lp
 
     def init_fn(n, generator):
-        return Target.unconstrain(dual, target.constrain(target.init(n, generator)))
+        return dual.unconstrain(target.constrain(target.init(n, generator)))
 
     dual = Target(sites, log_prob_fn, init_fn=init_fn,
                   pointwise_log_likelihood_fn=lambda eta: target.pointwise_log_likelihood(values_and_z(eta)[1]),
