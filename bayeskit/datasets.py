@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import csv
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import torch
 
-__all__ = ["Dataset", "load_breast_cancer"]
+__all__ = ["Dataset", "load_breast_cancer", "load_radon"]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Covariates ``x`` (n, p), responses ``y`` (n,), the covariate names and a citation."""
+    """Covariates ``x`` (n, p), responses ``y`` (n,), the covariate names and a citation.
+
+    Multilevel data sets also carry ``groups``: level name -> integer group id
+    per row, ``(n,)``; and ``group_labels``: level name -> the label of each id.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     feature_names: tuple[str, ...]
     citation: str
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)
+    group_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def standardized(self) -> Dataset:
         """Covariates centred and scaled to unit standard deviation."""
-        x = (self.x - self.x.mean(0)) / self.x.std(0)
-        return Dataset(x, self.y, self.feature_names, self.citation)
+        return replace(self, x=(self.x - self.x.mean(0)) / self.x.std(0))
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
         """A random train/test split, reproducible from ``seed``."""
@@ -32,9 +37,12 @@ class Dataset:
             raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
         order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(seed))
         n_test = int(round(test_fraction * len(self.y)))
-        test, train = order[:n_test], order[n_test:]
-        return (Dataset(self.x[train], self.y[train], self.feature_names, self.citation),
-                Dataset(self.x[test], self.y[test], self.feature_names, self.citation))
+        return self.subset(order[n_test:]), self.subset(order[:n_test])
+
+    def subset(self, rows: torch.Tensor) -> Dataset:
+        """The rows ``rows`` (indices or a boolean mask); group ids and labels are kept as they are."""
+        return replace(self, x=self.x[rows], y=self.y[rows],
+                       groups={level: ids[rows] for level, ids in self.groups.items()})
 
 
 def load_breast_cancer(dtype: torch.dtype | None = None) -> Dataset:
@@ -50,3 +58,29 @@ def load_breast_cancer(dtype: torch.dtype | None = None) -> Dataset:
     header, values = rows[0], torch.tensor([[float(v) for v in row] for row in rows[1:]], dtype=dtype)
     return Dataset(values[:, :-1], values[:, -1], tuple(header[:-1]),
                    "Wolberg et al. (1995), Breast Cancer Wisconsin (Diagnostic), UCI, doi:10.24432/C5DW2B")
+
+
+def load_radon(dtype: torch.dtype | None = None) -> Dataset:
+    """Radon in 919 Minnesota homes in 85 counties: the classic multilevel data set.
+
+    ``y`` is the log radon level; ``x`` holds ``floor`` (1 when measured on the
+    first floor, 0 in the basement) and ``log_uranium`` (the county's log soil
+    uranium); ``groups["county"]`` gives each home's county, named in
+    ``group_labels["county"]``. Counties hold 1 to 116 homes, so partial
+    pooling matters. US EPA National Residential Radon Survey, as prepared by
+    Gelman and Hill (2007), *Data Analysis Using Regression and
+    Multilevel/Hierarchical Models*, chapter 12.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    source = resources.files("bayeskit.data").joinpath("radon_mn.csv.gz")
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        rows = list(csv.DictReader(text))
+    counties = tuple(sorted({row["county"] for row in rows}))
+    index = {name: i for i, name in enumerate(counties)}
+    x = torch.tensor([[float(row["floor"]), float(row["log_uranium"])] for row in rows], dtype=dtype)
+    y = torch.tensor([float(row["log_radon"]) for row in rows], dtype=dtype)
+    county = torch.tensor([index[row["county"]] for row in rows])
+    return Dataset(x, y, ("floor", "log_uranium"),
+                   "US EPA radon survey, Minnesota; Gelman and Hill (2007), Data Analysis Using Regression and "
+                   "Multilevel/Hierarchical Models, Cambridge University Press",
+                   groups={"county": county}, group_labels={"county": counties})
