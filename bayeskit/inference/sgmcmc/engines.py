@@ -75,8 +75,10 @@ class SGMCMC(Engine):
         instance of :mod:`bayeskit.inference.sgmcmc.schedules`.
     temperature : float
         Sample ``p(theta | x)^(1/T)``; 1 is the posterior.
-    init : Tensor, optional
+    init : Tensor or dict, optional
         Starting points, unconstrained, ``(num_chains, dim)`` or ``(dim,)``;
+        or a dict of constrained site values ``(num_chains, *shape)`` or
+        ``shape`` (as :func:`~bayeskit.inference.find_modes` returns them);
         prior draws by default.
     dims, coords : dict, optional
         Dimension names and labels for the exported posterior.
@@ -129,7 +131,9 @@ class SGMCMC(Engine):
     def _start(self, target, generator):
         if self.initial_position is None:
             return target.init(self.num_chains, generator)
-        start = torch.as_tensor(self.initial_position, dtype=target.dtype, device=target.device)
+        start = self.initial_position
+        start = (target.unconstrain(start) if isinstance(start, dict)
+                 else torch.as_tensor(start, dtype=target.dtype, device=target.device))
         if start.shape == (target.dim,):
             start = start.expand(self.num_chains, target.dim)
         if start.shape != (self.num_chains, target.dim):
