@@ -68,3 +68,22 @@ def test_mirrored_samplers_run_on_cuda_and_agree_with_cpu():
         on_cpu = engine.run(alpha, num_steps=200, seed=0, progress=False)
         assert on_gpu.meta["device"].startswith("cuda")
         torch.testing.assert_close(on_gpu.samples["p"].cpu(), on_cpu.samples["p"], atol=1e-6, rtol=1e-5)
+
+
+def test_mixed_mixture_of_experts_on_cuda_matches_cpu():
+    from bayeskit.models import MixtureOfExperts
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 3, generator=generator, dtype=torch.float64), torch.randn(200, generator=generator,
+                                                                                      dtype=torch.float64)
+    groups = {"g": torch.randint(0, 5, (200,), generator=generator)}
+    moe = MixtureOfExperts(3, levels={"g": 5})
+    cpu = Target.from_pyro(moe, x, y, groups=groups)
+    gpu = Target.from_pyro(moe, x.cuda(), y.cuda(), groups={"g": groups["g"].cuda()})
+    z = cpu.init(16, generator)
+    for got, want in zip(gpu.log_prob_and_score(z.cuda()), cpu.log_prob_and_score(z)):
+        torch.testing.assert_close(got.cpu(), want)
+    post = SGHMC(moe, step_size=1e-3, num_chains=2, num_warmup=50, num_samples=50).run(
+        x.cuda(), y.cuda(), groups={"g": groups["g"].cuda()}, seed=0, progress=False)
+    lpd = moe.log_predictive_density(post, x.cuda(), y.cuda(), groups={"g": groups["g"].cuda()})
+    assert lpd.device.type == "cuda" and torch.isfinite(lpd).all()

@@ -2,5 +2,6 @@
 
 from bayeskit.models.bnn import bayesian_mlp
 from bayeskit.models.glm import logistic_regression
+from bayeskit.models.moe import MixtureOfExperts
 
-__all__ = ["logistic_regression", "bayesian_mlp"]
+__all__ = ["logistic_regression", "bayesian_mlp", "MixtureOfExperts"]

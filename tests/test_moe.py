@@ -1,0 +1,381 @@
+"""Mixtures of experts: the marginal likelihood against a by-hand enumeration, vectorisation, predictive
+densities, relabelling, and posterior recovery against the truth and against NumPyro NUTS."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from scipy import stats
+from scipy.special import logsumexp
+
+import bayeskit as bk
+from bayeskit.inference import SGHMC, SVGD, find_modes
+from bayeskit.models import MixtureOfExperts
+from bayeskit.models.moe import nest
+
+from conftest import FULL
+
+TRUTH = {  # three experts along x: expert 0 left of -4/3, expert 2 right of 4/3 (the reference gate)
+    "gate_intercept": torch.tensor([0.0, 2.0]), "gate_coef": torch.tensor([[-3.0], [-1.5]]),
+    "expert_intercept": torch.tensor([-2.0, 0.0, 2.0]), "expert_coef": torch.tensor([[1.0], [-1.5], [0.5]]),
+    "expert_scale": torch.tensor([0.3, 0.2, 0.4]),
+}
+
+
+def simulate(truth, n, seed, groups=None, effects=None):
+    """Draw (x, y, labels) from a Gaussian MoE with one covariate on [-3, 3]; optional gate effects per group."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=generator) * 6 - 3
+    logits = truth["gate_intercept"] + x @ truth["gate_coef"].T
+    if effects is not None:
+        logits = logits + effects[groups]
+    logits = torch.cat([logits, torch.zeros(n, 1)], dim=-1)
+    labels = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    mean = truth["expert_intercept"][labels] + (x * truth["expert_coef"][labels]).sum(-1)
+    y = mean + truth["expert_scale"][labels] * torch.randn(n, generator=generator)
+    return x, y, labels
+
+
+def random_params(moe, p, num_draws, seed):
+    """Arbitrary parameter values for every site, ``(num_draws, *shape)``, drawn from a prior-like spread."""
+    target = bk.Target.from_pyro(moe, torch.zeros(3, p), torch.zeros(3) if moe.family != "bernoulli" else
+                                 torch.tensor([0.0, 1.0, 0.0]), groups=_zero_groups(moe, 3))
+    return target.constrain(0.7 * torch.randn(num_draws, target.dim, generator=torch.Generator().manual_seed(seed)))
+
+
+def _zero_groups(moe, n):
+    return {level: torch.zeros(n, dtype=torch.long) for level in moe.level_sizes}
+
+
+def as_posterior(values, num_chains=1):
+    return bk.Posterior({name: v.reshape(num_chains, -1, *v.shape[1:]) for name, v in values.items()})
+
+
+def manual_log_likelihood(moe, params, x, y, groups):
+    """sum_i log sum_k softmax(eta_i)_k f_k(y_i), with numpy and scipy.stats, one row at a time."""
+    p = {name: v.double().numpy() for name, v in params.items()}
+    K = moe.num_experts
+    if moe.prior == "horseshoe":
+        for block in ("gate", "expert"):
+            if f"{block}_coef_raw" in p:
+                p[f"{block}_coef"] = p[f"{block}_coef_raw"] * p[f"{block}_global"] * p["coef_local"]
+    x, y = x.double().numpy(), y.double().numpy()
+    total = 0.0
+    for i in range(len(y)):
+        eta = np.zeros(K)
+        if K > 1:
+            eta[:-1] = p["gate_intercept"] + p["gate_coef"] @ x[i]
+            for level in moe.level_sizes:
+                eta[:-1] += p[f"gate_{level}_sd"] * p[f"gate_{level}_z"][int(groups[level][i])]
+        log_gate = eta - logsumexp(eta)
+        linear = p["expert_intercept"] + p["expert_coef"] @ x[i]
+        if moe.family == "gaussian":
+            log_f = stats.norm.logpdf(y[i], linear, p["expert_scale"])
+        elif moe.family == "bernoulli":
+            log_f = stats.bernoulli.logpmf(y[i], 1 / (1 + np.exp(-linear)))
+        else:
+            log_f = stats.poisson.logpmf(y[i], np.exp(linear))
+        total += logsumexp(log_gate + log_f)
+    return total
+
+
+MODELS = {
+    "gaussian": lambda: MixtureOfExperts(3),
+    "bernoulli": lambda: MixtureOfExperts(2, "bernoulli"),
+    "poisson": lambda: MixtureOfExperts(2, "poisson", coef_scale=0.5),
+    "mixed": lambda: MixtureOfExperts(3, levels={"site": 4, "year": ["a", "b", "c"]}),
+    "horseshoe": lambda: MixtureOfExperts(2, prior="horseshoe", levels={"site": 4}),
+    "laplace_ordered": lambda: MixtureOfExperts(3, prior="laplace", ordered=True, noise_floor=0.1),
+    "glm": lambda: MixtureOfExperts(1),
+}
+
+
+def data_for(moe, n=12, p=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    y = {"gaussian": torch.randn(n, generator=generator, dtype=torch.float64),
+         "bernoulli": torch.randint(0, 2, (n,), generator=generator).double(),
+         "poisson": torch.randint(0, 6, (n,), generator=generator).double()}[moe.family]
+    groups = {level: torch.randint(0, size, (n,), generator=generator) for level, size in moe.level_sizes.items()}
+    return x, y, groups
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_marginal_likelihood_matches_enumeration_by_hand(name, float64):
+    moe = MODELS[name]()
+    x, y, groups = data_for(moe)
+    params = {k: v[0] for k, v in random_params(moe, x.shape[1], 1, seed=1).items()}
+    trace = pyro.poutine.trace(pyro.poutine.condition(moe, data=params)).get_trace(x, y, groups=groups)
+    ours = float(trace.nodes["y"]["fn"].log_prob(y).sum())
+    assert ours == pytest.approx(manual_log_likelihood(moe, params, x, y, groups), rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_vectorised_density_equals_point_by_point(name, float64):
+    """The particle plate's slot is dropped and restored correctly for every site layout."""
+    moe = MODELS[name]()
+    x, y, groups = data_for(moe)
+    batched = bk.Target.from_pyro(moe, x, y, groups=groups, vectorize=True)
+    single = bk.Target.from_pyro(moe, x, y, groups=groups, vectorize=False)
+    z = 0.5 * torch.randn(5, batched.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    (lp_b, score_b), (lp_s, score_s) = batched.log_prob_and_score(z), single.log_prob_and_score(z)
+    assert torch.allclose(lp_b, lp_s, rtol=1e-10) and torch.allclose(score_b, score_s, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixed", "bernoulli"])
+def test_predictive_is_the_weighted_mixture_over_draws_and_experts(name, float64):
+    moe = MODELS[name]()
+    x, y, groups = data_for(moe, n=6)
+    draws = random_params(moe, x.shape[1], 5, seed=2)
+    log_weights = torch.log(torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64))
+    post = bk.Posterior({k: v[None] for k, v in draws.items()}, log_weights=log_weights[None])
+    lpd = moe.log_predictive_density(post, x, y, groups=groups)
+    for i in range(len(y)):
+        row = {level: ids[i:i + 1] for level, ids in groups.items()}
+        per_draw = [manual_log_likelihood(moe, {k: v[s] for k, v in draws.items()}, x[i:i + 1], y[i:i + 1], row)
+                    for s in range(5)]
+        assert float(lpd[i]) == pytest.approx(float(logsumexp(np.array(per_draw) + log_weights.numpy())),
+                                              rel=1e-10)
+
+
+def test_new_groups_draw_their_effects_from_the_prior(float64):
+    """Id -1 marks an unseen group: the predictive averages the gate over N(0, sd^2) effects."""
+    moe = MixtureOfExperts(2, levels={"site": 3})
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    one = {"gate_intercept": torch.zeros(1, 1), "gate_coef": torch.zeros(1, 1, 1), "gate_site_sd": torch.ones(1),
+           "gate_site_z": torch.full((1, 3, 1), 5.0), "expert_intercept": torch.tensor([[1.0, -1.0]]),
+           "expert_coef": torch.zeros(1, 2, 1), "expert_scale": torch.ones(1, 2)}
+    post = as_posterior({k: v.double().expand(4000, *v.shape[1:]) for k, v in one.items()})
+    seen = moe.predictive(post, x, groups={"site": torch.tensor([0])}).mean
+    new = moe.predictive(post, x, groups={"site": torch.tensor([-1])}, seed=3).mean
+    assert float(seen) == pytest.approx(2 * torch.sigmoid(torch.tensor(5.0)).item() - 1, rel=1e-9)
+    assert abs(float(new)) < 4 * 1 / math.sqrt(4000)  # E[2 sigmoid(w) - 1] = 0 for w ~ N(0, 1)
+    with pytest.raises(ValueError, match="ids must lie in 0 to 2"):
+        moe(x, torch.zeros(1, dtype=torch.float64), groups={"site": torch.tensor([-1])})
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixed", "horseshoe"])
+def test_relabel_undoes_label_switching_and_keeps_predictions(name, float64):
+    moe = MODELS[name]()
+    x, y, groups = data_for(moe, n=8)
+    base = random_params(moe, x.shape[1], 1, seed=4)
+    base["expert_intercept"] = torch.linspace(-2.0, 2.0, moe.num_experts, dtype=torch.float64)[None]  # distinct
+    noise = random_params(moe, x.shape[1], 60, seed=5)
+    # 60 draws near one point: small perturbations of its unconstrained value
+    target = bk.Target.from_pyro(moe, x, y, groups=groups)
+    centre = target.unconstrain(base)
+    jitter = target.unconstrain(noise) - target.unconstrain(noise).mean(0)
+    draws = target.constrain(centre + 0.02 * jitter)
+    scramble = torch.stack([torch.randperm(moe.num_experts, generator=torch.Generator().manual_seed(s))
+                            for s in range(60)])
+    scrambled = moe._permute(moe.draws(as_posterior(draws))[0], scramble)
+    scrambled_post = as_posterior({**draws, **{k: v for k, v in scrambled.items() if k in draws}})
+    assert int((scramble != torch.arange(moe.num_experts)).any(-1).sum()) > 20
+    relabelled = moe.relabel(scrambled_post, reference={k: v[0] for k, v in base.items()})
+    for site in ("expert_intercept", "expert_coef", "gate_intercept", "gate_coef"):
+        restored = moe.draws(relabelled)[0][site]
+        assert torch.allclose(restored, moe.draws(as_posterior(draws))[0][site], atol=1e-8), site
+    lpd = [moe.log_predictive_density(post, x, y, groups=groups) for post in (scrambled_post, relabelled)]
+    assert torch.allclose(*lpd, rtol=1e-10)
+    assert relabelled.meta["relabelled"] > 20
+
+
+def test_nest_numbers_distinct_pairs():
+    outer, inner = torch.tensor([0, 0, 1, 1, 0]), torch.tensor([0, 1, 0, 1, 0])
+    ids, count = nest(outer, inner)
+    assert count == 4 and ids[0] == ids[4] and len(set(ids[:4].tolist())) == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_experts": 0}, "num_experts"), ({"num_experts": 2, "family": "gamma"}, "family"),
+    ({"num_experts": 2, "prior": "spike"}, "prior"), ({"num_experts": 1, "levels": {"g": 2}}, "no gate"),
+    ({"num_experts": 2, "coef_scale": 0.0}, "coef_scale"), ({"num_experts": 2, "levels": {"a b": 2}}, "identifiers"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MixtureOfExperts(**kwargs)
+
+
+def test_bad_data_is_refused():
+    moe = MixtureOfExperts(2, "bernoulli", levels={"g": 2})
+    x, groups = torch.zeros(3, 2), {"g": torch.tensor([0, 1, 1])}
+    with pytest.raises(ValueError, match="y in"):
+        moe(x, torch.tensor([0.0, 2.0, 1.0]), groups=groups)
+    with pytest.raises(ValueError, match="exactly the levels"):
+        moe(x, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="ids must lie in 0 to 1"):
+        moe(x, torch.tensor([0.0, 1.0, 1.0]), groups={"g": torch.tensor([0, 1, 2])})
+    with pytest.raises(ValueError, match="shape"):
+        moe(torch.zeros(3), None, groups=groups)
+    with pytest.raises(ValueError, match="lacks the sites"):
+        moe.predictive(bk.Posterior({"alpha": torch.zeros(1, 2)}), x, groups=groups)
+
+
+def test_pyro_predictive_simulates_from_the_same_mixture():
+    """Pyro's Predictive draws y through the model; its mean is the predictive distribution's."""
+    moe = MixtureOfExperts(3)
+    x = torch.linspace(-2.5, 2.5, 5)[:, None]
+    draws = {k: v.expand(4000, *v.shape) for k, v in TRUTH.items()}
+    simulated = pyro.infer.Predictive(moe, posterior_samples=draws, return_sites=["y"])(x)["y"]
+    exact = moe.predictive(as_posterior(draws), x)
+    assert simulated.shape == (4000, 5)
+    error = 4 * exact.stddev / math.sqrt(4000)
+    assert ((simulated.mean(0) - exact.mean).abs() < error).all()
+
+
+# ------------------------------------------------------------------ statistical: recovery and engines
+@pytest.fixture(scope="module")
+def three_experts():
+    x, y, labels = simulate(TRUTH, 400 if FULL else 300, seed=0)
+    return x, y
+
+
+def start(moe, x, y, num, **kwargs):
+    """``num`` starts at the good modes (within 10 nats of the best), jittered where repeated."""
+    return find_modes(moe, x, y, num_restarts=32, num_steps=400, seed=0, **kwargs).starts(num, within=10.0)
+
+
+def predictive_means(moe, post, grid):
+    """Per draw, E[y | x] on the grid: (draws, grid), label invariant."""
+    params, _ = moe.draws(post)
+    mixture = moe.mixture(params, grid)
+    return (mixture.mixture_distribution.probs * mixture.component_distribution.mean).sum(-1)
+
+
+@pytest.mark.slow
+def test_sghmc_recovers_the_three_experts_after_relabelling(three_experts):
+    x, y = three_experts
+    moe = MixtureOfExperts(3)
+    post = SGHMC(moe, step_size=2e-3, num_chains=4, num_warmup=1000, num_samples=1000,
+                 init=start(moe, x, y, 4)).run(x, y, seed=0, progress=False)
+    post = moe.relabel(post, reference=TRUTH)
+    summary = post.summary(var_names=list(TRUTH))
+    error = (summary["mean"] - np.concatenate([v.flatten().numpy() for v in TRUTH.values()])).abs()
+    # Stated tolerance: each posterior mean within 4 posterior sd (+0.05) of the truth.
+    assert (error <= 4 * summary["sd"] + 0.05).all(), summary.assign(error=error)
+
+
+@pytest.fixture(scope="module")
+def numpyro_reference(three_experts):
+    """NumPyro NUTS on an independently written NumPyro copy of the model: per-draw E[y | x] on a grid."""
+    pytest.importorskip("numpyro")
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as nd
+
+    x, y = (jnp.asarray(t.numpy()) for t in three_experts)
+
+    def model(x, y):
+        a = numpyro.sample("a", nd.Normal(0, 5).expand([2]).to_event(1))
+        g = numpyro.sample("g", nd.Normal(0, 2.5).expand([2, 1]).to_event(2))
+        b = numpyro.sample("b", nd.Normal(0, 5).expand([3]).to_event(1))
+        c = numpyro.sample("c", nd.Normal(0, 2.5).expand([3, 1]).to_event(2))
+        s = numpyro.sample("s", nd.HalfNormal(1.0).expand([3]).to_event(1))
+        logits = jnp.concatenate([a + x @ g.T, jnp.zeros((x.shape[0], 1))], axis=-1)
+        numpyro.sample("y", nd.MixtureSameFamily(nd.Categorical(logits=logits), nd.Normal(b + x @ c.T, s)), obs=y)
+
+    mcmc = numpyro.infer.MCMC(numpyro.infer.NUTS(model), num_warmup=500, num_samples=1000, num_chains=2,
+                              chain_method="sequential", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), x, y)
+    d = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    grid = np.linspace(-2.8, 2.8, 9)[:, None]
+    logits = np.concatenate([d["a"][:, None, :] + np.einsum("gp,skp->sgk", grid, d["g"]),
+                             np.zeros((len(d["a"]), len(grid), 1))], axis=-1)
+    probs = np.exp(logits - logsumexp(logits, axis=-1, keepdims=True))
+    means = (probs * (d["b"][:, None, :] + np.einsum("gp,skp->sgk", grid, d["c"]))).sum(-1)
+    ess = np.array([float(bk.diagnostics.ess(torch.as_tensor(means[:, j]).reshape(2, -1)))
+                    for j in range(len(grid))])
+    return torch.as_tensor(grid, dtype=torch.float32), torch.as_tensor(means), torch.as_tensor(ess)
+
+
+def _mc_error(means, ess):
+    return means.std(0) / ess.sqrt()
+
+
+@pytest.mark.slow
+def test_pyro_nuts_predictive_matches_numpyro_nuts(three_experts, numpyro_reference):
+    """Exact samplers on the same model: predictive means agree within 4 combined Monte Carlo errors."""
+    from pyro.infer import MCMC, NUTS
+
+    x, y = three_experts
+    grid, reference, reference_ess = numpyro_reference
+    moe = MixtureOfExperts(3)
+    pyro.set_rng_seed(0)
+    mcmc = MCMC(NUTS(moe, jit_compile=True, ignore_jit_warnings=True), num_samples=300, warmup_steps=300,
+                num_chains=1, disable_progbar=True)
+    mcmc.run(x, y)
+    post = bk.Posterior(mcmc.get_samples(group_by_chain=True), dims=moe.dims, coords=moe.coords)
+    ours = predictive_means(moe, post, grid).double()
+    ours_ess = torch.tensor([float(bk.diagnostics.ess(ours[:, j].reshape(1, -1))) for j in range(len(grid))])
+    error = torch.sqrt(_mc_error(ours, ours_ess) ** 2 + _mc_error(reference, reference_ess) ** 2)
+    assert ((ours.mean(0) - reference.mean(0)).abs() <= 4 * error).all(), (ours.mean(0), reference.mean(0))
+    assert "expert" in post.to_arviz().posterior["expert_coef"].dims
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["sghmc", "svgd"])
+def test_gradient_engines_predictive_matches_numpyro_nuts(engine, three_experts, numpyro_reference):
+    """Approximate engines from find_modes: predictive means within half a posterior sd of NUTS's (+ MC error)."""
+    x, y = three_experts
+    grid, reference, reference_ess = numpyro_reference
+    moe = MixtureOfExperts(3)
+    if engine == "sghmc":
+        sampler = SGHMC(moe, step_size=1e-3, num_chains=4, num_warmup=1000, num_samples=1000,
+                        init=start(moe, x, y, 4), dims=moe.dims, coords=moe.coords)
+        post = sampler.run(x, y, seed=0, progress=False)
+    else:
+        sampler = SVGD(moe, num_particles=32, init=start(moe, x, y, 32), dims=moe.dims, coords=moe.coords)
+        post = sampler.run(x, y, num_steps=300, seed=0, progress=False)
+    ours = predictive_means(moe, post, grid).double()
+    tolerance = 0.5 * reference.std(0) + 4 * _mc_error(reference, reference_ess) + 0.02
+    assert ((ours.mean(0) - reference.mean(0)).abs() <= tolerance).all(), (ours.mean(0), reference.mean(0))
+
+
+@pytest.mark.slow
+def test_mixed_moe_beats_plain_moe_on_grouped_data():
+    """Gate effects per group (sd 1.5): modelling them raises the held-out log predictive density."""
+    num_groups, n = 20, 800 if FULL else 600
+    generator = torch.Generator().manual_seed(1)
+    groups = torch.randint(0, num_groups, (n,), generator=generator)
+    effects = 1.5 * torch.randn(num_groups, 2, generator=generator)
+    x, y, _ = simulate(TRUTH, n, seed=2, groups=groups, effects=effects)
+    train, test = slice(0, n // 2), slice(n // 2, n)
+    scores = {}
+    for name, moe, kwargs in [("plain", MixtureOfExperts(3), {}),
+                              ("mixed", MixtureOfExperts(3, levels={"group": num_groups}),
+                               {"groups": {"group": groups[train]}})]:
+        post = SGHMC(moe, step_size=2e-3, num_chains=4, num_warmup=1000, num_samples=500,
+                     init=start(moe, x[train], y[train], 4, **kwargs)).run(x[train], y[train], seed=0,
+                                                                            progress=False, **kwargs)
+        held_out = {"groups": {"group": groups[test]}} if kwargs else {}
+        scores[name] = moe.log_predictive_density(post, x[test], y[test], **held_out)
+    gain = scores["mixed"] - scores["plain"]
+    print(f"held-out mean LPD: plain {scores['plain'].mean():.3f}, mixed {scores['mixed'].mean():.3f}, "
+          f"gain {gain.mean():.3f} +- {gain.std() / math.sqrt(len(gain)):.3f}")
+    assert gain.mean() > 3 * gain.std() / math.sqrt(len(gain))
+
+
+@pytest.mark.slow
+def test_sparse_moe_ranks_the_active_covariates_first():
+    """p = 200 covariates, n = 150 rows, 5 active (2 in the gate, 3 in the experts), Laplace prior.
+
+    Started from the best modes of the same model; the noise floor keeps the
+    modes off the spikes where an expert interpolates its rows.
+    """
+    n, p = 150, 200
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, p, generator=generator)
+    first = torch.rand(n, generator=generator) < torch.sigmoid(2 * x[:, 0] - 2 * x[:, 1])
+    y = torch.where(first, 3 + 2 * x[:, 2] + 1.5 * x[:, 3], -3 - 2 * x[:, 2] + 2 * x[:, 4])
+    y = y + 0.5 * torch.randn(n, generator=generator)
+    moe = MixtureOfExperts(2, prior="laplace", coef_scale=0.2, noise_floor=0.25)
+    modes = find_modes(moe, x, y, num_restarts=32 if FULL else 16, num_steps=1000 if FULL else 600, seed=0)
+    post = SGHMC(moe, step_size=4e-3, num_chains=4, num_warmup=2000 if FULL else 1000, num_samples=1000,
+                 init=modes.starts(4)).run(x, y, seed=0, progress=False)
+    top = set(torch.argsort(moe.inclusion_signal(post), descending=True)[:5].tolist())
+    precision = len(top & set(range(5))) / 5  # = recall: five picked, five active
+    print(f"top-5 precision = recall = {precision:.1f}: {sorted(top)}")
+    assert precision >= 0.8
