@@ -399,8 +399,13 @@ class Posterior:
             return self._weighted_summary(var_names, float(ci_prob))
         from arviz_stats import summary
 
+        import pandas
+
         kind = "stats" if self.meta.get("sample_kind") == "particles" else "all"
-        table = summary(self._posterior_tree(var_names), kind=kind, ci_prob=ci_prob, ci_kind="eti", round_to=None)
+        # One variable at a time: arviz-stats 0.8 labels the rows of a variable wrongly when its dims come
+        # in another order than an earlier variable's (e.g. (gate, covariate) then (expert, covariate)).
+        table = pandas.concat([summary(self._posterior_tree([name]), kind=kind, ci_prob=ci_prob, ci_kind="eti",
+                                       round_to=None) for name in var_names])
         if self.num_chains == 1:
             table = table.drop(columns="r_hat", errors="ignore")
         return table

@@ -340,3 +340,18 @@ def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary(tmp_path,
     monkeypatch.undo()
     assert_identical(full_posterior(), load(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"post{suffix}"]
+
+
+def test_summary_labels_rows_of_variables_with_shared_dims_in_any_order():
+    """Each row's label names the element whose draws it summarises (arviz-stats 0.8 mixed them up)."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.arange(6.0).reshape(2, 3) + 0.01 * torch.randn(2, 50, 2, 3, generator=generator)
+    second = 10 + torch.arange(6.0).reshape(3, 2) + 0.01 * torch.randn(2, 50, 3, 2, generator=generator)
+    post = Posterior({"first": first, "second": second},
+                     dims={"first": ["row", "shared"], "second": ["other", "row"]},
+                     coords={"row": ["r0", "r1"], "shared": ["s0", "s1", "s2"], "other": ["o0", "o1", "o2"]})
+    table = post.summary()
+    for i, other in enumerate(["o0", "o1", "o2"]):
+        for j, row in enumerate(["r0", "r1"]):
+            assert table.loc[f"second[{other}, {row}]", "mean"] == pytest.approx(10 + 2 * i + j, abs=0.05)
+    assert table.loc["first[r1, s2]", "mean"] == pytest.approx(5.0, abs=0.05)
