@@ -38,6 +38,11 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     mirrored = bayeskit.load(out / "mirrored_posterior.nc")
     assert mirrored.meta["engine"] == "SVMD"
     torch.testing.assert_close(mirrored.samples["p"].sum(-1), torch.ones(1, 50, dtype=torch.float64))
+    for name in ("moe_posterior.nc", "moe_forest.png"):
+        assert (out / name).stat().st_size > 0, name
+    moe = bayeskit.load(out / "moe_posterior.nc")
+    assert moe.meta["engine"] == "SGHMC" and moe.samples["expert_coef"].shape == (4, 100, 2, 2)
+    assert moe.meta["relabelled"] >= 0  # relabelled before saving
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

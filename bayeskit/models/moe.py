@@ -115,10 +115,13 @@ class MixtureOfExperts:
         active covariates).
     noise_floor : float
         A lower bound on the Gaussian experts' sd: their prior is
-        ``noise_floor + HalfNormal(noise_scale)``. With more covariates than
-        rows per expert an expert can interpolate its rows, and the density
-        grows without bound as its sd goes to 0; a floor (the bounded
-        parameter space that Nguyen et al. assume) keeps those spikes out.
+        ``noise_floor + HalfNormal(noise_scale)``. The density of a Gaussian
+        mixture grows without bound as one expert's sd goes to 0 on rows it
+        fits exactly: rounded data with tied responses (several rows with the
+        same covariates and ``y``), or more covariates than rows per expert.
+        A floor well below the noise level (the bounded parameter space that
+        Nguyen et al. assume) keeps samplers and :func:`find_modes` out of
+        those spikes.
     ordered : bool
         Constrain the expert intercepts to increase, which removes label
         switching when the experts differ in level.
