@@ -58,6 +58,16 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def target_of(model_or_target, *model_args, **model_kwargs) -> Target:
+    """``model_or_target`` itself if it is a Target, else the Pyro model's Target given its arguments."""
+    if isinstance(model_or_target, Target):
+        if model_args or model_kwargs:
+            raise TypeError("model arguments were given, but the engine was built on a Target, "
+                            "which is already conditioned on its data")
+        return model_or_target
+    return Target.from_pyro(model_or_target, *model_args, **model_kwargs)
+
+
 class _Trace:
     """Per-step diagnostics kept on the device and stacked at the end (no host sync per step)."""
 
@@ -133,12 +143,7 @@ class Engine:
     # ------------------------------------------------------------------ target
     def target(self, *model_args, **model_kwargs) -> Target:
         """The Target this engine runs on, built from the model and its arguments."""
-        if isinstance(self.model_or_target, Target):
-            if model_args or model_kwargs:
-                raise TypeError("model arguments were given, but the engine was built on a Target, "
-                                "which is already conditioned on its data")
-            return self.model_or_target
-        return Target.from_pyro(self.model_or_target, *model_args, **model_kwargs)
+        return target_of(self.model_or_target, *model_args, **model_kwargs)
 
     # ---------------------------------------------------------------------- run
     def run(self, *model_args, num_steps: int = 1000, seed: int | None = None, progress: bool = True,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bayeskit.runner import progress_enabled
+from bayeskit.runner import progress_enabled, target_of
 from bayeskit.target import Target
 
 __all__ = ["Modes", "find_modes"]
@@ -80,12 +80,7 @@ def find_modes(model_or_target, *model_args, num_restarts: int = 32, num_steps: 
         raise ValueError(f"num_points must lie in 1..num_restarts={num_restarts}, got {num_points!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
-    if isinstance(model_or_target, Target):
-        if model_args or model_kwargs:
-            raise TypeError("model arguments were given, but a Target is already conditioned on its data")
-        target = model_or_target
-    else:
-        target = Target.from_pyro(model_or_target, *model_args, **model_kwargs)
+    target = target_of(model_or_target, *model_args, **model_kwargs)
     from tqdm.auto import tqdm
 
     with torch.random.fork_rng(devices=[target.device] if target.device.type == "cuda" else []):
@@ -94,7 +89,7 @@ def find_modes(model_or_target, *model_args, num_restarts: int = 32, num_steps: 
         points.requires_grad_(True)
         optimizer = torch.optim.Adam([points], lr=lr)
         for _ in tqdm(range(num_steps), desc="find_modes", disable=not progress_enabled(progress)):
-            log_density, score = target.log_prob_and_score(points.detach())
+            _, score = target.log_prob_and_score(points.detach())
             # A start that left the finite region stops moving; it is dropped at the end.
             points.grad = -torch.where(torch.isfinite(score), score, torch.zeros_like(score))
             optimizer.step()

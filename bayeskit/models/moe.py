@@ -240,15 +240,12 @@ class MixtureOfExperts:
 
     def _sample_params(self, num_covariates, like):
         """Sample every site; return their values without the data plate's slot."""
-        options = {"dtype": like.dtype, "device": like.device}
         K, p = self.num_experts, num_covariates
-        zeros = torch.zeros((), **options)
+        zeros = like.new_zeros(())
         params = {}
 
         def site(name, fn):
-            value = pyro.sample(name, fn)
-            params[name] = _drop_plate_slot(value, fn.event_dim)
-            return value
+            params[name] = _drop_plate_slot(pyro.sample(name, fn), fn.event_dim)
 
         if self.has_gate:
             site("gate_intercept", dist.Normal(zeros, self.intercept_scale).expand([K - 1]).to_event(1))
@@ -366,6 +363,11 @@ class MixtureOfExperts:
         params = {name: value.reshape(-1, *value.shape[2:]) for name, value in posterior.samples.items()}
         return self._with_derived(params), posterior.weights.reshape(-1).log()
 
+    def _draws_like(self, posterior, x):
+        """:meth:`draws` moved to ``x``'s device and dtype, for evaluating the model at ``x``."""
+        params, log_w = self.draws(posterior)
+        return {name: value.to(x) for name, value in params.items()}, log_w.to(x)
+
     def _with_derived(self, params):
         """``params`` plus the horseshoe's coefficients computed from its raw sites."""
         if self.prior == "horseshoe":
@@ -391,8 +393,7 @@ class MixtureOfExperts:
         group (random effects from their prior, drawn with ``seed``).
         """
         groups = self._check_data(x, None, groups, allow_new_groups=True)
-        params, log_w = self.draws(posterior)
-        params = {name: value.to(x) for name, value in params.items()}
+        params, log_w = self._draws_like(posterior, x)
         generator = torch.Generator().manual_seed(seed)
         logits = self.gate_logits(params, x, groups, generator=generator).log_softmax(-1)  # (S, B, K)
         eta = _linear(x, params["expert_intercept"], params["expert_coef"])
@@ -400,7 +401,7 @@ class MixtureOfExperts:
 
         def by_row(t):  # (S, B, K) -> (B, S*K): one mixture component per (draw, expert)
             return t.movedim(0, 1).reshape(rows, -1)
-        weights = by_row(logits + log_w.to(x)[:, None, None])
+        weights = by_row(logits + log_w[:, None, None])
         scale = params.get("expert_scale")
         if scale is not None:
             scale = by_row(scale[:, None, :].expand(num_draws, rows, -1))
@@ -409,7 +410,7 @@ class MixtureOfExperts:
 
     def log_predictive_density(self, posterior, x, y, *, groups=None, seed: int = 0) -> torch.Tensor:
         """Pointwise log posterior predictive density ``log p(y_i | x_i, D)``, ``(B,)``."""
-        self._check_data(x, y, None if groups is None else groups, allow_new_groups=True)
+        self._check_data(x, y, groups, allow_new_groups=True)  # predictive() does not see y
         return self.predictive(posterior, x, groups=groups, seed=seed).log_prob(y)
 
     def responsibilities(self, posterior, x, y, *, groups=None, seed: int = 0) -> torch.Tensor:
@@ -419,12 +420,11 @@ class MixtureOfExperts:
         draws: pass a posterior from :meth:`relabel` (or an ordered model).
         """
         groups = self._check_data(x, y, groups, allow_new_groups=True)
-        params, log_w = self.draws(posterior)
-        params = {name: value.to(x) for name, value in params.items()}
+        params, log_w = self._draws_like(posterior, x)
         mixture = self.mixture(params, x, groups, generator=torch.Generator().manual_seed(seed))
         joint = mixture.mixture_distribution.logits + mixture.component_distribution.log_prob(y[:, None])
         per_draw = joint.softmax(-1)  # (S, B, K)
-        return (per_draw * log_w.exp().to(x)[:, None, None]).sum(0)
+        return (per_draw * log_w.exp()[:, None, None]).sum(0)
 
     def inclusion_signal(self, posterior) -> torch.Tensor:
         r"""Per covariate, the posterior mean norm of all its coefficients, ``(p,)``.
