@@ -9,7 +9,7 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Dataset", "load_breast_cancer", "load_radon"]
+__all__ = ["Dataset", "load_breast_cancer", "load_digits", "load_radon"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,22 @@ def load_radon(dtype: torch.dtype | None = None) -> Dataset:
                    "US EPA radon survey, Minnesota; Gelman and Hill (2007), Data Analysis Using Regression and "
                    "Multilevel/Hierarchical Models, Cambridge University Press",
                    groups={"county": county}, group_labels={"county": counties})
+
+
+def load_digits(dtype: torch.dtype | None = None) -> Dataset:
+    """1,797 handwritten digits as 8x8 images, pixel values scaled to [0, 1].
+
+    ``x`` is ``(1797, 64)``, the images flattened row by row (reshape to
+    ``(-1, 1, 8, 8)`` for convolutions); ``y`` the digit 0 to 9. Each pixel
+    counts the set pixels (0 to 16) of a 4x4 block of a 32x32 bitmap,
+    divided by 16 here. Alpaydin and Kaynak (1998), Optical Recognition of
+    Handwritten Digits, UCI Machine Learning Repository, doi:10.24432/C50P49
+    (CC BY 4.0); the copy scikit-learn ships as ``load_digits``.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    source = resources.files("bayeskit.data").joinpath("digits.csv.gz")
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        values = torch.tensor([[float(v) for v in row] for row in csv.reader(text)], dtype=dtype)
+    names = tuple(f"pixel_{row}_{column}" for row in range(8) for column in range(8))
+    return Dataset(values[:, :-1] / 16.0, values[:, -1].long(), names,
+                   "Alpaydin and Kaynak (1998), Optical Recognition of Handwritten Digits, UCI, doi:10.24432/C50P49")

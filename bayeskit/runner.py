@@ -23,7 +23,7 @@ from bayeskit.target import Target
 
 CHECKPOINT_FORMAT = "bayeskit-checkpoint/1"
 
-__all__ = ["Engine", "NonFiniteError", "progress_enabled", "versions"]
+__all__ = ["Engine", "Fit", "NonFiniteError", "progress_enabled", "versions"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -266,6 +266,106 @@ class Engine:
             "target": target.description,
             "versions": versions(),
         }
+
+
+class _Parameters:
+    """What the shared loop needs of a Target, for a run that optimises parameters instead."""
+
+    def __init__(self, parameters: dict[str, torch.Tensor], description: str):
+        first = next(iter(parameters.values()))
+        self.parameters, self.device, self.dtype, self.description = parameters, first.device, first.dtype, description
+
+    def nonfinite_sites(self, z=None, score=None) -> list[str]:
+        return [name for name, value in self.parameters.items()
+                if not bool(torch.isfinite(value).all())
+                or (value.grad is not None and not bool(torch.isfinite(value.grad).all()))]
+
+
+class Fit(Engine):
+    """Minimise a loss over parameters on the shared loop: the engine behind the models' ``fit()`` methods.
+
+    Each step evaluates ``loss(step)`` (0-based step index), back-propagates
+    and takes one ``optimizer`` step.  The loop brings what the sampling
+    engines have: seeding, a progress bar, the per-step trace (``loss`` and
+    whatever else ``loss`` returns), callbacks, a stop that names the
+    parameter when the loss or a gradient turns non-finite, and checkpoints
+    (parameters and optimiser state) that resume exactly.  ``run`` returns a
+    :class:`~bayeskit.Posterior` holding the final parameter values as one
+    draw (``meta["sample_kind"] == "point"``) with the trace.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(step) -> Tensor`` (a scalar) or ``(Tensor, dict)``, the dict
+        holding 0-d tensors to record in the trace.
+    parameters : dict of str to Tensor
+        Leaf tensors with ``requires_grad``; updated in place.
+    optimizer : callable, optional
+        ``optimizer(list_of_parameters) -> torch.optim.Optimizer``; default
+        Adam with ``lr``.
+    lr : float
+        Adam's learning rate when ``optimizer`` is not given.
+    name : str
+        Shown on the progress bar and stored as ``meta["engine"]``.
+    """
+
+    def __init__(self, loss, parameters: dict[str, torch.Tensor], *, optimizer=None, lr: float = 1e-3,
+                 name: str = "fit"):
+        if not callable(loss):
+            raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+        if not isinstance(parameters, dict) or not parameters:
+            raise ValueError("parameters must be a non-empty dict of name -> tensor")
+        for key, value in parameters.items():
+            if not (torch.is_tensor(value) and value.is_leaf and value.requires_grad):
+                raise ValueError(f"parameter {key!r} must be a leaf tensor with requires_grad=True")
+        self.loss, self.parameters, self.name = loss, parameters, name
+        self.optimizer = (optimizer or (lambda params: torch.optim.Adam(params, lr=lr)))(list(parameters.values()))
+        self.lr = lr if optimizer is None else None
+        super().__init__(loss)
+
+    def target(self, *model_args, **model_kwargs):
+        if model_args or model_kwargs:
+            raise TypeError(f"{self.name}.run takes no model arguments: the loss closes over its data")
+        return _Parameters(self.parameters, self.name)
+
+    def settings(self):
+        return {"optimizer": type(self.optimizer).__name__, "lr": self.lr}
+
+    def init_state(self, target, generator):
+        return {"step": 0}
+
+    def step(self, state, target):
+        self.optimizer.zero_grad(set_to_none=True)
+        value = self.loss(state["step"])
+        value, info = value if isinstance(value, tuple) else (value, {})
+        value.backward()
+        finite = torch.isfinite(value)
+        if bool(finite):  # a NaN gradient step would spoil the last good parameters
+            self.optimizer.step()
+        state["step"] += 1
+        return state, {"loss": value.detach(), **{k: torch.as_tensor(v).detach() for k, v in info.items()},
+                       "finite": finite & torch.stack([torch.isfinite(p).all() for p in self.parameters.values()]).all()}
+
+    def state_dict(self, state):
+        return {"step": state["step"], "parameters": {k: v.detach() for k, v in self.parameters.items()},
+                "optimizer": self.optimizer.state_dict()}
+
+    def snapshot(self, state):
+        return _clone(self.state_dict(state))
+
+    def load_state(self, target, saved):
+        with torch.no_grad():
+            for key, value in saved["parameters"].items():
+                self.parameters[key].copy_(value)
+        self.optimizer.load_state_dict(_clone(saved["optimizer"]))
+        return {"step": int(saved["step"])}
+
+    def finite_values(self, state, target):
+        return None, None
+
+    def to_posterior(self, state, target, trace, meta):
+        values = {key: value.detach().unsqueeze(0).unsqueeze(0) for key, value in self.parameters.items()}
+        return Posterior(values, trace=trace, meta={**meta, "sample_kind": "point"})
 
 
 def _check_run_arguments(num_steps, seed, checkpoint_every):

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from bayeskit import NonFiniteError
-from bayeskit.inference import PSGLD, SGHMC, SGLD, SGNHT, CyclicalSchedule, PolynomialDecay
+from bayeskit.inference import PSGLD, SGHMC, SGLD, SGNHT, AdaptiveSGHMC, CyclicalSchedule, PolynomialDecay
 from conftest import FULL
 
 # The mechanics tests run a few dozen steps from prior draws: chains that have not converged yet are
@@ -229,3 +229,43 @@ def test_a_chain_that_ran_off_is_flagged():
     start[1] = 1e3  # far out, and a step too small to come back: finite, but nowhere near the posterior
     with pytest.warns(UserWarning, match=r"far below the best chain's .*chain 1"):
         small_engine(init=start, step_size=1e-9).run(x, y, 20, seed=0, progress=False)
+
+
+# ------------------------------------------------------------------ adaptive SGHMC
+def full_data_regression(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1], dtype=x.dtype), PRIOR_SD).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Normal((x * w).sum(-1), NOISE_SD), obs=y)
+
+
+@pytest.mark.slow
+def test_adaptive_sghmc_samples_a_badly_scaled_posterior_without_a_hand_set_mass():
+    # Covariate scales 0.1 to 10: posterior precisions differ 10^4-fold, so one step size
+    # serves all coordinates only once the mass is learned. Adapted, the stiffest coordinate has
+    # frequency ~ (N 10^2)^(1/4) ~ 18 in the mass-scaled time, and eps = 0.01 keeps eps * omega < 0.2;
+    # a momentum decay of 0.02 (not the paper's 0.05) leaves the slowest coordinate less overdamped.
+    x, y = regression_data(num_rows=1_000)
+    x = x * torch.tensor([0.1, 1.0, 3.0, 10.0], dtype=x.dtype)
+    y = x @ torch.tensor([1.0, -0.5, 0.3, 0.1], dtype=x.dtype) + NOISE_SD * torch.randn(
+        len(y), generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    post = AdaptiveSGHMC(full_data_regression, step_size=0.01, momentum_decay=0.02, num_warmup=2_000,
+                         num_samples=20_000 if FULL else 8_000).run(x, y, seed=0, progress=False, jit_compile=True)
+    assert_matches_closed_form(post, x, y, "AdaptiveSGHMC")
+
+
+def test_adaptive_sghmc_freezes_its_mass_after_warmup():
+    from bayeskit.inference.sgmcmc.kernels import adaptive_sghmc_init, adaptive_sghmc_step
+
+    generator = torch.Generator().manual_seed(0)
+    state = adaptive_sghmc_init(torch.zeros(2, 3))
+    scores = [torch.randn(2, 3, generator=generator) * torch.tensor([1.0, 10.0, 100.0]) for _ in range(200)]
+    for score in scores:
+        state = adaptive_sghmc_step(state, score, 0.01, adapt=True)
+    # the learned Vhat tracks E[g^2] = scale^2 per coordinate
+    ratio = state.square_avg / torch.tensor([1.0, 100.0, 10_000.0])
+    assert ((ratio > 0.3) & (ratio < 3.0)).all()
+    frozen = state.square_avg.clone()
+    for score in scores[:20]:
+        state = adaptive_sghmc_step(state, 5 * score, 0.01, adapt=False)
+    assert torch.equal(state.square_avg, frozen)
+    assert state.tensors().keys() >= {"position", "momentum", "square_avg", "grad_avg", "window"}

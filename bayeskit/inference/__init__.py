@@ -3,11 +3,11 @@
 from bayeskit.inference.kernels import IMQKernel, RBFKernel
 from bayeskit.inference.modes import Modes, find_modes
 from bayeskit.inference.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
-from bayeskit.inference.sgmcmc import (DSGLD, FSGLD, PSGLD, SGHMC, SGLD, SGNHT, ConstantSchedule, CyclicalSchedule,
-                                       PolynomialDecay, StructuredSGMCMC)
+from bayeskit.inference.sgmcmc import (DSGLD, FSGLD, PSGLD, SGHMC, SGLD, SGNHT, AdaptiveSGHMC, ConstantSchedule,
+                                       CyclicalSchedule, PolynomialDecay, StructuredSGMCMC)
 from bayeskit.inference.stein import SVGD, SVMD, SVNG, MirroredSVGD
 
 __all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG", "RBFKernel", "IMQKernel",
            "MirrorMap", "IdentityMap", "OrthantMap", "BoxMap", "SimplexMap", "CustomMirrorMap",
-           "SGLD", "PSGLD", "SGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
+           "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
            "ConstantSchedule", "PolynomialDecay", "CyclicalSchedule", "find_modes", "Modes"]

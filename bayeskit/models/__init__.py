@@ -1,7 +1,8 @@
 """Model families: ordinary Pyro models and PyroModules that every engine can take."""
 
+from bayeskit.models.bae import BayesianAutoencoder, VariationalAutoencoder
 from bayeskit.models.bnn import bayesian_mlp
 from bayeskit.models.glm import logistic_regression
 from bayeskit.models.moe import MixtureOfExperts
 
-__all__ = ["logistic_regression", "bayesian_mlp", "MixtureOfExperts"]
+__all__ = ["logistic_regression", "bayesian_mlp", "MixtureOfExperts", "BayesianAutoencoder", "VariationalAutoencoder"]

@@ -39,7 +39,7 @@ import torch
 __all__ = [
     "SGMCMCState", "SGLDKernel", "PSGLDKernel", "SGHMCKernel", "SGNHTKernel", "make_kernel",
     "sgld_init", "sgld_step", "psgld_init", "psgld_step", "sghmc_init", "sghmc_step",
-    "sgnht_init", "sgnht_step",
+    "sgnht_init", "sgnht_step", "AdaptiveSGHMCKernel", "adaptive_sghmc_init", "adaptive_sghmc_step",
 ]
 
 
@@ -60,6 +60,8 @@ class SGMCMCState:
         SGHMC's gradient-noise estimate).
     grad_avg : Tensor or None
         ``(chains, dim)`` running average of gradients (SGHMC's noise estimate).
+    window : Tensor or None
+        ``(chains, dim)`` adaptive SGHMC's averaging window ``tau``.
     """
 
     position: torch.Tensor
@@ -67,6 +69,7 @@ class SGMCMCState:
     thermostat: torch.Tensor | None = None
     square_avg: torch.Tensor | None = None
     grad_avg: torch.Tensor | None = None
+    window: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The non-empty fields, for checkpoints."""
@@ -201,6 +204,64 @@ def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, fri
     return replace(state, position=position, momentum=momentum, square_avg=square_avg, grad_avg=grad_avg)
 
 
+# ---------------------------------------------------------------------------- adaptive SGHMC
+def adaptive_sghmc_init(position: torch.Tensor) -> SGMCMCState:
+    """Adaptive SGHMC's state: position and zero momentum; the gradient averages start with the first score."""
+    position = _check_position(position)
+    return SGMCMCState(position, momentum=torch.zeros_like(position))
+
+
+def _update_gradient_moments(state, score):
+    """Springenberg et al.'s averages of ``g`` and ``g^2`` with the self-tuning window of Schaul et al. (2013).
+
+    ``tau <- tau (1 - gbar^2 / vhat) + 1``, each average moving at rate
+    ``1 / (tau + 1)``: the window grows while the gradient's sign is steady
+    (``gbar^2`` near ``vhat``) and shrinks back to a few steps when it
+    turns noisy, so ``vhat`` tracks the local gradient scale quickly.
+    """
+    if state.square_avg is None:
+        return score, score * score, torch.ones_like(score)
+    rate = 1.0 / (state.window + 1.0)
+    grad_avg = state.grad_avg + rate * (score - state.grad_avg)
+    square_avg = state.square_avg + rate * (score * score - state.square_avg)
+    window = state.window * (1.0 - grad_avg * grad_avg / square_avg.clamp_min(torch.finfo(score.dtype).tiny)) + 1.0
+    return grad_avg, square_avg, window
+
+
+def adaptive_sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, momentum_decay: float = 0.05,
+                        temperature: float = 1.0, noise: bool = True, adapt: bool = True) -> SGMCMCState:
+    """Adaptive SGHMC (Springenberg, Klein, Falkner and Hutter, NeurIPS 2016), the sampler of Bayesian autoencoders.
+
+    SGHMC (:func:`sghmc_step`) with the diagonal mass ``M = Vhat^(1/2)``,
+    where ``Vhat`` estimates ``E[g^2]`` of the stochastic score, and the
+    friction set by the momentum decay ``mdecay = epsilon alpha``.  In the
+    velocity ``v = epsilon M^(-1/2) m`` this is the paper's update
+
+    .. math::
+
+        v \\leftarrow v + \\epsilon^2 \\hat V^{-1/2} \\hat g - \\text{mdecay}\\, v
+            + \\mathcal N\\big(0, 2 \\epsilon^2\\, \\text{mdecay}\\, T\\, \\hat V^{-1/2}\\big),
+        \\qquad \\theta \\leftarrow \\theta + v,
+
+    so ``epsilon^2`` is a scale-free learning rate (each coordinate moves
+    by about ``epsilon^2`` per unit-normalised gradient) and one setting
+    serves weights of very different scales.  ``Vhat`` adapts (see
+    :func:`_update_gradient_moments`) only while ``adapt`` is true: keep it
+    to the burn-in, as the engine :class:`~bayeskit.inference.AdaptiveSGHMC`
+    does, since a mass that keeps moving breaks the sampler's invariance.
+    The paper's gradient-noise correction is left out (the noise estimate
+    is taken as zero), as in its experiments.
+    """
+    grad_avg, square_avg, window = ((state.grad_avg, state.square_avg, state.window)
+                                    if state.square_avg is not None and not adapt
+                                    else _update_gradient_moments(state, score))
+    # A relative floor keeps coordinates with a vanishing gradient from an unbounded step.
+    mass = square_avg.clamp_min(1e-12 * square_avg.mean(-1, keepdim=True)).sqrt()
+    state = replace(state, grad_avg=grad_avg, square_avg=square_avg, window=window)
+    return sghmc_step(state, score, step_size, friction=momentum_decay / step_size, temperature=temperature,
+                      noise=noise, mass=mass)
+
+
 # ---------------------------------------------------------------------------- SGNHT
 def sgnht_init(position: torch.Tensor, diffusion: float, momentum: torch.Tensor | None = None) -> SGMCMCState:
     """SGNHT's state: position, momentum (zeros unless given) and the thermostat, started at ``diffusion``."""
@@ -333,6 +394,29 @@ class SGHMCKernel(SGLDKernel):
 
 
 @dataclass(frozen=True)
+class AdaptiveSGHMCKernel(SGLDKernel):
+    """Adaptive SGHMC: mass ``Vhat^(1/2)`` learned while ``step(..., adapt=True)``; ``momentum_decay`` per step."""
+
+    momentum_decay: float = 0.05
+    name = "AdaptiveSGHMC"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.momentum_decay < 1:
+            raise ValueError(f"momentum_decay must lie in (0, 1), got {self.momentum_decay!r}")
+
+    def init(self, position):
+        return adaptive_sghmc_init(position)
+
+    def step(self, state, score, step_size, noise=True, adapt=True):
+        return adaptive_sghmc_step(state, score, step_size, momentum_decay=self.momentum_decay,
+                                   temperature=self.temperature, noise=noise, adapt=adapt)
+
+    def settings(self):
+        return {**super().settings(), "momentum_decay": self.momentum_decay}
+
+
+@dataclass(frozen=True)
 class SGNHTKernel(SGLDKernel):
     """SGNHT with injected noise ``diffusion`` (A); the thermostat starts at A."""
 
@@ -372,11 +456,13 @@ def _check_mass(kernel):
         object.__setattr__(kernel, "mass", values)  # frozen dataclass
 
 
-_KERNELS = {"sgld": SGLDKernel, "psgld": PSGLDKernel, "sghmc": SGHMCKernel, "sgnht": SGNHTKernel}
+_KERNELS = {"sgld": SGLDKernel, "psgld": PSGLDKernel, "sghmc": SGHMCKernel, "sgnht": SGNHTKernel,
+            "adaptive_sghmc": AdaptiveSGHMCKernel}
 
 
 def make_kernel(kernel, **hyperparameters):
-    """A kernel object from a name (``"sgld"``, ``"psgld"``, ``"sghmc"``, ``"sgnht"``) or an instance."""
+    """A kernel object from a name (``"sgld"``, ``"psgld"``, ``"sghmc"``, ``"sgnht"``, ``"adaptive_sghmc"``)
+    or an instance."""
     if isinstance(kernel, str):
         if kernel.lower() not in _KERNELS:
             raise ValueError(f"unknown SG-MCMC kernel {kernel!r}; choose one of {sorted(_KERNELS)}")

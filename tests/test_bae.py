@@ -1,0 +1,266 @@
+"""Bayesian autoencoders: the model's density against networks built from torch.nn layers, the posterior
+summaries against loops over draws, prior selection by DSWD, and the three-way comparison on digits."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bayeskit import Target
+from bayeskit.datasets import load_digits
+from bayeskit.diagnostics import sliced_wasserstein
+from bayeskit.inference import AdaptiveSGHMC
+from bayeskit.models import BayesianAutoencoder, VariationalAutoencoder
+from conftest import FULL
+
+pytestmark = pytest.mark.filterwarnings("ignore:median log density of the draws far below")
+
+F64 = torch.float64
+ARCHITECTURES = {
+    "dense": dict(input_shape=(64,), latent_dim=3, hidden=(10,)),
+    "conv": dict(input_shape=(1, 8, 8), latent_dim=3, hidden=(6,), channels=(2, 4)),
+}
+
+
+def digits(num, offset=0, shape=(64,)):
+    x = load_digits(F64).x[offset:offset + num]
+    return x.reshape(num, *shape)
+
+
+def reference_network(bae, weights):
+    """The same autoencoder as a chain of torch.nn.functional calls for one weight set (keeps gradients)."""
+    def dense(name):
+        return lambda h: F.linear(h, weights[f"{name}_w"].T, weights[f"{name}_b"])
+
+    def conv(name, transpose):
+        op = F.conv_transpose2d if transpose else F.conv2d
+        return lambda h: op(h, weights[f"{name}_w"], weights[f"{name}_b"], stride=2, padding=1)
+
+    encoder, decoder = [], []
+    for i in range(len(bae.channels)):
+        encoder += [conv(f"enc_conv{i}", False), torch.relu]
+    encoder.append(nn.Flatten())
+    for i in range(len(bae.hidden) + 1):
+        encoder += [dense(f"enc{i}"), torch.relu]
+    encoder.pop()
+    for i in range(len(bae.hidden) + 1):
+        decoder += [dense(f"dec{i}"), torch.relu]
+    if bae.channels:
+        side = 8 // 2 ** len(bae.channels)
+        decoder.append(nn.Unflatten(1, (bae.channels[-1], side, side)))
+        for i in range(len(bae.channels)):
+            decoder += [conv(f"dec_deconv{i}", True), torch.relu]
+    decoder.pop()
+    return nn.Sequential(*map(_Module, encoder)), nn.Sequential(*map(_Module, decoder))
+
+
+class _Module(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h):
+        return self.fn(h)
+
+
+def reference_log_joint(bae, weights, x):
+    """log p(w) + sum_i log CB(x_i | f_w(x_i)), with torch.distributions and torch.nn only."""
+    encoder, decoder = reference_network(bae, weights)
+    logits = decoder(encoder(x)).reshape(x.shape[0], -1)
+    log_lik = torch.distributions.ContinuousBernoulli(logits=logits).log_prob(x.reshape(x.shape[0], -1)).sum(-1)
+    log_prior = sum(torch.distributions.Normal(bae.prior_loc[n].detach(), bae.prior_log_scale[n].detach().exp())
+                    .log_prob(w).sum() for n, w in weights.items())
+    return log_prior + log_lik.sum(), log_lik
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_the_pyro_model_is_the_autoencoder_built_from_torch_layers(float64, architecture):
+    settings = ARCHITECTURES[architecture]
+    bae = BayesianAutoencoder(**settings, prior_loc=0.1, prior_scale=0.7).to(F64)
+    with torch.no_grad():  # per-weight prior parameters, not all equal
+        for value in bae.prior_log_scale.values():
+            value.add_(0.1 * torch.randn_like(value))
+    x = digits(7, shape=settings["input_shape"])
+    target = Target.from_pyro(bae, x)
+    z = target.init(3, torch.Generator().manual_seed(0))
+    log_prob, score = target.log_prob_and_score(z)
+    for point in range(3):
+        weights = target.constrain(z[point])
+        expected, _ = reference_log_joint(bae, weights, x)
+        assert float(log_prob[point]) == pytest.approx(float(expected), rel=1e-10)
+        assert float(target.log_prob(z[point])) == pytest.approx(float(expected), rel=1e-10)
+    flat = z[1].clone().requires_grad_(True)
+    expected_score, = torch.autograd.grad(reference_log_joint(bae, target.constrain(flat), x)[0], flat)
+    torch.testing.assert_close(score[1], expected_score, rtol=1e-9, atol=1e-9)
+    assert set(target.sites) == set(bae.sites) and target.dim == bae.num_weights
+
+
+def test_gaussian_likelihood_and_minibatches(float64):
+    bae = BayesianAutoencoder(64, 2, hidden=(5,), likelihood="gaussian", noise_scale=0.3).to(F64)
+    x = digits(20)
+    weights = {name: 0.2 * torch.randn(shape, dtype=F64) for name, shape in bae.sites.items()}
+    trace = __import__("pyro").poutine.trace(__import__("pyro").poutine.condition(bae, weights)).get_trace(x)
+    encoder, decoder = reference_network(bae, weights)
+    expected = torch.distributions.Normal(decoder(encoder(x)), 0.3).log_prob(x).sum()
+    assert float(trace.nodes["x"]["fn"].log_prob(x).sum()) == pytest.approx(float(expected), rel=1e-10)
+    # a minibatch of 5 of the 20 images is scaled by 4
+    target = Target.from_pyro(bae, x, subsample_size=5)
+    assert target.subsampled
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(input_shape=(64,), channels=(4,)), "input_shape must be \\(C, H, W\\)"),
+    (dict(input_shape=(1, 6, 6), channels=(4, 4)), "multiples of 4"),
+    (dict(input_shape=(64,), likelihood="bernoulli"), "likelihood"),
+    (dict(input_shape=(64,), latent_dim=0), "latent_dim"),
+    (dict(input_shape=(64,), prior_scale=0.0), "prior_scale"),
+])
+def test_bad_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BayesianAutoencoder(**kwargs)
+
+
+def test_bad_images_are_refused_by_name():
+    bae = BayesianAutoencoder(64, 2, hidden=(4,))
+    with pytest.raises(ValueError, match="lie in \\[0, 1\\]"):
+        bae(torch.full((3, 64), 2.0))
+    with pytest.raises(ValueError, match="shape \\(n, 64\\)"):
+        bae(torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="lacks the weight sites"):
+        bae.reconstruct({"w": torch.zeros(1, 1, 3)}, torch.zeros(2, 64))
+
+
+# ------------------------------------------------------------------ posterior summaries
+def small_posterior(bae, num_draws=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {name: 0.3 * torch.randn(2, num_draws, *shape, generator=g, dtype=F64) for name, shape in bae.sites.items()}
+
+
+def test_summaries_average_over_draws_as_a_loop_does(float64):
+    bae = BayesianAutoencoder(64, 3, hidden=(8,)).to(F64)
+    draws = small_posterior(bae)
+    x = digits(6)
+    log_liks, means, codes = [], [], []
+    for chain in range(2):
+        for draw in range(3):
+            weights = {name: value[chain, draw] for name, value in draws.items()}
+            encoder, decoder = reference_network(bae, weights)
+            logits = decoder(encoder(x))
+            log_liks.append(reference_log_joint(bae, weights, x)[1])
+            means.append(torch.distributions.ContinuousBernoulli(logits=logits).mean)
+            codes.append(encoder(x))
+    log_liks, means, codes = torch.stack(log_liks), torch.stack(means), torch.stack(codes)
+    expected = torch.logsumexp(log_liks, 0) - math.log(6)
+    torch.testing.assert_close(bae.log_likelihood(draws, x), expected, rtol=1e-10, atol=1e-9)
+    mean, sd = bae.reconstruct(draws, x)
+    torch.testing.assert_close(mean, means.mean(0))
+    torch.testing.assert_close(sd, means.std(0))
+    torch.testing.assert_close(bae.latent(draws, x)[0], codes.mean(0))
+    # max_draws thins evenly: first and last of the six
+    torch.testing.assert_close(bae.reconstruct(draws, x, max_draws=2)[0], means[[0, 5]].mean(0))
+
+
+def test_generate_decodes_the_mixtures_codes_with_posterior_draws(float64):
+    bae = BayesianAutoencoder(64, 2, hidden=(5,)).to(F64)
+    draws = small_posterior(bae, num_draws=1)
+    for value in draws.values():
+        value[1] = value[0]  # both draws the same, so any pick decodes alike
+
+    class FixedCodes:
+        def sample(self, n, seed=None):
+            return torch.linspace(-1, 1, 2 * n, dtype=F64).reshape(n, 2)
+
+    images = bae.generate(draws, FixedCodes(), 4, seed=0)
+    _, decoder = reference_network(bae, {name: value[0, 0] for name, value in draws.items()})
+    expected = torch.distributions.ContinuousBernoulli(logits=decoder(FixedCodes().sample(4))).mean
+    torch.testing.assert_close(images, expected)
+
+
+# ------------------------------------------------------------------ prior selection and training
+def test_pretraining_and_dswd_bring_the_prior_predictive_towards_the_data(float64):
+    torch.manual_seed(0)
+    x = digits(120)
+    held_out = digits(120, offset=120)
+    bae = BayesianAutoencoder(64, 4, hidden=(16,)).to(F64)
+
+    def prior_predictive_distance():
+        with torch.no_grad():
+            weights = bae.prior_draws(8)
+            simulated = bae.observation(bae.decode(bae.encode(held_out, weights), weights)).sample()
+        return float(sliced_wasserstein(simulated.reshape(-1, 64), held_out, num_projections=500,
+                                        generator=torch.Generator().manual_seed(1)))
+
+    standard = prior_predictive_distance()
+    result = bae.fit_prior(x, num_steps=60, pretrain_steps=300, lr=0.01, num_projections=64, transform_steps=3,
+                           batch_size=32, num_prior_draws=8, seed=0, progress=False)
+    tuned = prior_predictive_distance()
+    loss = result.trace["loss"]
+    print(f"prior predictive SW to held-out digits: N(0, 1) {standard:.3f}, DSWD-tuned {tuned:.3f}; "
+          f"DSWD {float(loss[:10].mean()):.3f} -> {float(loss[-10:].mean()):.3f}")
+    assert tuned < 0.5 * standard
+    assert loss[-10:].mean() < loss[:10].mean()
+    assert result.meta["engine"] == "DSWD prior" and set(result.samples) == {
+        f"{group}.{name}" for group in ("loc", "log_scale") for name in bae.sites}
+
+
+def test_vae_learns_to_reconstruct(float64):
+    x, held_out = digits(200), digits(100, offset=200)
+    vae = VariationalAutoencoder(64, 4, hidden=(32,)).to(F64)
+    before = float(vae.log_likelihood(held_out).mean())
+    result = vae.fit(x, num_steps=400, lr=3e-3, seed=0, progress=False)
+    after = float(vae.log_likelihood(held_out).mean())
+    # better than predicting every pixel by the training mean image
+    mean_image = x.mean(0).clamp(1e-3, 1 - 1e-3)
+    baseline = float(torch.distributions.ContinuousBernoulli(probs=mean_image).log_prob(held_out).sum(-1).mean())
+    print(f"VAE held-out log-likelihood {before:.1f} -> {after:.1f} (mean image {baseline:.1f})")
+    assert after > baseline and after > before
+    assert result.trace["loss"][-20:].mean() < result.trace["loss"][:20].mean()
+
+
+def test_sghmc_draws_export_r_hat_and_ess(float64, tmp_path):
+    bae = BayesianAutoencoder(64, 2, hidden=(6,), prior_scale=0.5).to(F64)
+    x = digits(40)
+    post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=150, num_samples=40, num_chains=3).run(
+        x, seed=0, progress=False)
+    table = post.summary(var_names=["dec1_b"])
+    assert len(table) == 64 and table["r_hat"].notna().all() and (table["ess_bulk"] > 0).all()
+    tree = post.to_arviz()
+    assert tree["log_likelihood"]["x"].shape == (3, 40, 40)
+    loaded = __import__("bayeskit").load(post.save(tmp_path / "bae.nc"))
+    torch.testing.assert_close(loaded.samples["enc0_w"], post.samples["enc0_w"])
+
+
+# ------------------------------------------------------------------ the comparison of Tran et al.
+@pytest.mark.slow
+def test_test_nll_of_the_three_autoencoders_on_digits():
+    """BAE with a DSWD-tuned prior, BAE with N(0, 1), VAE: held-out Continuous-Bernoulli NLL (report).
+
+    The prior is tuned on zeros, the models trained on 200 images of the other
+    digits (100 in CI) and tested on 300 more.  Each model must beat the
+    mean-image predictor; the ranking is printed, not asserted (Tran et al.'s
+    claim that the tuned prior wins is what this measures).
+    """
+    data = load_digits()
+    rest = torch.nonzero(data.y != 0).flatten()
+    rest = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))]
+    num_train = 200 if FULL else 100
+    train, test, zeros = data.x[rest[:num_train]], data.x[rest[num_train:num_train + 300]], data.x[data.y == 0]
+    steps = 3000 if FULL else 600
+    architecture = dict(latent_dim=8, hidden=(64,))
+    vae = VariationalAutoencoder(64, **architecture)
+    vae.fit(train, num_steps=steps, seed=0, progress=False)
+    nll = {"VAE": -float(vae.log_likelihood(test).mean())}
+    for name in ("BAE, N(0, 1) prior", "BAE, DSWD prior"):
+        bae = BayesianAutoencoder(64, **architecture)
+        if "DSWD" in name:
+            bae.fit_prior(zeros, num_steps=steps // 3, lr=0.01, pretrain_steps=steps, seed=0, progress=False)
+        post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=steps, num_samples=16, thin=steps // 16).run(
+            train, seed=0, progress=False)
+        nll[name] = -float(bae.log_likelihood(post, test).mean())
+    mean_image = train.mean(0).clamp(1e-3, 1 - 1e-3)
+    baseline = -float(torch.distributions.ContinuousBernoulli(probs=mean_image).log_prob(test).sum(-1).mean())
+    print("held-out NLL per image: " + ", ".join(f"{k} {v:.1f}" for k, v in nll.items())
+          + f"; mean-image predictor {baseline:.1f}")
+    assert all(value < baseline for value in nll.values())
