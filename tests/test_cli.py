@@ -43,6 +43,10 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     moe = bayeskit.load(out / "moe_posterior.nc")
     assert moe.meta["engine"] == "SGHMC" and moe.samples["expert_coef"].shape == (4, 100, 2, 2)
     assert moe.meta["relabelled"] >= 0  # relabelled before saving
+    for name in ("bae_posterior.nc", "bae_digits.png"):
+        assert (out / name).stat().st_size > 0, name
+    bae = bayeskit.load(out / "bae_posterior.nc")
+    assert bae.meta["engine"] == "AdaptiveSGHMC" and bae.samples["dec1_b"].shape == (4, 32, 64)
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bayeskit import NonFiniteError, Target
+from bayeskit.runner import Fit
 from bayeskit.inference import SVGD
 
 
@@ -110,3 +111,58 @@ def test_non_finite_start_is_reported_at_step_one():
     with pytest.raises(NonFiniteError, match="step 1 in site") as caught:
         SVGD(target, num_particles=3).run(num_steps=10, seed=0, progress=False)
     assert caught.value.posterior.meta["steps_completed"] == 0 and caught.value.posterior.trace == {}
+
+
+# ------------------------------------------------------------------ Fit: the loop behind the models' fit()
+def least_squares_fit(x, y, seed_noise=False):
+    weights = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+
+    def loss(step):
+        noise = 0.01 * torch.randn(()) if seed_noise else 0.0
+        return ((x @ weights - y) ** 2).mean() + noise, {"norm": weights.detach().norm()}
+
+    return Fit(loss, {"weights": weights}, lr=0.05, name="least squares"), weights
+
+
+def test_fit_reaches_the_least_squares_solution_and_records_its_trace():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(50, generator=g, dtype=torch.float64)
+    fit, _ = least_squares_fit(x, y)
+    result = fit.run(num_steps=800, seed=0, progress=False)
+    exact = torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)
+    torch.testing.assert_close(result.samples["weights"][0, 0], exact, atol=1e-4, rtol=0)
+    assert result.trace["loss"].shape == (800,) and result.trace["norm"].shape == (800,)
+    assert result.meta["engine"] == "least squares" and result.meta["sample_kind"] == "point"
+
+
+def test_fit_resumes_from_a_checkpoint_exactly(tmp_path):
+    x, y = torch.randn(20, 2, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+    whole = least_squares_fit(x, y, seed_noise=True)[0].run(num_steps=40, seed=3, progress=False)
+    path = tmp_path / "fit.pt"
+    first, weights = least_squares_fit(x, y, seed_noise=True)
+    first.run(num_steps=40, seed=3, progress=False, checkpoint=path, checkpoint_every=10,
+              callback=lambda step, state, info: step == 25)
+    second, _ = least_squares_fit(x, y, seed_noise=True)
+    resumed = second.run(num_steps=40, seed=3, progress=False, checkpoint=path, resume=True)
+    torch.testing.assert_close(resumed.samples["weights"], whole.samples["weights"], rtol=0, atol=0)
+    torch.testing.assert_close(resumed.trace["loss"], whole.trace["loss"], rtol=0, atol=0)
+
+
+def test_fit_stops_on_a_non_finite_loss_naming_the_parameter_and_keeps_the_last_good_values():
+    scale = torch.tensor(1.0, requires_grad=True)
+    # from step 6 on the loss is log(0): -inf, with an infinite gradient in scale
+    fit = Fit(lambda step: (scale - 3) ** 2 if step < 5 else torch.log(scale - scale.detach()), {"scale": scale},
+              lr=0.1)
+    with pytest.raises(NonFiniteError, match="step 6 in site\\(s\\) 'scale'") as error:
+        fit.run(num_steps=20, seed=0, progress=False)
+    kept = error.value.posterior.samples["scale"]
+    assert error.value.sites == ["scale"] and error.value.posterior.meta["steps_completed"] == 5
+    assert float(kept) == pytest.approx(float(scale.detach()), abs=0) and 1.0 < float(kept) < 3.0
+
+
+def test_fit_refuses_what_it_cannot_optimise():
+    with pytest.raises(ValueError, match="requires_grad"):
+        Fit(lambda step: torch.zeros(()), {"a": torch.zeros(2)})
+    with pytest.raises(TypeError, match="no model arguments"):
+        Fit(lambda step: torch.zeros(()), {"a": torch.zeros(2, requires_grad=True)}).run(torch.zeros(1))

@@ -2,7 +2,9 @@
 
 from bayeskit.models.bae import BayesianAutoencoder, VariationalAutoencoder
 from bayeskit.models.bnn import bayesian_mlp
+from bayeskit.models.dp_mixture import DirichletProcessMixture
 from bayeskit.models.glm import logistic_regression
 from bayeskit.models.moe import MixtureOfExperts
 
-__all__ = ["logistic_regression", "bayesian_mlp", "MixtureOfExperts", "BayesianAutoencoder", "VariationalAutoencoder"]
+__all__ = ["logistic_regression", "bayesian_mlp", "MixtureOfExperts", "BayesianAutoencoder", "VariationalAutoencoder",
+           "DirichletProcessMixture"]
