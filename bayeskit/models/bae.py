@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from bayeskit.diagnostics import DistributionalSlicedWasserstein
+from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.runner import Fit
 
 __all__ = ["BayesianAutoencoder", "VariationalAutoencoder", "LIKELIHOODS"]
@@ -228,12 +229,6 @@ def _batches(x, batch_size, num_steps, seed):
     return rows.reshape(-1, batch_size)[:num_steps].to(x.device)
 
 
-def _check_count(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 # ------------------------------------------------------------------ the Bayesian autoencoder
 class BayesianAutoencoder(_Autoencoder):
     """A Bayesian autoencoder: an ordinary Pyro model over the weights of an encoder and a decoder.
@@ -338,7 +333,7 @@ class BayesianAutoencoder(_Autoencoder):
         there.  Returns the fit's result (``trace["loss"]``).
         """
         x = _check_images(x, self.input_shape, self.likelihood)
-        _check_count("num_steps", num_steps)
+        _positive_int("num_steps", num_steps)
         weights = {name: value.to(x).requires_grad_() for name, value in
                    self._point_weights(torch.Generator().manual_seed(seed)).items()}
         batches = _batches(x, batch_size, num_steps, seed)
@@ -381,8 +376,8 @@ class BayesianAutoencoder(_Autoencoder):
         x = _check_images(x, self.input_shape, self.likelihood)
         for name, value in (("num_steps", num_steps), ("num_prior_draws", num_prior_draws),
                             ("batch_size", batch_size)):
-            _check_count(name, value)
-        _check_count("pretrain_steps", pretrain_steps, minimum=0)
+            _positive_int(name, value)
+        _positive_int("pretrain_steps", pretrain_steps, minimum=0)
         if not initial_scale > 0:
             raise ValueError(f"initial_scale must be positive, got {initial_scale!r}")
         self.to(dtype=x.dtype, device=x.device)
@@ -467,7 +462,7 @@ class BayesianAutoencoder(_Autoencoder):
         :meth:`latent` codes of the training images.  Returns the
         likelihood's means ``(num, *input_shape)``.
         """
-        _check_count("num", num)
+        _positive_int("num", num)
         codes = mixture.sample(num, seed=seed)
         weights = self.weights_of(posterior)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -515,7 +510,7 @@ class VariationalAutoencoder(_Autoencoder):
             progress: bool = True):
         """Maximise the mean ELBO over minibatches; returns the fit's result (``trace["loss"]`` = -ELBO)."""
         x = _check_images(x, self.input_shape, self.likelihood)
-        _check_count("num_steps", num_steps)
+        _positive_int("num_steps", num_steps)
         self.to(dtype=x.dtype, device=x.device)
         with torch.no_grad():  # reproducible start
             for name, value in self._point_weights(torch.Generator().manual_seed(seed)).items():
