@@ -87,3 +87,25 @@ def test_mixed_mixture_of_experts_on_cuda_matches_cpu():
         x.cuda(), y.cuda(), groups={"g": groups["g"].cuda()}, seed=0, progress=False)
     lpd = moe.log_predictive_density(post, x.cuda(), y.cuda(), groups={"g": groups["g"].cuda()})
     assert lpd.device.type == "cuda" and torch.isfinite(lpd).all()
+
+
+def test_bayesian_autoencoder_on_cuda_matches_cpu():
+    from bayeskit.datasets import load_digits
+    from bayeskit.inference import AdaptiveSGHMC
+    from bayeskit.models import BayesianAutoencoder
+
+    x = load_digits(torch.float64).x[:50].reshape(50, 1, 8, 8)
+    bae = BayesianAutoencoder((1, 8, 8), 4, hidden=(16,), channels=(4, 8)).double()
+    cpu = Target.from_pyro(bae, x)
+    gpu = Target.from_pyro(bae, x.cuda())
+    z = cpu.init(4, torch.Generator().manual_seed(0))
+    lp_cpu, score_cpu = cpu.log_prob_and_score(z)
+    lp_gpu, score_gpu = gpu.log_prob_and_score(z.cuda())
+    torch.testing.assert_close(lp_gpu.cpu(), lp_cpu)
+    torch.testing.assert_close(score_gpu.cpu(), score_cpu)
+    result = bae.fit_prior(x.cuda(), num_steps=5, pretrain_steps=5, num_projections=16, transform_steps=2,
+                           progress=False)
+    assert result.meta["device"].startswith("cuda") and torch.isfinite(result.trace["loss"]).all()
+    post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=20, num_samples=10).run(x.cuda(), seed=0, progress=False)
+    assert post.meta["device"].startswith("cuda")
+    assert torch.isfinite(bae.log_likelihood(post, x.cuda())).all()
