@@ -343,15 +343,13 @@ class Fit(Engine):
         if bool(finite):  # a NaN gradient step would spoil the last good parameters
             self.optimizer.step()
         state["step"] += 1
+        finite = finite & torch.stack([torch.isfinite(p).all() for p in self.parameters.values()]).all()
         return state, {"loss": value.detach(), **{k: torch.as_tensor(v).detach() for k, v in info.items()},
-                       "finite": finite & torch.stack([torch.isfinite(p).all() for p in self.parameters.values()]).all()}
+                       "finite": finite}
 
     def state_dict(self, state):
         return {"step": state["step"], "parameters": {k: v.detach() for k, v in self.parameters.items()},
                 "optimizer": self.optimizer.state_dict()}
-
-    def snapshot(self, state):
-        return _clone(self.state_dict(state))
 
     def load_state(self, target, saved):
         with torch.no_grad():

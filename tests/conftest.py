@@ -27,6 +27,16 @@ def float64():
     torch.set_default_dtype(previous)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of many tiny tensor calls: on a shared 2-core machine torch's
+    thread pool costs them tens of times more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole session (starting one costs seconds)."""

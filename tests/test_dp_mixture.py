@@ -21,13 +21,7 @@ COVS = np.array([[[1.0, 0.5], [0.5, 1.0]], [[0.5, 0.0], [0.0, 0.3]], [[0.4, -0.2
 DIAG_COVS = np.array([np.diag([1.0, 0.4]), np.diag([0.3, 0.6]), np.diag([0.5, 0.5])])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared machine intra-op threads only contend (tens of times slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def draw(n, seed, covs=COVS):

@@ -47,14 +47,7 @@ def width_model(x):
         pyro.sample("obs", dist.Normal(theta, 1.0).to_event(1), obs=x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tests make thousands of small tensor calls; on a shared 2-core
-    # machine torch's thread pool costs ~10x more than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def non_iid_shards(sizes, centres, seed=0):

@@ -191,7 +191,8 @@ class _Autoencoder(torch.nn.Module):
         return shapes
 
     def encode(self, x, weights):
-        """Codes ``(P, n, encoder outputs)`` of images ``x`` ``(n, *input_shape)`` under P weight sets ``(P, *shape)``."""
+        """Codes ``(P, n, encoder outputs)`` of images ``x`` ``(n, *input_shape)`` under P weight sets
+        ``(P, *shape)``."""
         num = next(iter(weights.values())).shape[0]
         return _apply(self.encoder, x.unsqueeze(0).expand(num, *x.shape), weights, self.activation)
 
@@ -227,6 +228,11 @@ def _batches(x, batch_size, num_steps, seed):
     rows = torch.cat([torch.randperm(x.shape[0], generator=generator)[: per_epoch * batch_size]
                       for _ in range(epochs)])
     return rows.reshape(-1, batch_size)[:num_steps].to(x.device)
+
+
+def _mean_and_sd(values):
+    """Mean and sd over the leading (draw) dimension; the sd of a single draw is zero."""
+    return values.mean(0), values.std(0) if values.shape[0] > 1 else torch.zeros_like(values[0])
 
 
 # ------------------------------------------------------------------ the Bayesian autoencoder
@@ -267,7 +273,8 @@ class BayesianAutoencoder(_Autoencoder):
     --------
     >>> bae = BayesianAutoencoder((64,), latent_dim=8, hidden=(128,))  # doctest: +SKIP
     >>> bae.fit_prior(x_other_digits, seed=0)                           # doctest: +SKIP
-    >>> post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=2000, num_samples=32, thin=50).run(x, seed=0)  # doctest: +SKIP
+    >>> engine = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=2000, num_samples=32, thin=50)  # doctest: +SKIP
+    >>> post = engine.run(x, seed=0)                                    # doctest: +SKIP
     >>> bae.log_likelihood(post, x_test).mean()                         # doctest: +SKIP
     """
 
@@ -411,12 +418,16 @@ class BayesianAutoencoder(_Autoencoder):
                              "; was it drawn from this autoencoder?")
         return {name: samples[name].reshape(-1, *shape) for name, shape in self.sites.items()}
 
-    def _outputs(self, posterior, x, max_draws):
+    def _thinned_weights(self, posterior, x, max_draws):
+        """The posterior's weight draws, thinned evenly to at most ``max_draws``, on ``x``'s device and dtype."""
         weights = self.weights_of(posterior)
         num = next(iter(weights.values())).shape[0]
         keep = torch.linspace(0, num - 1, min(num, max_draws)).round().long() if max_draws else torch.arange(num)
-        weights = {name: value[keep].to(x) for name, value in weights.items()}
-        return self.decode(self.encode(x, weights), weights), weights
+        return {name: value[keep].to(x) for name, value in weights.items()}
+
+    def _outputs(self, posterior, x, max_draws):
+        weights = self._thinned_weights(posterior, x, max_draws)
+        return self.decode(self.encode(x, weights), weights)
 
     @torch.no_grad()
     def reconstruct(self, posterior, x, *, max_draws: int | None = None):
@@ -428,16 +439,13 @@ class BayesianAutoencoder(_Autoencoder):
         ``max_draws`` thins the draws evenly to bound the cost.
         """
         x = _check_images(x, self.input_shape, self.likelihood)
-        outputs, _ = self._outputs(posterior, x, max_draws)
-        means = self.observation(outputs).mean
-        return means.mean(0), means.std(0) if means.shape[0] > 1 else torch.zeros_like(means[0])
+        return _mean_and_sd(self.observation(self._outputs(posterior, x, max_draws)).mean)
 
     @torch.no_grad()
     def latent(self, posterior, x, *, max_draws: int | None = None):
         """Codes of ``x`` averaged over posterior draws, ``(n, latent_dim)``, and their sd over draws."""
         x = _check_images(x, self.input_shape, self.likelihood)
-        codes = self.encode(x, self._outputs(posterior, x, max_draws)[1])
-        return codes.mean(0), codes.std(0) if codes.shape[0] > 1 else torch.zeros_like(codes[0])
+        return _mean_and_sd(self.encode(x, self._thinned_weights(posterior, x, max_draws)))
 
     @torch.no_grad()
     def log_likelihood(self, posterior, x, *, max_draws: int | None = None):
@@ -449,8 +457,7 @@ class BayesianAutoencoder(_Autoencoder):
         mean over held-out images is the test NLL that Tran et al. report.
         """
         x = _check_images(x, self.input_shape, self.likelihood)
-        outputs, _ = self._outputs(posterior, x, max_draws)
-        log_p = self.observation(outputs).log_prob(x)
+        log_p = self.observation(self._outputs(posterior, x, max_draws)).log_prob(x)
         return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from bayeskit.inference.sgmcmc.kernels import (AdaptiveSGHMCKernel, PSGLDKernel,
 from bayeskit.inference.sgmcmc.schedules import ConstantSchedule, CyclicalSchedule, PolynomialDecay
 from bayeskit.inference.sgmcmc.structured import StructuredSGMCMC
 
-__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "AdaptiveSGHMCKernel", "FSGLD", "DSGLD", "StructuredSGMCMC", "GaussianSurrogate",
-           "scale_prior", "subposterior_target", "SGMCMCState", "SGLDKernel", "PSGLDKernel", "SGHMCKernel",
-           "SGNHTKernel", "make_kernel", "ConstantSchedule", "PolynomialDecay", "CyclicalSchedule"]
+__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
+           "GaussianSurrogate", "scale_prior", "subposterior_target", "SGMCMCState", "SGLDKernel", "PSGLDKernel",
+           "SGHMCKernel", "AdaptiveSGHMCKernel", "SGNHTKernel", "make_kernel", "ConstantSchedule", "PolynomialDecay",
+           "CyclicalSchedule"]

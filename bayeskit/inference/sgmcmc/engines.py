@@ -150,8 +150,13 @@ class SGMCMC(Engine):
     def step(self, state, target):
         step_size, noise, collect = self.steps[state.step]
         log_prob, score = target.log_prob_and_score(state.kernel_state.position)
-        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise)
+        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise,
+                                        **self.kernel_options(state))
         return state, self.record(state, kernel_state, log_prob, collect)
+
+    def kernel_options(self, state) -> dict:
+        """Extra keyword arguments of this step's kernel update (none, unless an engine adapts)."""
+        return {}
 
     def record(self, state, kernel_state, log_prob, collect) -> dict:
         """Keep the new state as a draw if the plan says so, count the step, return its trace entry.
@@ -341,12 +346,8 @@ class AdaptiveSGHMC(SGMCMC):
     def make_kernel(self):
         return AdaptiveSGHMCKernel(temperature=self.temperature, momentum_decay=self.momentum_decay)
 
-    def step(self, state, target):
-        step_size, noise, collect = self.steps[state.step]
-        log_prob, score = target.log_prob_and_score(state.kernel_state.position)
-        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise,
-                                        adapt=state.step < self.num_warmup)
-        return state, self.record(state, kernel_state, log_prob, collect)
+    def kernel_options(self, state):
+        return {"adapt": state.step < self.num_warmup}  # the mass learns during burn-in only
 
 
 class SGNHT(SGMCMC):
