@@ -9,7 +9,7 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Dataset", "load_breast_cancer", "load_digits", "load_radon"]
+__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "load_gbp_usd", "load_radon"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,27 @@ class Dataset:
         """The rows ``rows`` (indices or a boolean mask); group ids and labels are kept as they are."""
         return replace(self, x=self.x[rows], y=self.y[rows],
                        groups={level: ids[rows] for level, ids in self.groups.items()})
+
+
+@dataclass(frozen=True)
+class TimeSeries:
+    """A univariate series observed on ``dates`` (ISO ``YYYY-MM-DD``, increasing): ``values`` ``(T,)``."""
+
+    dates: tuple[str, ...]
+    values: torch.Tensor
+    citation: str
+
+    def log_returns(self, scale: float = 100.0, demeaned: bool = False) -> torch.Tensor:
+        """``scale * diff(log values)``, ``(T - 1,)``: percent log-returns by default.
+
+        The usual input of stochastic-volatility models; ``demeaned=True``
+        subtracts their mean, for models whose returns have mean zero.
+        """
+        # In float64 whatever the dtype of the values: differences of nearby logs lose digits in float32.
+        returns = scale * torch.diff(torch.log(self.values.double()))
+        if demeaned:
+            returns = returns - returns.mean()
+        return returns.to(self.values.dtype)
 
 
 def load_breast_cancer(dtype: torch.dtype | None = None) -> Dataset:
@@ -103,3 +124,22 @@ def load_digits(dtype: torch.dtype | None = None) -> Dataset:
     names = tuple(f"pixel_{row}_{column}" for row in range(8) for column in range(8))
     return Dataset(values[:, :-1] / 16.0, values[:, -1].long(), names,
                    "Alpaydin and Kaynak (1998), Optical Recognition of Handwritten Digits, UCI, doi:10.24432/C50P49")
+
+
+def load_gbp_usd(dtype: torch.dtype | None = None) -> TimeSeries:
+    """Daily GBP/USD exchange rates (pounds per US dollar), 751 trading days from 1997-01-02 to 1999-12-31.
+
+    ``log_returns()`` gives the 750 percent log-returns that the stochastic
+    volatility literature fits (the data set ``GBP_vs_USD_9798`` of the
+    ``particles`` package, Chopin and Papaspiliopoulos 2020). PACIFIC
+    Exchange Rate Service, Prof. Werner Antweiler, University of British
+    Columbia, Vancouver.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    source = resources.files("bayeskit.data").joinpath("gbp_usd_1997_1999.csv.gz")
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        rows = list(csv.DictReader(text))
+    return TimeSeries(tuple(row["date"] for row in rows),
+                      torch.tensor([float(row["rate"]) for row in rows], dtype=dtype),
+                      "PACIFIC Exchange Rate Service, W. Antweiler, University of British Columbia: GBP/USD daily, "
+                      "1997-1999; as shipped by the particles package (Chopin and Papaspiliopoulos 2020)")
