@@ -47,6 +47,10 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
         assert (out / name).stat().st_size > 0, name
     bae = bayeskit.load(out / "bae_posterior.nc")
     assert bae.meta["engine"] == "AdaptiveSGHMC" and bae.samples["dec1_b"].shape == (4, 32, 64)
+    for name in ("smc_posterior.nc", "smc_volatility.png"):
+        assert (out / name).stat().st_size > 0, name
+    smc = bayeskit.load(out / "smc_posterior.nc")
+    assert smc.meta["engine"] == "particle_gibbs" and smc.samples["x"].shape == (4, 12, 80, 1)
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):
