@@ -58,6 +58,8 @@ _EXACT_CHUNK = 2 ** 25
 _REJECT_ROUNDS = 10
 # Below this many kernel entries (R * N * N) "auto" draws exactly: measured faster on CPU than accept-reject.
 _SMALL_KERNEL = 2 ** 18
+# Accept-reject stops once the kernel rows of the pairs still waiting hold fewer entries than this.
+_FALLBACK_ENTRIES = 2 ** 14
 
 
 @dataclass
@@ -231,7 +233,12 @@ def _exact_indices(model, t, x_prev, log_w_prev, x, rows, num_backward):
 
 
 def _reject_indices(model, t, x_prev, log_w_prev, x, num_backward, log_bound):
-    """Accept-reject draws with a cap on the rounds, then exact draws for the particles still waiting."""
+    """Accept-reject draws with a cap on the rounds, then exact draws for the particles still waiting.
+
+    Particles in the tails of the cloud accept rarely, so each round doubles the candidates it proposes to
+    every pair still waiting (the first accepted one is kept): a few rounds clear pairs with acceptance
+    rates down to about 1e-3 without a per-candidate round trip.
+    """
     num_replicates, num_particles = log_w_prev.shape
     indices = torch.zeros(num_replicates, num_particles, num_backward, dtype=torch.long, device=x.device)
     pending = torch.ones_like(indices, dtype=torch.bool)
@@ -240,18 +247,23 @@ def _reject_indices(model, t, x_prev, log_w_prev, x, num_backward, log_bound):
     cdf = torch.cumsum(log_w_prev.exp().reshape(-1), 0)
     cdf = cdf / cdf[-1] * num_replicates
     targets = x.unsqueeze(2).expand(-1, -1, num_backward, -1)
+    budget, candidates = indices.numel(), 1
     for _ in range(_REJECT_ROUNDS):
         where = pending.nonzero(as_tuple=True)
-        if where[0].numel() == 0:
-            return indices
-        uniforms = where[0].to(x.dtype) + torch.rand(where[0].shape, dtype=x.dtype, device=x.device)
+        if where[0].numel() * num_particles <= _FALLBACK_ENTRIES:
+            break  # the few pairs left cost less drawn exactly than another round
+        replicate = where[0].unsqueeze(-1).expand(-1, candidates)
+        uniforms = replicate.to(x.dtype) + torch.rand(replicate.shape, dtype=x.dtype, device=x.device)
         flat = torch.searchsorted(cdf, uniforms, right=True).clamp_(max=cdf.numel() - 1)
-        proposed = (flat - where[0] * num_particles).clamp_(0, num_particles - 1)
-        log_q = model.transition_log_prob(t, x_prev[where[0], proposed], targets[where])
+        proposed = (flat - replicate * num_particles).clamp_(0, num_particles - 1)
+        log_q = model.transition_log_prob(t, x_prev[replicate, proposed], targets[where].unsqueeze(1))
         accept = torch.rand_like(log_q).log() < log_q - log_bound
-        accepted = tuple(w[accept] for w in where)
-        indices[accepted] = proposed[accept]
+        first = accept.to(torch.uint8).argmax(-1, keepdim=True)  # the first accepted candidate, if any
+        done = accept.any(-1)
+        accepted = tuple(w[done] for w in where)
+        indices[accepted] = proposed.gather(-1, first).squeeze(-1)[done]
         pending[accepted] = False
+        candidates = min(2 * candidates, max(1, budget // max(1, int(where[0].numel()))))
     # Exact draws for the particles still waiting (typically a few in the tails of the cloud).
     replicate, particle = pending.any(-1).nonzero(as_tuple=True)
     if replicate.numel():
