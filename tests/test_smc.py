@@ -279,6 +279,17 @@ def test_score_climbing_moves_towards_the_maximum_likelihood_estimate():
         assert abs(fitted - exact) < 0.5 * abs(start[name] - exact), (name, fitted, exact)
 
 
+def test_fit_traces_every_iterate_and_leaves_the_model_at_their_average():
+    model = StochasticVolatility(mu=0.0, phi=0.5, sigma=1.0, learn=("mu", "phi", "sigma"))
+    y = data(StochasticVolatility(), 30)
+    post = fit_ssm(model, y, num_steps=4, num_particles=20, lr=0.1, average_from=2, seed=0, progress=False)
+    trace = post.trace["mu"]
+    assert float(trace[0]) == 0.0 and len(set(trace.tolist())) == 4  # the start, then each update
+    # the average of the iterates seen from step 2 on (the trace holds them)
+    assert float(post.samples["mu"].reshape(())) == pytest.approx(float(trace[2:].mean()))
+    assert float(model.mu.detach()) == pytest.approx(float(trace[2:].mean()))
+
+
 def test_fit_refuses_a_model_without_learnable_parameters():
     with pytest.raises(ValueError, match="learn="):
         fit_ssm(scalar_model(), torch.zeros(5, 1))

@@ -47,7 +47,7 @@ import bayeskit as bk
 from bayeskit.datasets import load_gbp_usd
 from bayeskit.diagnostics import ess, rhat
 from bayeskit.inference import PaRIS, ParticleFilter, ParticleGibbs
-from bayeskit.inference.smc import MixtureOfExpertsProposal, fit_ssm, smoothed_states
+from bayeskit.inference.smc import MixtureOfExpertsProposal, fit_ssm, smoothed_states, state_sum
 from bayeskit.models import StochasticVolatility
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
@@ -61,11 +61,11 @@ pd.set_option("display.width", 120)
 SIZES = ({"T": 200, "table_N": (50, 200), "table_R": 4, "fit_steps": 8, "fit_N": 50, "profile_N": 100,
           "profile_R": 2, "profile_points": 3, "paris_N": 100, "pg_chains": 2, "pg_N": 50, "pg_steps": 8,
           "pg_burn_in": 2, "moe_N": 50, "moe_R": 2, "check_N": 200, "check_R": 4} if QUICK
-         else {"T": None, "table_N": (100, 300, 1000, 3000), "table_R": 20, "fit_steps": 100, "fit_N": 100,
-               "profile_N": 300, "profile_R": 8, "profile_points": 5, "paris_N": 1000, "pg_chains": 4,
-               "pg_N": 100, "pg_steps": 120, "pg_burn_in": 20, "moe_N": 100, "moe_R": 20, "check_N": 1000,
+         else {"T": None, "table_N": (100, 300, 1000, 3000), "table_R": 20, "fit_steps": 80, "fit_N": 100,
+               "profile_N": 300, "profile_R": 8, "profile_points": 5, "paris_N": 400, "pg_chains": 4,
+               "pg_N": 100, "pg_steps": 70, "pg_burn_in": 10, "moe_N": 100, "moe_R": 10, "check_N": 1000,
                "check_R": 20})
-timings = {}
+timings, began = {}, time.perf_counter()
 
 
 def log_evidence(model, num_particles, num_replicates, seed=0, **options):
@@ -139,14 +139,16 @@ print(table.round(3).to_string())
 #
 # `method="score_climbing"` (Naesseth, Lindsten and Blei 2020) instead moves
 # the conditional SMC chain and follows the gradient of the complete-data
-# log-likelihood $\log p_\theta(x^*, y)$ at its one new state $x^*$: cheaper,
-# and noisier.
+# log-likelihood $\log p_\theta(x^*, y)$ at its one new state $x^*$. A step
+# costs about the same (the conditional sweep dominates), but the gradient
+# rests on one trajectory instead of the PaRIS average over the cloud.
 #
-# `backward="exact"` draws the PaRIS backward indices from the full $N \times N$
-# kernel. With 100 particles that is 10,000 entries per step and the fastest
-# choice on a CPU (about 4 times faster here than accept-reject, which
-# `"auto"` picks on a CPU); accept-reject pays off from about a thousand
-# particles.
+# The PaRIS backward indices come from the $N \times N$ kernel
+# $W_{t-1}^l q_t(\xi_{t-1}^l, \xi_t^i)$; the default `backward="auto"`
+# draws them exactly from the whole kernel when it is small (100 particles:
+# 10,000 entries per step, about 4 times faster on a CPU than
+# accept-reject) and by accept-reject against the model's transition bound,
+# linear in N, from about a thousand particles on a CPU.
 
 # %%
 fits = {}
@@ -154,14 +156,13 @@ for method in ("ppg", "score_climbing"):
     model = StochasticVolatility(**START, learn=("mu", "phi", "sigma"))
     begin = time.perf_counter()
     fits[method] = (model, fit_ssm(model, y, method=method, num_steps=SIZES["fit_steps"],
-                                   num_particles=SIZES["fit_N"], backward="exact", lr=0.1, seed=0, progress=False))
+                                   num_particles=SIZES["fit_N"], lr=0.1, seed=0, progress=False))
     timings[f"fit_ssm[{method}]"] = time.perf_counter() - begin
     fitted = {name: float(value) for name, value in model.parameter_values().items()}
     print(f"{method:>15}: mu {fitted['mu']:.3f}, phi {fitted['phi']:.4f}, sigma {fitted['sigma']:.4f} "
           f"({SIZES['fit_steps']} steps, {timings[f'fit_ssm[{method}]']:.0f} s)")
 
-model, fit = fits["ppg"]
-THETA = {name: float(value) for name, value in model.parameter_values().items()}
+THETA = {name: float(value) for name, value in fits["ppg"][0].parameter_values().items()}
 
 figure, axes = plt.subplots(1, 3, figsize=(10, 2.8))
 for axis, name in zip(axes, ("mu", "phi", "sigma")):
@@ -183,8 +184,8 @@ plt.close(figure)
 
 # %%
 checks = {}
-for label, theta in (("start", START), ("ppg", THETA),
-                     ("score_climbing", {k: float(v) for k, v in fits["score_climbing"][0].parameter_values().items()})):
+climbed = {name: float(value) for name, value in fits["score_climbing"][0].parameter_values().items()}
+for label, theta in (("start", START), ("ppg", THETA), ("score_climbing", climbed)):
     values, _ = log_evidence(StochasticVolatility(**theta), SIZES["check_N"], SIZES["check_R"], seed=1)
     checks[label] = values
     print(f"log-evidence at the {label:>14} parameters: {values.mean():9.2f} (sd {values.std():.2f}, "
@@ -250,25 +251,30 @@ print(f"PaRIS ({SIZES['paris_N']} particles, {timings['PaRIS']:.1f} s): smoothed
 # $x_{0:T-1}$. `num_replicates` independent chains run in one batch, so
 # r_hat and ESS apply to any function of the path. With a functional the
 # engine also returns the bias-reduced roll-out estimate (the mean of the
-# PaRIS estimates after `burn_in`), which should match PaRIS.
+# conditional PaRIS estimates after `burn_in`). We give it `state_sum()`,
+# $\sum_t x_t$, which costs nothing per particle: `smoothed_states(T)` would
+# carry a length-T statistic per particle through every step (O(T) work per
+# particle per step), which PaRIS above pays once but particle Gibbs would pay
+# at every iteration, and the trajectories already give the marginals.
 
 # %%
 begin = time.perf_counter()
-pg = ParticleGibbs(sv, states, num_particles=SIZES["pg_N"], burn_in=SIZES["pg_burn_in"], backward="exact").run(
+pg = ParticleGibbs(sv, state_sum(), num_particles=SIZES["pg_N"], burn_in=SIZES["pg_burn_in"]).run(
     y, num_steps=SIZES["pg_steps"], num_replicates=SIZES["pg_chains"], seed=4, progress=False)
 timings["ParticleGibbs"] = time.perf_counter() - begin
 burn_in = pg.meta["burn_in"]
 paths = pg.samples["x"][:, burn_in:, :, 0]  # (chain, draw, T)
 volatility = torch.exp(0.5 * paths).reshape(-1, T)
 band = torch.quantile(volatility, torch.tensor([0.05, 0.5, 0.95]), dim=0)
-rollout = torch.tensor(pg.meta["estimate"])[..., 0]  # (chain, T)
+rollout = torch.tensor(pg.meta["estimate"])[:, 0] / T  # (chain,): the mean over t of E[x_t | y]
 print(f"ParticleGibbs: {SIZES['pg_chains']} chains x {SIZES['pg_steps']} iterations ({burn_in} burn-in), "
       f"{SIZES['pg_N']} particles, {timings['ParticleGibbs']:.0f} s; mean update rate "
       f"{pg.trace['update_rate'].mean():.2f} (fraction of times at which the reference moved)")
-print(f"smoothed means of x_t, largest gap to PaRIS: trajectory mean "
-      f"{(paths.mean((0, 1)) - paris_mean[:, 0]).abs().max():.3f}, roll-out estimate "
-      f"{(rollout.mean(0) - paris_mean[:, 0]).abs().max():.3f} (posterior sd of x_t about "
+print(f"smoothed means of x_t: largest gap between the trajectory mean and PaRIS "
+      f"{(paths.mean((0, 1)) - paris_mean[:, 0]).abs().max():.3f} (posterior sd of x_t about "
       f"{paths.std((0, 1)).mean():.2f})")
+print(f"mean over t of E[x_t | y]: roll-out {rollout.mean():.4f} (chains {rollout.min():.4f} to "
+      f"{rollout.max():.4f}), trajectories {paths.mean():.4f}, PaRIS {paris_mean[:, 0].mean():.4f}")
 
 figure, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
 axes[0].plot(dates, y.numpy(), lw=0.5, color="0.5", label="return")
@@ -293,8 +299,9 @@ plt.close(figure)
 # %% [markdown]
 # ## Convergence across chains
 # The draws after burn-in of a few $x_t$ through `bayeskit.diagnostics`
-# (rank-normalised split r_hat and bulk ESS, by arviz-stats); the same
-# numbers come out of `pg.summary(var_names=["x"])`, one row per time.
+# (rank-normalised split r_hat and bulk ESS, by arviz-stats); the full
+# ArviZ table, one row per time, comes from `pg.summary(var_names=["x"])`
+# (over all the draws, burn-in included).
 
 # %%
 times = sorted({0, T // 4, T // 2, 3 * T // 4, T - 1})
@@ -311,15 +318,21 @@ print(f"over all {T} times: r_hat at most {r_hat.max():.3f}, bulk ESS at least {
 # proposal of Cornebise, Moulines and Olsson (2014) fits, at every step and
 # for the whole cloud, a mixture of Gaussian regressions on $x_{t-1}$ to the
 # locally optimal kernel $p(x_t \mid x_{t-1}, y_t)$, and the filter weights
-# by $q_t g_t / r_t$. The SV observation is weakly informative, so the gain
-# in log-evidence sd at equal N is modest, and each step costs a few EM
-# iterations.
+# by $q_t g_t / r_t$. Each step costs a few EM iterations on a pilot sample,
+# so a guided filter must earn its keep in variance. One daily return says
+# little about the log variance: $\log y_t^2 = x_t + \log w_t^2$, a noise of
+# sd $\pi/\sqrt 2 \approx 2.2$, against a spread of the predicted $x_t$ of
+# about 0.3 to 0.4. The likelihood is nearly flat over the cloud, the
+# bootstrap kernel is already close to the optimal one, and we expect no
+# clear gain; adaptive proposals pay where observations are sharp relative to
+# the transition (small observation noise, outliers).
 
 # %%
 boot, boot_seconds = log_evidence(sv, SIZES["moe_N"], SIZES["moe_R"], seed=5)
 moe, moe_seconds = log_evidence(sv, SIZES["moe_N"], SIZES["moe_R"], seed=5, proposal=MixtureOfExpertsProposal())
 print(f"N = {SIZES['moe_N']}, {SIZES['moe_R']} replicates: bootstrap {boot.mean():.2f} (sd {boot.std():.3f}, "
-      f"{boot_seconds:.1f} s), mixture of experts {moe.mean():.2f} (sd {moe.std():.3f}, {moe_seconds:.1f} s)")
+      f"{boot_seconds:.1f} s), mixture of experts {moe.mean():.2f} (sd {moe.std():.3f}, {moe_seconds:.1f} s); "
+      f"{SIZES['moe_R']} replicates give an sd to about +-{100 / math.sqrt(2 * (SIZES['moe_R'] - 1)):.0f}%")
 
 # %% [markdown]
 # ## Saving the trajectories
@@ -332,4 +345,23 @@ loaded = bk.load(path)
 assert torch.equal(loaded.samples["x"], pg.samples["x"]) and loaded.meta["burn_in"] == burn_in
 print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and read it back: x {tuple(loaded.samples['x'].shape)}, "
       f"trace {sorted(loaded.trace)}")
-print("timings (s):", {name: round(seconds, 1) for name, seconds in timings.items()})
+print("timings (s):", {name: round(seconds, 1) for name, seconds in timings.items()},
+      f"total {time.perf_counter() - began:.0f} s")
+
+# %% [markdown]
+# What this script printed at full size (`python
+# tutorials/06_stochastic_volatility_smc.py`, under 4 min on a busy 2-core CPU):
+# the log-evidence sd at the starting parameters fell from 2.09 (N = 100) to
+# 0.76 (N = 1,000) and 0.34 (N = 3,000), sd x sqrt(N) staying near 20. PPG
+# fitted mu = -1.604, phi = 0.919, sigma = 0.152 (80 steps, about 1 minute),
+# score climbing mu = -1.601, phi = 0.923, sigma = 0.126; the log-evidence
+# rose from -609.6 at the start to -483.5 (PPG) and -483.9 (score climbing),
+# a gain of 126 nats, and the filter's sd at N = 1,000 fell from 0.93 to
+# 0.23. Each fitted value was the best point of its profile. The smoothed
+# volatility ranged from 0.37% to 0.65% a day, highest in the summer of
+# 1997; particle Gibbs (4 chains of 70 iterations) gave r_hat at most 1.055
+# and bulk ESS at least 80 of 240 draws over all 750 days, and its
+# trajectory means agreed with PaRIS within 0.11 (the posterior sd of x_t is
+# about 0.3). The mixture-of-experts proposal gave an sd of 1.03 against the
+# bootstrap's 1.01 at N = 100, at about 50 times the cost: no gain on this series,
+# as expected.

@@ -78,7 +78,7 @@ class StateSpaceModel(torch.nn.Module):
 
 
     def parameter_values(self) -> dict[str, torch.Tensor]:
-        """The model's parameters in their natural (constrained) form, detached."""
+        """The model's parameters in their natural (constrained) form, detached copies."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -184,8 +184,9 @@ class LinearGaussianSSM(StateSpaceModel):
         return -0.5 * self.state_dim * math.log(2 * math.pi) - diagonal.log().sum()
 
     def parameter_values(self):
-        return {"A": self.A.detach(), "C": self.C.detach(), "Q": self.covariance("Q").detach(),
-                "R": self.covariance("R").detach(), "m0": self.m0.detach(), "P0": self.covariance("P0").detach()}
+        return {"A": self.A.detach().clone(), "C": self.C.detach().clone(), "Q": self.covariance("Q").detach(),
+                "R": self.covariance("R").detach(), "m0": self.m0.detach().clone(),
+                "P0": self.covariance("P0").detach()}
 
     # ------------------------------------------------------------ ground truth
     def kalman(self, y: torch.Tensor) -> KalmanResult:
@@ -300,7 +301,7 @@ class StochasticVolatility(StateSpaceModel):
         return -0.5 * math.log(2 * math.pi) - self.log_sigma
 
     def parameter_values(self):
-        return {"mu": self.mu.detach(), "phi": self.phi.detach(), "sigma": self.sigma.detach()}
+        return {"mu": self.mu.detach().clone(), "phi": self.phi.detach(), "sigma": self.sigma.detach()}
 
 
 class NonlinearGrowth(StateSpaceModel):

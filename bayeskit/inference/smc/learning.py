@@ -93,7 +93,8 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
             objective = model.log_joint(chain["reference"], y)
         else:
             objective = core.surrogate_log_likelihood(model, y, state)
-        values = {name: value for name, value in model.parameter_values().items()}
+        # clone: some values are views of the parameters, which the optimiser then updates in place
+        values = {name: value.clone() for name, value in model.parameter_values().items()}
         return -objective.mean() / y.shape[0], values
 
     fitted = Fit(loss, parameters, optimizer=optimizer, lr=lr, name=f"fit_ssm[{method}]").run(
