@@ -91,8 +91,13 @@ class SweepState:
 
     def estimate(self) -> torch.Tensor:
         """The PaRIS estimate :math:`\\sum_i W_t^i \\tau_t^i`, ``(R, *shape)``."""
-        weights = self.weights.reshape(*self.weights.shape, *([1] * (self.stats.dim() - 2)))
-        return (weights * self.stats).sum(1)
+        return weighted_mean(self.log_weights, self.stats)
+
+
+def weighted_mean(log_weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """:math:`\\sum_i W^i v^i` over the particle axis, for normalised ``log_weights`` ``(R, N)``."""
+    weights = log_weights.exp().reshape(*log_weights.shape, *([1] * (values.dim() - 2)))
+    return (weights * values).sum(1)
 
 
 def _normalise(log_weights):

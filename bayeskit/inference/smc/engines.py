@@ -58,11 +58,6 @@ def _sweep_from(saved: dict) -> core.SweepState | None:
     return None if saved["sweep"] is None else core.SweepState(**saved["sweep"])
 
 
-def _weighted_mean(log_weights, values):
-    weights = log_weights.exp().reshape(*log_weights.shape, *([1] * (values.dim() - 2)))
-    return (weights * values).sum(1)
-
-
 class ParticleFilter(Engine):
     r"""Particle filter for a :class:`~bayeskit.models.ssm.StateSpaceModel`, many replicates in one batch.
 
@@ -72,6 +67,8 @@ class ParticleFilter(Engine):
     (``"multinomial"``, ``"systematic"``, ``"stratified"``, ``"residual"``) when
     the ESS drops below ``ess_threshold * num_particles``; see
     :mod:`bayeskit.inference.smc.core` for the weights and the log-evidence.
+    ``x_0`` always comes from the model's initial law; a guided proposal acts
+    from ``t = 1`` on.
 
     ``run(y, num_replicates=R, seed=...)`` runs one step per observation and
     returns a weighted :class:`~bayeskit.Posterior`: ``samples["x"]`` holds the
@@ -129,7 +126,7 @@ class ParticleFilter(Engine):
                                           functional=self.functional, num_backward=self.num_backward,
                                           backward=self.backward)
         info = {"log_evidence": sweep.log_evidence, "ess": sweep.ess, "resampled": sweep.resampled,
-                "filtering_mean": _weighted_mean(sweep.log_weights, sweep.x),
+                "filtering_mean": core.weighted_mean(sweep.log_weights, sweep.x),
                 "finite": torch.isfinite(sweep.log_evidence).all()}
         return sweep, info
 
