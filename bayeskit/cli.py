@@ -338,7 +338,7 @@ def _demo_smc(out, *, quick, seed, progress):
     series = load_gbp_usd(dtype=torch.float64)
     y = series.log_returns().unsqueeze(-1)
     if quick:
-        y = y[:80]
+        y = y[:60]
     _print_header(f"SMC: stochastic volatility of {len(y)} daily GBP/USD log-returns (%), "
                   f"{series.dates[1]} to {series.dates[len(y)]}")
     model = StochasticVolatility(mu=0.0, phi=0.5, sigma=1.0, learn=("mu", "phi", "sigma"))
@@ -350,7 +350,7 @@ def _demo_smc(out, *, quick, seed, progress):
 
     before = log_evidence()
     began = time.perf_counter()
-    fit = fit_ssm(model, y, method="ppg", num_steps=8 if quick else 80, num_particles=50, lr=0.1, seed=seed,
+    fit = fit_ssm(model, y, method="ppg", num_steps=5 if quick else 80, num_particles=50, lr=0.1, seed=seed,
                   progress=progress)
     fitted = {name: float(value.reshape(())) for name, value in fit.samples.items()}
     after = log_evidence()
@@ -359,7 +359,7 @@ def _demo_smc(out, *, quick, seed, progress):
     print(f"log-evidence (particle filter, 8 x 500 particles): {before[0]:.1f} +- {before[1]:.1f} at the start, "
           f"{after[0]:.1f} +- {after[1]:.1f} fitted")
     began = time.perf_counter()
-    post = ParticleGibbs(model, num_particles=50).run(y, num_steps=12 if quick else 100, num_replicates=4,
+    post = ParticleGibbs(model, num_particles=50).run(y, num_steps=8 if quick else 100, num_replicates=4,
                                                       seed=seed, progress=progress)
     kept = post.samples["x"][:, post.meta["burn_in"]:, :, 0]
     volatility = torch.exp(kept / 2).reshape(-1, len(y))

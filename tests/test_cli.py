@@ -50,7 +50,7 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     for name in ("smc_posterior.nc", "smc_volatility.png"):
         assert (out / name).stat().st_size > 0, name
     smc = bayeskit.load(out / "smc_posterior.nc")
-    assert smc.meta["engine"] == "particle_gibbs" and smc.samples["x"].shape == (4, 12, 80, 1)
+    assert smc.meta["engine"] == "particle_gibbs" and smc.samples["x"].shape == (4, 8, 60, 1)
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):
