@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bayeskit.inference.smc.resampling import resample
+from bayeskit.inference.smc.resampling import RESAMPLING, inverse_cdf, resample
 
 __all__ = ["SweepState", "initial_state", "forward_step", "sweep", "backward_indices", "backward_trajectory",
            "surrogate_log_likelihood", "BACKWARD_MODES"]
@@ -234,8 +234,7 @@ def _exact_indices(model, t, x_prev, log_w_prev, x, rows, num_backward):
                                                                      x[:, block].unsqueeze(2))
         probabilities = torch.softmax(logits, -1)
         uniforms = torch.rand(num_replicates, len(block), num_backward, dtype=x.dtype, device=x.device)
-        cdf = torch.cumsum(probabilities, -1)
-        parts.append(torch.searchsorted(cdf, uniforms * cdf[..., -1:], right=True).clamp_(max=num_particles - 1))
+        parts.append(inverse_cdf(probabilities, uniforms))
     return torch.cat(parts, 1)
 
 
@@ -278,9 +277,9 @@ def _reject_indices(model, t, x_prev, log_w_prev, x, num_backward, log_bound):
         replicate, particle = replicates[start:start + chunk], particles[start:start + chunk]
         logits = log_w_prev[replicate] + model.transition_log_prob(t, x_prev[replicate],
                                                                    x[replicate, particle].unsqueeze(1))
-        cdf = torch.cumsum(torch.softmax(logits, -1), -1)
+        probabilities = torch.softmax(logits, -1)
         uniforms = torch.rand(replicate.numel(), num_backward, dtype=x.dtype, device=x.device)
-        exact = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).clamp_(max=num_particles - 1)
+        exact = inverse_cdf(probabilities, uniforms)
         indices[replicate, particle] = torch.where(pending[replicate, particle], exact, indices[replicate, particle])
     return indices
 
@@ -342,8 +341,6 @@ def surrogate_log_likelihood(model, y: torch.Tensor, state: SweepState) -> torch
 def check_settings(num_particles, num_backward, resampling, ess_threshold, backward,
                    functional: Callable | None) -> None:
     """Refuse bad engine settings, naming the argument."""
-    from bayeskit.inference.smc.resampling import RESAMPLING
-
     if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 2:
         raise ValueError(f"num_particles must be an int >= 2, got {num_particles!r}")
     if not isinstance(num_backward, int) or isinstance(num_backward, bool) or num_backward < 1:

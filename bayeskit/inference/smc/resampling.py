@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RESAMPLING", "resample", "multinomial", "stratified", "systematic", "residual"]
+__all__ = ["RESAMPLING", "resample", "inverse_cdf", "multinomial", "stratified", "systematic", "residual"]
 
 
-def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Indices ``i`` with ``cdf[i-1] <= u < cdf[i]`` for uniforms on [0, 1), batched over leading dims."""
     cdf = torch.cumsum(weights, -1)
     # Scaling by the last cumsum instead of trusting it to be 1 keeps round-off from indexing past the end.
@@ -27,21 +27,21 @@ def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 def multinomial(weights: torch.Tensor, num: int | None = None) -> torch.Tensor:
     """Independent draws from the categorical law of ``weights``."""
     num = weights.shape[-1] if num is None else num
-    return _inverse_cdf(weights, torch.rand(*weights.shape[:-1], num, dtype=weights.dtype, device=weights.device))
+    return inverse_cdf(weights, torch.rand(*weights.shape[:-1], num, dtype=weights.dtype, device=weights.device))
 
 
 def stratified(weights: torch.Tensor, num: int | None = None) -> torch.Tensor:
     """One uniform in each stratum :math:`[k/N, (k+1)/N)`."""
     num = weights.shape[-1] if num is None else num
     offsets = torch.rand(*weights.shape[:-1], num, dtype=weights.dtype, device=weights.device)
-    return _inverse_cdf(weights, (torch.arange(num, dtype=weights.dtype, device=weights.device) + offsets) / num)
+    return inverse_cdf(weights, (torch.arange(num, dtype=weights.dtype, device=weights.device) + offsets) / num)
 
 
 def systematic(weights: torch.Tensor, num: int | None = None) -> torch.Tensor:
     """One uniform shared by all strata: :math:`u_k = (k + U) / N`."""
     num = weights.shape[-1] if num is None else num
     offset = torch.rand(*weights.shape[:-1], 1, dtype=weights.dtype, device=weights.device)
-    return _inverse_cdf(weights, (torch.arange(num, dtype=weights.dtype, device=weights.device) + offset) / num)
+    return inverse_cdf(weights, (torch.arange(num, dtype=weights.dtype, device=weights.device) + offset) / num)
 
 
 def residual(weights: torch.Tensor, num: int | None = None) -> torch.Tensor:
