@@ -51,6 +51,13 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
         assert (out / name).stat().st_size > 0, name
     smc = bayeskit.load(out / "smc_posterior.nc")
     assert smc.meta["engine"] == "particle_gibbs" and smc.samples["x"].shape == (4, 8, 60, 1)
+    for name in ("fsde_posterior.nc", "fsde_paths.png"):
+        assert (out / name).stat().st_size > 0, name
+    fsde = bayeskit.load(out / "fsde_posterior.nc")
+    assert fsde.meta["engine"] == "FractionalSDE" and fsde.samples["x"].shape == (1, 64, 8, 201, 1)
+    # the posterior paths pass through the noisy observations (sd 0.05) at the observation times
+    at_observations = fsde.samples["x"][0, :, :, 5::5, 0].mean(0)
+    assert float((at_observations - fsde.observed_data["y"][..., 0]).abs().mean()) < 0.1
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

@@ -130,3 +130,26 @@ def test_paris_with_ten_thousand_particles_on_cuda_matches_the_rts_smoother():
     chains = ParticleGibbs(model, state_sum(), num_particles=500).run(y.cuda(), num_steps=20, num_replicates=4,
                                                                       seed=0, progress=False)
     assert abs(float(torch.tensor(chains.meta["estimate"]).mean()) - float(truth)) < 1.0
+
+
+def test_fractional_sde_elbo_on_cuda_matches_cpu_and_fits():
+    """Draws come from CPU generators, so the same seed gives the same ELBO on both devices."""
+    from bayeskit.models.fractional_sde import ConstantDiffusion, FractionalSDE, MarkovFBM, OrnsteinUhlenbeckDrift
+
+    def model():
+        torch.manual_seed(0)
+        return FractionalSDE(OrnsteinUhlenbeckDrift(0.7), ConstantDiffusion(0.8),
+                             MarkovFBM(0.6, horizon=1.0, learn_hurst=True), num_series=3, dt=0.01,
+                             observation_scale=0.1).double()
+
+    y = torch.randn(3, 10, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    times = torch.arange(1, 11, dtype=torch.float64) * 0.1
+    cpu, gpu = model(), model().cuda()
+    want = cpu.elbo(y, times, num_samples=64, generator=torch.Generator().manual_seed(2))["elbo"]
+    got = gpu.elbo(y.cuda(), times, num_samples=64, generator=torch.Generator().manual_seed(2))["elbo"]
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-8, atol=1e-8)
+    fit = gpu.fit(y.cuda(), times, num_steps=20, num_samples=8, progress=False)
+    assert fit.meta["device"].startswith("cuda") and torch.isfinite(fit.trace["loss"]).all()
+    paths = gpu.posterior_paths(y.cuda(), times, num_paths=1024)
+    assert torch.isfinite(paths.samples["x"]).all()
