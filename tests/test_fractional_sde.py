@@ -438,7 +438,7 @@ def test_hurst_index_is_recovered_from_fou_data(true_hurst):
     paths driven by exact fBM, observed every 0.05 on [0, 2] with noise sd 0.05. The estimate agrees with the
     exact maximum-likelihood estimate of the same discretised model on the same data (the best the ELBO can
     do), and at full size (32 series) lies within 0.05 of the truth."""
-    num_series, steps = (32, 300) if FULL else (16, 60)
+    num_series, steps = (32, 300) if FULL else (16, 40)
     y, index = _fou_data(true_hurst, num_series)
     model = FractionalSDE(OrnsteinUhlenbeckDrift(0.5), ConstantDiffusion(0.5),
                           MarkovFBM(0.5, kind="II", horizon=2.0, learn_hurst=True), num_series=num_series,

@@ -126,21 +126,24 @@ def fit_bridge(hurst, theta, *, steps, seed=0):
     fit = model.fit(observation, at, num_steps=steps, num_samples=32, lr=1e-2, seed=seed, progress=False)
     paths = model.posterior_paths(observation, at, num_paths=256, seed=seed)
     sd = paths.samples["x"][0, :, 0, :, 0].std(0)
+    # many more paths separate the Monte Carlo error of 256 (about 4.4% on an sd) from the fit's own error
+    sd_many = model.posterior_paths(observation, at, num_paths=8192, seed=seed + 1).samples["x"][0, :, 0, :, 0].std(0)
     cov = fou_covariance(100, 0.02, theta, 1.0, fbm, scheme="exact")
     _, exact_sd = gaussian_conditional(cov, torch.tensor([100]), torch.zeros(1, dtype=torch.float64), 0.1)
-    return fit, paths, sd, exact_sd
+    return fit, paths, sd, sd_many, exact_sd
 
 
 bridge_steps = 20 if QUICK else 1000
 rows, bridges = [], {}
 for hurst, theta in ((0.3, 0.0), (0.7, 0.0), (0.7, 1.0)):
     began = time.perf_counter()
-    fit, paths, sd, exact_sd = fit_bridge(hurst, theta, steps=bridge_steps)
+    fit, paths, sd, sd_many, exact_sd = fit_bridge(hurst, theta, steps=bridge_steps)
     inside = slice(5, 95)  # away from the pinned ends, where both sds go to 0 and 0.1
-    ratio = sd[inside] / exact_sd[inside]
+    error, error_many = (sd / exact_sd - 1)[inside].abs(), (sd_many / exact_sd - 1)[inside].abs()
     bridges[(hurst, theta)] = (paths, sd, exact_sd)
     rows.append({"H": hurst, "theta": theta, "final -ELBO": float(fit.trace["loss"][-50:].mean()),
-                 "mean |sd/exact - 1|": float((ratio - 1).abs().mean()), "max": float((ratio - 1).abs().max()),
+                 "mean |sd/exact - 1|, 256 paths": float(error.mean()), "max, 256": float(error.max()),
+                 "mean, 8192 paths": float(error_many.mean()), "max, 8192": float(error_many.max()),
                  "seconds": time.perf_counter() - began})
 print(pd.DataFrame(rows).round(4).to_string(index=False))
 
@@ -157,6 +160,14 @@ axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fsde_bridge.png", dpi=110)
 plt.close(figure)
+
+# %% [markdown]
+# At full size (1,000 Adam steps) the sd of 256 posterior paths is within
+# 3.3-4.6% of the exact conditional sd on average over the interior (at most
+# 6.5-13% at single times); 8,192 paths show that most of that is the
+# Monte Carlo error of 256: their sd is within 2.0-2.7% on average. The
+# control's guide is exact for $\theta = 0$ before any training; the drift
+# is what the networks learn.
 
 # %% [markdown]
 # ## 3. Recovering the Hurst index and the drift
@@ -243,6 +254,15 @@ figure.savefig(OUT / "fsde_hurst.png", dpi=110)
 plt.close(figure)
 
 # %% [markdown]
+# At full size (300 steps, under two minutes each) the ELBO finds
+# $H = 0.324$ for true 0.3 and $H = 0.654$ for true 0.7 (errors +0.024 and
+# -0.046), with $(\theta, \sigma) = (1.08, 1.05)$ and $(0.69, 0.89)$. The
+# exact maximum-likelihood estimates of the same discretised model are 0.326
+# and 0.683: what remains is partly the Euler chain's own bias (the
+# continuous-time MLEs are 0.306 and 0.701) and partly the flat likelihood
+# along $(H, \theta, \sigma)$ on 32 short series.
+
+# %% [markdown]
 # ## 4. A latent neural SDE on the stochastic Lorenz attractor
 #
 # `LatentFractionalSDE` is the amortised latent model: a GRU run backwards
@@ -284,6 +304,12 @@ axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fsde_lorenz.png", dpi=110)
 plt.close(figure)
+
+# %% [markdown]
+# At full size (600 steps, about 40 s) the held-out reconstruction MSE is
+# 0.019 against 1.02 for the per-dimension mean, the 5-frame forecast MSE
+# 0.053 against 0.150 for repeating the last frame, and the learnt Hurst
+# index about 0.7: smoother than Brownian, as the Lorenz paths are.
 
 # %% [markdown]
 # ## 5. Posterior paths for ArviZ

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from bayeskit.models.fractional_sde.markov import MarkovFBM
-from bayeskit.models.fractional_sde.model import ConstantDiffusion, _positive_int, _register_log
+from bayeskit.models.fractional_sde.model import ConstantDiffusion, _mlp, _positive_int, _register_log
 from bayeskit.models.fractional_sde.solvers import MAX_SPEED_TIMES_STEP, METHODS, solve
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Fit
@@ -66,15 +66,6 @@ _DEFAULT_SPEED_TIMES_STEP = 0.25
 
 # Observation times count as on the solver grid when within this fraction of a step (float32 times round).
 _GRID_TOLERANCE = 1e-4
-
-
-def _mlp(inputs: int, hidden: int, outputs: int, *, zero_last: bool = False) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                        nn.Linear(hidden, outputs))
-    if zero_last:
-        nn.init.zeros_(net[-1].weight)
-        nn.init.zeros_(net[-1].bias)
-    return net
 
 
 class MLPDrift(nn.Module):

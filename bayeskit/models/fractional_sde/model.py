@@ -186,10 +186,7 @@ class MLPControl(nn.Module):
         self.state_dim = state_dim
         self.embedding = nn.Embedding(num_series, embedding_dim)
         inputs = 3 + state_dim * (num_processes + 3) + embedding_dim
-        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 2 * state_dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = _mlp(inputs, hidden, 2 * state_dim, zero_last=True)
 
     def forward(self, step, t, x, y, context: ControlContext):
         time = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
@@ -220,6 +217,16 @@ class AffineControl(nn.Module):
             raise ValueError(f"AffineControl was built for {self.gain.shape[0]} steps; step {step} is past them")
         state = torch.cat([x, y.flatten(1)], -1)
         return self.offset[context.series, step] + (self.gain[step] @ state.unsqueeze(-1)).squeeze(-1)
+
+
+def _mlp(inputs: int, hidden: int, outputs: int, *, zero_last: bool = False) -> nn.Sequential:
+    """Two tanh hidden layers; ``zero_last`` starts the output at zero (a control that starts at the prior)."""
+    net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                        nn.Linear(hidden, outputs))
+    if zero_last:
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+    return net
 
 
 def _positive_int(name, value):
