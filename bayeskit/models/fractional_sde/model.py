@@ -134,7 +134,7 @@ def guide_coefficients(weights, gammas, waits, valid):
     return memory, kernel, covariance
 
 
-def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, covariance, drift_shift=None):
+def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, covariance):
     r"""The optimal control towards the next J noisy observations, ignoring the drift.
 
     Without drift, :math:`X(t+\tau_a) = x + \sigma\sum_k\omega_k(Y_k(t+\tau_a) - Y_k(t))` are jointly
@@ -150,12 +150,13 @@ def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, co
     observations at once; in continuous time it is the exact posterior control of a driftless model
     whose remaining observations all lie in the window.  MA-fBM's response to a kick is not
     immediate (for H > 1/2 it grows after it), so the plain Brownian guide :math:`(o - x)/\tau` would
-    overshoot.  Returns ``u`` and the posterior step's sd ratio :math:`(1 + \lambda\delta t)^{-1/2}`
-    (``kernel`` and ``covariance`` are taken from the end of the step, ``memory`` from its start).
+    overshoot.  Returns the numerator of ``u`` and :math:`\lambda`; the caller divides by
+    :math:`1 + \lambda\delta t` and narrows the step's sd by its square root (``kernel`` and ``covariance``
+    are taken from the end of the step, ``memory`` from its start).  The networks of
+    :class:`MLPControl` correct for the drift, which the guide leaves out.
 
     Shapes: x ``(batch, d)``, y ``(batch, d, K)``, sigma ``(batch, d)``, observations ``(batch, d, J)``,
-    memory ``(J, K)``, kernel ``(J,)``, covariance ``(J, J)``; ``dt`` is folded in by the caller through
-    ``step_precision``.
+    memory ``(J, K)``, kernel ``(J,)``, covariance ``(J, J)``.
     """
     predicted = x.unsqueeze(-1) + sigma.unsqueeze(-1) * (y @ memory.mT)  # (batch, d, J)
     system = sigma[..., None, None] ** 2 * covariance + noise_variance * torch.eye(covariance.shape[-1],
@@ -426,15 +427,13 @@ class FractionalSDE(nn.Module):
             weights, self.fbm.gammas, (waits - self.dt).clamp(min=0), valid))
         noise_variance = self.observation_scale.to(x0.dtype) ** 2
         has_next, wait = valid[:, :1].to(x0.dtype), waits[:, :1].to(x0.dtype)
-        waits_ahead = waits.to(x0.dtype)
         batch = series.shape[0]
 
         def control(step, t, x, y):
             sigma = self.diffusion(t, x) if callable(self.diffusion) else torch.as_tensor(self.diffusion).to(x)
             targets = following[series, step]  # (batch, d, J)
-            ahead = self.drift(t, x).unsqueeze(-1) * waits_ahead[step]
             pull, precision = guided_control(x, y, sigma.expand_as(x), targets, noise_variance, memory[step],
-                                             kernel[step], covariance[step], ahead)
+                                             kernel[step], covariance[step])
             shrink = 1 + precision * self.dt
             context = ControlContext(series, targets[..., 0], wait[step].expand(batch, 1),
                                      has_next[step].expand(batch, 1), pull / shrink, shrink.rsqrt())
