@@ -92,17 +92,22 @@ def fou_covariance(num_steps: int, step: float, theta, sigma, fbm, *, x0_varianc
     return path_covariance(phi, Q, P0, num_steps)
 
 
+def _observed_covariance(cov, index, noise_scale):
+    """Covariance of the noisy observations at grid points ``index``."""
+    return cov[index][:, index] + noise_scale**2 * torch.eye(len(index), dtype=cov.dtype)
+
+
 def gaussian_log_likelihood(cov: torch.Tensor, index: torch.Tensor, y: torch.Tensor,
                             noise_scale: float, mean: torch.Tensor | None = None) -> torch.Tensor:
     """Exact log-density of ``y`` ``(..., len(index))`` observed at grid points ``index`` with Gaussian noise."""
-    marginal = cov[index][:, index] + noise_scale**2 * torch.eye(len(index), dtype=cov.dtype)
+    marginal = _observed_covariance(cov, index, noise_scale)
     loc = torch.zeros(len(index), dtype=cov.dtype) if mean is None else mean[index]
     return torch.distributions.MultivariateNormal(loc, covariance_matrix=marginal).log_prob(y.to(cov.dtype))
 
 
 def gaussian_conditional(cov: torch.Tensor, index: torch.Tensor, y: torch.Tensor, noise_scale: float):
     """Mean ``(..., n)`` and sd ``(n,)`` on the whole grid of the zero-mean process given noisy ``y`` at ``index``."""
-    marginal = cov[index][:, index] + noise_scale**2 * torch.eye(len(index), dtype=cov.dtype)
+    marginal = _observed_covariance(cov, index, noise_scale)
     cross = cov[:, index]  # (n, m)
     gain = torch.linalg.solve(marginal, cross.mT).mT  # (n, m)
     mean = y.to(cov.dtype) @ gain.mT
@@ -118,12 +123,5 @@ def fou_log_likelihood(observations: torch.Tensor, index: torch.Tensor, step: fl
     (through its weights), so maximising it gives the exact MA-fBM maximum-likelihood estimate: the
     reference for the variational fit of :class:`~.model.FractionalSDE`.
     """
-    F, G = fou_system(theta, sigma, fbm)
-    phi, Q = transition(F, G, step, scheme)
-    P0 = torch.block_diag(torch.as_tensor(x0_variance, dtype=torch.float64).reshape(1, 1), fbm.initial_covariance())
-    cov = path_covariance(phi, Q, P0, int(index.max()))
-    noise_scale = torch.as_tensor(noise_scale, dtype=torch.float64)
-    marginal = cov[index][:, index] + noise_scale**2 * torch.eye(len(index), dtype=torch.float64)
-    normal = torch.distributions.MultivariateNormal(torch.zeros(len(index), dtype=torch.float64),
-                                                    covariance_matrix=marginal)
-    return normal.log_prob(observations.to(torch.float64)).sum()
+    cov = fou_covariance(int(index.max()), step, theta, sigma, fbm, x0_variance=x0_variance, scheme=scheme)
+    return gaussian_log_likelihood(cov, index, observations, noise_scale).sum()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM, ou_covariance
 from bayeskit.models.fractional_sde.solvers import METHODS, solve
 from bayeskit.posterior import Posterior
@@ -228,11 +229,6 @@ def _mlp(inputs: int, hidden: int, outputs: int, *, zero_last: bool = False) -> 
         nn.init.zeros_(net[-1].weight)
         nn.init.zeros_(net[-1].bias)
     return net
-
-
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def gaussian_kl(loc, scale_tril, prior_loc, prior_cov) -> torch.Tensor:
