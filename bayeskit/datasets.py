@@ -9,7 +9,8 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "load_gbp_usd", "load_radon"]
+__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "load_fiji_quakes", "load_gbp_usd",
+           "load_radon"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,21 @@ def load_gbp_usd(dtype: torch.dtype | None = None) -> TimeSeries:
                       torch.tensor([float(row["rate"]) for row in rows], dtype=dtype),
                       "PACIFIC Exchange Rate Service, W. Antweiler, University of British Columbia: GBP/USD daily, "
                       "1997-1999; as shipped by the particles package (Chopin and Papaspiliopoulos 2020)")
+
+
+def load_fiji_quakes(dtype: torch.dtype | None = None) -> Dataset:
+    """1,000 earthquakes (body-wave magnitude >= 4) near Fiji since 1964: a spatial field of focal depths.
+
+    ``x`` holds ``longitude`` and ``latitude`` (degrees; longitudes east of 180 run past 180), ``y`` the focal
+    depth in km (40 to 680): the subducting Pacific plate under the Tonga trench, shallow in the east and
+    deep to the west. The magnitude and the number of reporting stations are in the file too. From the R
+    ``datasets`` package (``quakes``), after the Harvard PRIM-H project (Dr. John Woodhouse, Dept. of Geophysics).
+    """
+    dtype = dtype or torch.get_default_dtype()
+    source = resources.files("bayeskit.data").joinpath("fiji_quakes.csv.gz")
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        rows = list(csv.DictReader(text))
+    x = torch.tensor([[float(row["long"]), float(row["lat"])] for row in rows], dtype=dtype)
+    y = torch.tensor([float(row["depth"]) for row in rows], dtype=dtype)
+    return Dataset(x, y, ("longitude", "latitude"),
+                   "Harvard PRIM-H project (J. Woodhouse, Dept. of Geophysics); R Core Team, datasets::quakes")

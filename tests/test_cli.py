@@ -58,6 +58,13 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     # the posterior paths pass through the noisy observations (sd 0.05) at the observation times
     at_observations = fsde.samples["x"][0, :, :, 5::5, 0].mean(0)
     assert float((at_observations - fsde.observed_data["y"][..., 0]).abs().mean()) < 0.1
+    for name in ("gp_posterior.nc", "gp_map.png"):
+        assert (out / name).stat().st_size > 0, name
+    gp = bayeskit.load(out / "gp_posterior.nc")
+    assert gp.meta["engine"] == "SparseInverseCholeskyGP" and gp.samples["f"].shape == (1, 100, 800)
+    # the latent depths follow the (standardised) observed depths
+    fitted = torch.stack([gp.samples["f"][0].mean(0), gp.observed_data["y"]])
+    assert float(torch.corrcoef(fitted)[0, 1]) > 0.8
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

@@ -153,3 +153,20 @@ def test_fractional_sde_elbo_on_cuda_matches_cpu_and_fits():
     assert fit.meta["device"].startswith("cuda") and torch.isfinite(fit.trace["loss"]).all()
     paths = gpu.posterior_paths(y.cuda(), times, num_paths=1024)
     assert torch.isfinite(paths.samples["x"]).all()
+
+
+def test_sparse_inverse_cholesky_gp_on_cuda_matches_cpu():
+    from bayeskit.models import SparseInverseCholeskyGP
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2000, 2, generator=generator, dtype=torch.float64)
+    y = torch.sin(6 * x[:, 0]) * torch.cos(4 * x[:, 1]) + 0.1 * torch.randn(2000, generator=generator,
+                                                                            dtype=torch.float64)
+    cpu = SparseInverseCholeskyGP(x, y, rho=2.0).initialize()
+    gpu = SparseInverseCholeskyGP(x.cuda(), y.cuda(), rho=2.0).initialize()
+    torch.testing.assert_close(gpu.elbo().cpu(), cpu.elbo())
+    gpu.fit(num_epochs=3, progress=False)
+    assert gpu.nu.device.type == "cuda"
+    x_new = torch.rand(500, 2, generator=generator, dtype=torch.float64)
+    latent = gpu.predict(x_new.cuda())
+    assert latent.mean.device.type == "cuda" and bool(torch.isfinite(latent.variance).all())

@@ -1,0 +1,122 @@
+"""The DKLGP vs GPyTorch SVGP / VNNGP benchmark runs (quick mode), and its metrics are the ones it claims."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FULL
+
+BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "gp_sic_vs_gpytorch.py"
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# DKLGP's quick-mode RMSE(f) on the Gaussian data is about 0.41 of the zero predictor's (0.34 / 0.82): a fit that
+# learnt nothing gives about 1, one that ignores the data in the mean gives exactly 1.
+DKLGP_RMSE_FRACTION = 0.6
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("gp_sic_vs_gpytorch", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulation_kernel_and_metrics():
+    module = load_module()
+    x = torch.rand(50, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lengthscale = torch.tensor(module.LENGTHSCALES, dtype=torch.float64)
+    k = module.matern32(x, x, lengthscale)
+    torch.testing.assert_close(k.diagonal(), torch.ones(50, dtype=torch.float64))
+    r = float(((x[0] - x[1]) / lengthscale).norm())
+    assert float(k[0, 1]) == pytest.approx((1 + math.sqrt(3) * r) * math.exp(-math.sqrt(3) * r), rel=1e-12)
+
+    x, f, y = module.simulate(300, seed=3)
+    assert x.shape == (300, 5) and f.shape == y["gaussian"].shape == y["bernoulli"].shape == (300,)
+    assert set(y["bernoulli"].unique().tolist()) == {0.0, 1.0}
+    assert float((y["gaussian"] - f).std()) == pytest.approx(0.1, rel=0.2)  # noise variance 0.01
+    assert torch.equal(module.simulate(300, seed=3)[1], f)
+
+    # the NLL is the full Gaussian one: at the truth with unit variance it is exactly 0.5 log 2 pi
+    mean, var = f.clone(), torch.ones_like(f)
+    out = module.metrics(mean, var, f, y["gaussian"], "gaussian", noise=0.0)
+    assert out["rmse_f"] == 0 and out["nll_f"] == pytest.approx(HALF_LOG_2PI, rel=1e-12)
+    # E[sigmoid f] by Gauss-Hermite: sigmoid at zero variance, 1/2 by symmetry at zero mean, and Monte Carlo
+    m, v = torch.tensor([0.0, 1.3, -2.0, 0.7]), torch.tensor([1.0, 1e-12, 4.0, 0.25])
+    p = module.hermite_probability(m, v)
+    assert float(p[0]) == pytest.approx(0.5, abs=1e-12) and float(p[1]) == pytest.approx(float(torch.sigmoid(m[1])))
+    draws = torch.sigmoid(m.double() + v.double().sqrt() * torch.randn(200_000, 4, generator=torch.Generator()
+                                                                      .manual_seed(0), dtype=torch.float64))
+    torch.testing.assert_close(p, draws.mean(0), atol=3e-3, rtol=0)
+
+
+def test_peers_alone(tmp_path):
+    """``--methods svgp,vnngp`` runs the GPyTorch side without bayeskit's model, at the given ``--m``."""
+    pytest.importorskip("gpytorch")
+    module = load_module()
+    report = module.main(["--quick", "--methods", "svgp,vnngp", "--likelihoods", "gaussian", "--m", "8",
+                          "--threads", "0", "--out", str(tmp_path)])
+    assert [(r["method"], r["m"]) for r in report["rows"]] == [("svgp", 8), ("vnngp", 8)]
+    assert report["verdicts"] == {}
+    assert (tmp_path / "gp_sic_vs_gpytorch_quick.json").exists()
+
+
+@pytest.mark.slow
+def test_gp_sic_benchmark_quick_mode(tmp_path):
+    pytest.importorskip("gpytorch")
+    module = load_module()
+    size = ["--n", "2500", "--epochs", "10", "--svgp-epochs", "30", "--reorder-after", "5"] if FULL else ["--quick"]
+    result = subprocess.run([sys.executable, str(BENCHMARK), *size, "--out", str(tmp_path)],
+                            check=False, capture_output=True, text=True, timeout=600 if FULL else 180,
+                            env={"CI": "true", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = "gp_sic_vs_gpytorch" + ("" if FULL else "_quick")
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    versions = report["versions"]
+    for key in ("bayeskit", "torch", "gpytorch", "numpy", "python", "machine"):
+        assert versions.get(key), f"version of {key} not recorded"
+    assert versions["threads"] == 1 and len(versions["load_average"]) == 3
+    settings = report["settings"]
+    if not FULL:
+        assert settings["n"] == 1000 and settings["epochs"] == 3 and settings["svgp_epochs"] == 3
+    assert report["wall_time_s"] > 0
+
+    rows = report["rows"]
+    likelihoods = ("gaussian", "bernoulli")
+    assert sorted((r["likelihood"], r["method"]) for r in rows) == sorted(
+        (lik, m) for lik in likelihoods for m in module.METHODS)
+    for row in rows:
+        for key in ("rmse_f", "nll_f", "nll_y", "seconds_per_epoch", "m", "outputscale"):
+            assert math.isfinite(row[key]), row
+        assert row["seconds_per_epoch"] > 0 and row["epochs"] >= 1 and row["rmse_f"] > 0, row
+        assert len(row["lengthscale"]) == 5 and all(math.isfinite(v) and v > 0 for v in row["lengthscale"]), row
+        assert (row["noise"] is not None) == (row["likelihood"] == "gaussian"), row
+        if row["likelihood"] == "bernoulli":
+            assert 0 < row["nll_y"] < 5, row
+    by = {(r["likelihood"], r["method"]): r for r in rows}
+    for lik in likelihoods:
+        m = round(by[lik, "dklgp"]["m"])
+        assert 3 <= m <= 60, by[lik, "dklgp"]
+        assert by[lik, "svgp"]["m"] == by[lik, "vnngp"]["m"] == m  # the peers get DKLGP's neighbourhood size
+        verdict = report["verdicts"][lik]
+        assert isinstance(verdict["dklgp_nll_f_below_every_other"], bool)
+        assert verdict["seconds_per_epoch_ratio_to_vnngp"] == pytest.approx(
+            by[lik, "dklgp"]["seconds_per_epoch"] / by[lik, "vnngp"]["seconds_per_epoch"])
+
+    # value checks: on the Gaussian data every method beats the zero predictor of f, DKLGP by a wide margin, and
+    # DKLGP's NLL(f) beats the prior's, N(0, 1): 0.5 log 2 pi + E f^2 / 2
+    zero = report["baselines"]["rmse_f_zero_predictor"]
+    assert 0.3 < zero < 2
+    for method in module.METHODS:
+        assert by["gaussian", method]["rmse_f"] < zero, by["gaussian", method]
+    assert by["gaussian", "dklgp"]["rmse_f"] < DKLGP_RMSE_FRACTION * zero, by["gaussian", "dklgp"]
+    assert by["gaussian", "dklgp"]["nll_f"] < HALF_LOG_2PI + zero**2 / 2, by["gaussian", "dklgp"]
+    # on the Bernoulli data DKLGP's predictive of y beats the coin, log 2
+    assert by["bernoulli", "dklgp"]["nll_y"] < math.log(2), by["bernoulli", "dklgp"]
+
+    markdown = (tmp_path / f"{name}.md").read_text()
+    assert markdown.count("\n| ") >= 2 * (2 + len(module.METHODS))  # two tables: header, rule and a row each
+    assert "vs VNNGP" in markdown and "Verdicts" in markdown
