@@ -18,8 +18,8 @@ Gaussian noise 0.1), minibatches of 128, Adam at lr 0.01 for the hyperparameters
   nearest previous neighbours), Adam at lr 0.01 on everything, 40 epochs of GPyTorch's own minibatching
   (``model(x=None)``; its epoch is the first ``k`` points as one batch, then the rest in batches of 128).
 
-``m`` is DKLGP's mean set size ``nnz(U) / n`` (rounded; ``rho = 2``, one of the authors' values, gives about
-26), so every method conditions on about as many points. For the Bernoulli runs GPyTorch gets a logit likelihood,
+``m`` is DKLGP's mean set size ``nnz(U) / n`` (rounded; the default ``rho = 1.5``, one of the authors' values,
+gives about 8.5 in 5-D, ``rho = 2`` about 26), so every method conditions on about as many points. For the Bernoulli runs GPyTorch gets a logit likelihood,
 the link the data are simulated with (its own ``BernoulliLikelihood`` is probit: ``--gpytorch-bernoulli probit``);
 GPyTorch's ELBO takes the expected log-likelihood by its default Gauss-Hermite quadrature.
 
@@ -30,7 +30,8 @@ predictive of ``y`` (Gaussian: ``N(mean, var + noise)``; Bernoulli: ``p = E[sigm
 Gauss-Hermite, the same code for every method); seconds per epoch = training wall time / epochs (DKLGP's
 includes its ordering, Laplace start and re-ordering). One thread (``--threads``).
 
-Run: ``python benchmarks/gp_sic_vs_gpytorch.py`` (see ``wall_time_s`` in the JSON for how long it took),
+Run: ``python benchmarks/gp_sic_vs_gpytorch.py`` (about 10 minutes on one thread of the 2-core dev machine;
+``wall_time_s`` in the JSON says how long it took; ``--rho 2`` costs DKLGP far more per epoch, see the README),
 ``--quick`` (n = 1,000, 3 epochs, under a minute), ``--methods svgp,vnngp`` for a subset, ``--out DIR``.
 Writes ``benchmarks/results/gp_sic_vs_gpytorch{,_quick}.{json,md}``; the JSON records the settings, the machine
 load and the versions of torch, gpytorch and bayeskit (the peers), and the verdicts on the two targets: DKLGP's
@@ -103,10 +104,10 @@ def run_bayeskit(variational, data, likelihood, rho, epochs, reorder_after, seed
     gp.fit(num_epochs=epochs, batch_size=128, lr=0.01, reorder_after=reorder_after, seed=seed, progress=False)
     seconds = time.perf_counter() - began
     latent = gp.predict(x_test.float())
-    noise = float(gp.likelihood.noise) if likelihood == "gaussian" else None
+    noise = float(gp.likelihood.noise.detach()) if likelihood == "gaussian" else None
     return latent.mean, latent.variance, seconds, {"m": gp.num_neighbours, "noise": noise,
-                                                   "outputscale": float(gp.kernel.outputscale),
-                                                   "lengthscale": gp.kernel.lengthscale.tolist()}
+                                                   "outputscale": float(gp.kernel.outputscale.detach()),
+                                                   "lengthscale": gp.kernel.lengthscale.detach().tolist()}
 
 
 # ----------------------------------------------------------------------- GPyTorch
@@ -232,8 +233,8 @@ def _gpytorch_predict(model, lik, x_test):
 
 
 def _gpytorch_settings(model, lik, likelihood, m):
-    return {"m": m, "noise": float(lik.noise) if likelihood == "gaussian" else None,
-            "outputscale": float(model.covar_module.outputscale),
+    return {"m": m, "noise": float(lik.noise.detach()) if likelihood == "gaussian" else None,
+            "outputscale": float(model.covar_module.outputscale.detach()),
             "lengthscale": model.covar_module.base_kernel.lengthscale.detach().flatten().tolist()}
 
 
@@ -308,14 +309,43 @@ def table(rows):
     return "\n".join(lines)
 
 
+def render(report):
+    """The markdown report: the tables, the load and versions, and the two targets in words."""
+    v = report["versions"]
+    lines = [f"# DKLGP vs GPyTorch SVGP / VNNGP (n = {report['settings']['n']}, d = 5, Matern 3/2 ARD)\n",
+             (f"`{report['command']}`; bayeskit {v['bayeskit']}, gpytorch {v['gpytorch']}, torch {v['torch']}, "
+              f"{v['threads']} thread(s), load average {v['load_average'][0]:.2f} at the end, "
+              f"{report['wall_time_s']:.0f} s in all. Zero predictor's RMSE(f): "
+              f"{report['baselines']['rmse_f_zero_predictor']:.4f}."), table(report["rows"]), "\n**Targets**\n"]
+    yes = {True: "yes", False: "NO"}
+    for likelihood, verdict in report["verdicts"].items():
+        line = f"- {likelihood}: DKLGP NLL(f) below every other: {yes[verdict['dklgp_nll_f_below_every_other']]}"
+        if "within_2x_of_vnngp" in verdict:
+            line += (f"; DKLGP s/epoch within 2x of VNNGP: {yes[verdict['within_2x_of_vnngp']]} "
+                     f"({verdict['seconds_per_epoch_ratio_to_vnngp']:.2f}x)")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _command_line(argv):
+    """The arguments as given, less ``--out``."""
+    words, skip = [], False
+    for word in argv:
+        if skip or word == "--out" or word.startswith("--out="):
+            skip = word == "--out"
+            continue
+        words.append(word)
+    return "".join(" " + word for word in words)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--reorder-after", type=int, default=5)
-    parser.add_argument("--rho", type=float, default=2.0, help="DKLGP's radius (sets the matched m; 2.0 gives m ~ 26)")
-    parser.add_argument("--m", type=int, default=26, help="m for the peers when dklgp is not run")
+    parser.add_argument("--rho", type=float, default=1.5, help="DKLGP's radius (sets the matched m: 1.5 gives ~8.5)")
+    parser.add_argument("--m", type=int, default=9, help="m for the peers when dklgp is not run")
     parser.add_argument("--svgp-epochs", type=int, default=100, help="SVGP's budget (its epochs are cheap)")
     parser.add_argument("--ngd-lr", type=float, default=0.1, help="SVGP's NGD step (GPyTorch doc 0.1; authors 0.01)")
     parser.add_argument("--gpytorch-bernoulli", choices=("logit", "probit"), default="logit",
@@ -345,17 +375,14 @@ def main(argv=None):
     rows = [row for likelihood in args.likelihoods.split(",") for row in run(likelihood, x, f, y, split, args, log)]
     test = slice(split, None)
     baselines = {"rmse_f_zero_predictor": float(f[test].square().mean().sqrt()), "sd_f_test": float(f[test].std())}
-    report = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    report = {"command": "python benchmarks/gp_sic_vs_gpytorch.py" + _command_line(argv),
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "versions": versions(), "baselines": baselines, "rows": rows, "verdicts": verdicts(rows),
               "wall_time_s": time.perf_counter() - began}
     name = "gp_sic_vs_gpytorch" + ("_quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
-    markdown = (f"# DKLGP vs GPyTorch SVGP / VNNGP (n = {args.n}, d = 5, Matern 3/2 ARD)\n\n"
-                f"`python benchmarks/gp_sic_vs_gpytorch.py{' --quick' if args.quick else ''}`; "
-                f"gpytorch {report['versions']['gpytorch']}, torch {report['versions']['torch']}, "
-                f"{report['versions']['threads']} thread(s), load {report['versions']['load_average'][0]:.2f}\n"
-                + table(rows) + "\n\nVerdicts: " + json.dumps(report["verdicts"]) + "\n")
+    markdown = render(report)
     (args.out / f"{name}.md").write_text(markdown)
     print(markdown)
     return report

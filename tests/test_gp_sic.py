@@ -318,7 +318,7 @@ def test_posterior_draws_have_the_variational_covariance_and_export(float64, tmp
     path = tmp_path / "gp.nc"
     posterior.save(path)
     again = load(path)
-    torch.testing.assert_close(again.samples["f"], posterior.samples["f"].float() if False else posterior.samples["f"])
+    torch.testing.assert_close(again.samples["f"], posterior.samples["f"])
     assert "point" in posterior.to_arviz()["posterior"]["f"].dims
 
 
@@ -359,3 +359,12 @@ def test_bad_data_is_refused(float64):
         gp.predict(torch.rand(3, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="reorder_after"):
         gp.fit(num_epochs=2, reorder_after=2, progress=False)
+
+
+def test_variational_lr_sets_the_step_size_of_q_alone(float64):
+    x, _, y = simulate(100, seed=12)
+    gp = SparseInverseCholeskyGP(x, y, rho=2.0, lengthscale=LENGTHSCALE)
+    start, lengthscale = gp.nu.detach().clone(), gp.kernel.lengthscale.detach().clone()
+    gp.fit(num_epochs=3, batch_size=50, lr=0.05, variational_lr=1e-12, init="prior", refresh=False, progress=False)
+    torch.testing.assert_close(gp.nu.detach(), start, atol=1e-9, rtol=0)
+    assert float((gp.kernel.lengthscale.detach() / lengthscale).log().abs().max()) > 1e-3  # while these move

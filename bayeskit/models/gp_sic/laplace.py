@@ -99,20 +99,6 @@ def _preconditioned_solve(precision, factor, rhs, rtol):
     return solution
 
 
-def newton_step(u_values, s_index, v_values, v_index, mean, f, newton_terms):
-    """One Newton step from ``f``, its system solved by CG preconditioned with the given ``V`` (no IC0).
-
-    For a Gaussian likelihood one step from anywhere lands on the exact mode: the optimal ``nu`` for the
-    current hyperparameters, whatever ``V`` is.
-    """
-    factor_u = sparse_factor(u_values, s_index)
-    prior_precision = (factor_u @ factor_u.T).tocsr()
-    gradient, weights = newton_terms(f)
-    precision = (prior_precision + sp.diags(weights)).tocsr()
-    return f + _preconditioned_solve(precision, sparse_factor(v_values, v_index),
-                                     gradient - prior_precision @ (f - mean), rtol=1e-10)
-
-
 def laplace_fit(u_values, s_index, v_index, mean, newton_terms, num_iterations, tolerance):
     """Newton iterations for the mode of ``log p(y | f) - (f - mean)^T U U^T (f - mean) / 2``.
 
@@ -122,15 +108,18 @@ def laplace_fit(u_values, s_index, v_index, mean, newton_terms, num_iterations, 
     factor_u = sparse_factor(u_values, s_index)
     prior_precision = (factor_u @ factor_u.T).tocsr()
     f = np.full(s_index.shape[0], mean)
+    preconditioner = v_values = weights = None
     for _ in range(num_iterations):
         gradient, weights = newton_terms(f)
         precision = (prior_precision + sp.diags(weights)).tocsr()
-        v_values = robust_incomplete_cholesky(precision, v_index)
-        step = _preconditioned_solve(precision, sparse_factor(v_values, v_index),
-                                     gradient - prior_precision @ (f - mean), rtol=1e-12)
+        if preconditioner is None:  # the first factor preconditions every step: CG still solves them exactly
+            v_values = robust_incomplete_cholesky(precision, v_index)
+            preconditioner = sparse_factor(v_values, v_index)
+        step = _preconditioned_solve(precision, preconditioner, gradient - prior_precision @ (f - mean), rtol=1e-12)
         f = f + step
         if np.abs(step).max() < tolerance:
             break
-    _, weights = newton_terms(f)
-    v_values = robust_incomplete_cholesky((prior_precision + sp.diags(weights)).tocsr(), v_index)
+    _, final_weights = newton_terms(f)
+    if not np.array_equal(final_weights, weights):  # a Gaussian likelihood's curvature does not move
+        v_values = robust_incomplete_cholesky((prior_precision + sp.diags(final_weights)).tocsr(), v_index)
     return f, v_values

@@ -238,12 +238,11 @@ class SparseInverseCholeskyGP(torch.nn.Module):
             u = self.prior_factor().detach().cpu().double().numpy()
             y = self._y_ordered.detach().cpu().double()
             mode, v_values = laplace.laplace_fit(
-                u, self._s_index.cpu().numpy(), self._v_index.cpu().numpy(), float(self.mean),
+                u, self._s_index.cpu().numpy(), self._v_index.cpu().numpy(), float(self.mean.detach()),
                 lambda f: [t.numpy() for t in self.likelihood.newton_terms(y, torch.as_tensor(f))],
                 iterations, tolerance)
-            like = self.nu
-            self.nu.copy_(torch.as_tensor(mode, dtype=like.dtype, device=like.device))
-            v_values = torch.as_tensor(v_values, dtype=like.dtype, device=like.device)
+            self.nu.copy_(torch.as_tensor(mode, dtype=self.nu.dtype, device=self.nu.device))
+            v_values = torch.as_tensor(v_values, dtype=self.nu.dtype, device=self.nu.device)
             self.v_offdiagonal.copy_(v_values[:, :-1])
             self.v_log_diagonal.copy_(v_values[:, -1].log())
         return self
@@ -265,7 +264,8 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         hundredths of a nat of it in ``V``) q is re-initialised by :meth:`initialize` at the start of every
         epoch, so the minibatch steps mostly move the hyperparameters.
         Returns the fit's :class:`~bayeskit.Posterior` (final parameters, ``trace`` with ``loss`` = -ELBO
-        estimate and the hyperparameters per step); ``run_kwargs`` go to :meth:`bayeskit.runner.Engine.run`.
+        estimate and the hyperparameters per step); ``run_kwargs`` go to :meth:`bayeskit.runner.Engine.run`
+        (a checkpoint covers one phase: with ``reorder_after``, the second phase writes over the first's).
         """
         _positive_int("num_epochs", num_epochs)
         _positive_int("batch_size", batch_size)
