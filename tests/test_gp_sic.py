@@ -368,3 +368,14 @@ def test_variational_lr_sets_the_step_size_of_q_alone(float64):
     gp.fit(num_epochs=3, batch_size=50, lr=0.05, variational_lr=1e-12, init="prior", refresh=False, progress=False)
     torch.testing.assert_close(gp.nu.detach(), start, atol=1e-9, rtol=0)
     assert float((gp.kernel.lengthscale.detach() / lengthscale).log().abs().max()) > 1e-3  # while these move
+
+
+def test_a_global_set_of_every_point_predicts_the_exact_gp(float64):
+    x, _, y = simulate(120, seed=13)
+    gp = SparseInverseCholeskyGP(x, y, variational="global", num_global=120, lengthscale=LENGTHSCALE,
+                                 noise=0.01).initialize()
+    x_new = torch.rand(30, 2, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    _, mean, covariance = exact_gp(gp, x_new)
+    latent = gp.predict(x_new)
+    torch.testing.assert_close(latent.mean, mean, atol=1e-9, rtol=0)
+    torch.testing.assert_close(latent.variance, covariance.diagonal(), atol=1e-9, rtol=0)

@@ -112,7 +112,8 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         scaled = x[order] / scale
         s_csr = ordering.sparsity_pattern(scaled, distances, self.rho)
         if self.variational == "global":
-            s_csr = ordering.global_pattern(len(order), self._global_size(s_csr))
+            self._num_global_used = self._global_size(s_csr)
+            s_csr = ordering.global_pattern(len(order), self._num_global_used)
         a_csr = ordering.ancestor_sets(scaled, distances, self.rho) if self.variational == "sic" else s_csr
         device = self.x.device
         previous = self._carried_mean()
@@ -168,7 +169,8 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         """
         # columns of similar ancestor-set size share a chunk, each padded only to its own widest set
         order = torch.argsort(self._a_length[columns])
-        pieces = [self._column_terms(columns[part]) for part in order.split(_CHUNK)]
+        v_values = self._v_values()
+        pieces = [self._column_terms(columns[part], v_values=v_values) for part in order.split(_CHUNK)]
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return {key: torch.cat([piece[key] for piece in pieces])[inverse] for key in pieces[0]}
@@ -193,13 +195,13 @@ class SparseInverseCholeskyGP(torch.nn.Module):
 
     def group_elbo(self, groups: list[dict], num_groups: int) -> torch.Tensor:
         """Unbiased ELBO estimate from ``groups`` drawn uniformly out of ``num_groups``."""
-        total = 0.0
+        total, v_values = 0.0, self._v_values()
         for group in groups:
-            terms = self._column_terms(group["columns"], group)
+            terms = self._column_terms(group["columns"], group, v_values)
             total = total + (terms["expected_log_lik"] - terms["kl"]).sum()
         return total * (num_groups / len(groups))
 
-    def _column_terms(self, columns, structure=None):
+    def _column_terms(self, columns, structure=None, v_values=None):
         structure = structure or self._structure(columns)
         s_index, a_index = structure["s_index"], structure["a_index"]
         u = prior_columns(self.kernel, self._x_ordered[s_index.clamp_min(0)], s_index >= 0, self.jitter)
@@ -209,7 +211,8 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         unit = torch.zeros_like(a_index, dtype=u.dtype)
         unit[:, -1] = 1.0
         rhs = torch.stack([unit, torch.zeros_like(unit).scatter(-1, where, u * found)], dim=-1)
-        solved = solve_blocks(structure["blocks"], self._v_values(), rhs).square().sum(-2)
+        solved = solve_blocks(structure["blocks"], self._v_values() if v_values is None else v_values,
+                              rhs).square().sum(-2)
         var, trace = solved[:, 0], solved[:, 1]
         kl = self.v_log_diagonal[columns] - u[:, -1].log() + 0.5 * (quadratic + trace - 1.0)
         mean = self.nu[columns]
@@ -361,9 +364,8 @@ class SparseInverseCholeskyGP(torch.nn.Module):
 
     def _prediction_sets(self, scaled_new):  # (s_t, a_t) of each new point, as CSR
         if self.variational == "global":
-            width = int((self._s_index[-1] >= 0).sum()) - 1 if self.num_data > 1 else 1
-            rows = np.arange(len(scaled_new) + 1) * max(width, 1)
-            indices = np.tile(np.arange(max(width, 1)), len(scaled_new))
+            rows = np.arange(len(scaled_new) + 1) * self._num_global_used  # every new point: the global set
+            indices = np.tile(np.arange(self._num_global_used), len(scaled_new))
             return (rows, indices), (rows, indices)
         s_csr, a_csr = ordering.prediction_pattern(self._scaled, self._distances, scaled_new, self.rho,
                                                    max_size=self._s_index.shape[1])
