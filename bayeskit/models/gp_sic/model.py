@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import spsolve_triangular
 from torch import distributions as dist
 
 from bayeskit.inference.sgmcmc.engines import _positive_int
@@ -139,9 +140,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         """q's mean in the user's order, kept across a re-ordering (V's pattern changes, so V restarts)."""
         if not hasattr(self, "nu"):
             return None
-        carried = torch.empty_like(self.nu.detach())
-        carried[self._order] = self.nu.detach()
-        return carried
+        return self.nu.detach()[_inverse_permutation(self._order)]
 
     def _global_size(self, s_csr):
         if self._num_global is not None:
@@ -171,8 +170,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         order = torch.argsort(self._a_length[columns])
         v_values = self._v_values()
         pieces = [self._column_terms(columns[part], v_values=v_values) for part in order.split(_CHUNK)]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
+        inverse = _inverse_permutation(order)
         return {key: torch.cat([piece[key] for piece in pieces])[inverse] for key in pieces[0]}
 
     def _structure(self, columns):
@@ -339,8 +337,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
             terms = self.elbo_terms(part)
             means.append(terms["mean"])
             variances.append(terms["var"])
-        inverse = torch.empty_like(self._order)
-        inverse[self._order] = torch.arange(self.num_data, device=self.x.device)
+        inverse = _inverse_permutation(self._order)
         return torch.cat(means)[inverse], torch.cat(variances)[inverse]
 
     @torch.no_grad()
@@ -394,16 +391,20 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         rng = np.random.default_rng(seed)
         factor = laplace.sparse_factor(self._v_values().detach().cpu().double().numpy(), self._v_index.cpu().numpy())
         noise = rng.standard_normal((self.num_data, num_samples))
-        from scipy.sparse.linalg import spsolve_triangular
-
         draws = spsolve_triangular(factor.T.tocsr(), noise, lower=True)
         draws = torch.as_tensor(draws.T, dtype=self.x.dtype, device=self.x.device) + self.nu.detach()
-        inverse = torch.empty_like(self._order)
-        inverse[self._order] = torch.arange(self.num_data, device=self.x.device)
+        inverse = _inverse_permutation(self._order)
         meta = {"engine": "SparseInverseCholeskyGP", "variational": self.variational, "rho": self.rho,
                 "num_neighbours": self.num_neighbours, "seed": seed, "sample_kind": "variational"}
         return Posterior({"f": draws[:, inverse].unsqueeze(0)}, observed_data={"y": self.y, "x": self.x},
                          dims={"f": ["point"], "y": ["point"], "x": ["point", "input"]}, meta=meta)
+
+
+def _inverse_permutation(permutation: torch.Tensor) -> torch.Tensor:
+    """``inverse`` with ``inverse[permutation[k]] = k``: indexing ordered values by it restores the user's order."""
+    inverse = torch.empty_like(permutation)
+    inverse[permutation] = torch.arange(len(permutation), device=permutation.device)
+    return inverse
 
 
 def _chunks_by_width(widths: torch.Tensor, batch_size: int, max_entries: int = 2 ** 22):
