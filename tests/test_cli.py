@@ -65,6 +65,13 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     # the latent depths follow the (standardised) observed depths
     fitted = torch.stack([gp.samples["f"][0].mean(0), gp.observed_data["y"]])
     assert float(torch.corrcoef(fitted)[0, 1]) > 0.8
+    for name in ("fusion_posterior.nc", "fusion_marginals.png"):
+        assert (out / name).stat().st_size > 0, name
+    fusion = bayeskit.load(out / "fusion_posterior.nc")
+    assert fusion.meta["engine"] == "fusion" and fusion.log_weights.shape == (1, 200)
+    # later departures are delayed more often: the fused slope of the scheduled hour is clearly positive
+    weights = torch.softmax(fusion.log_weights[0], 0)
+    assert float(weights @ fusion.samples["beta"][0, :, 0]) > 0.2
 
 
 def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):

@@ -1,5 +1,6 @@
 """Inference engines. Each returns a :class:`bayeskit.Posterior`."""
 
+from bayeskit.inference.fusion import Fusion
 from bayeskit.inference.kernels import IMQKernel, RBFKernel
 from bayeskit.inference.modes import Modes, find_modes
 from bayeskit.inference.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
@@ -12,4 +13,4 @@ __all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG", "RBFKernel", "IMQKernel",
            "MirrorMap", "IdentityMap", "OrthantMap", "BoxMap", "SimplexMap", "CustomMirrorMap",
            "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
            "ConstantSchedule", "PolynomialDecay", "CyclicalSchedule", "find_modes", "Modes",
-           "ParticleFilter", "PaRIS", "ParticleGibbs"]
+           "ParticleFilter", "PaRIS", "ParticleGibbs", "Fusion"]

@@ -1,0 +1,319 @@
+r"""The functional core of Fusion: one node of the divide-and-conquer tree, and the trees.
+
+A node fuses C children, each a particle set of its density :math:`f_c`,
+into particles of :math:`\prod_c f_c`. Notation of Chan, Pollock, Johansen
+and Roberts (2023), "Divide-and-Conquer Fusion", JMLR 24(193): preconditioners
+:math:`\Lambda_c`, :math:`\Lambda = (\sum_c \Lambda_c^{-1})^{-1}`,
+:math:`\tilde x = \Lambda \sum_c \Lambda_c^{-1} x_c`.
+
+* **Generalised Bayesian Fusion** (:func:`fuse_gbf`), SMC over a mesh
+  :math:`0 = t_0 < \dots < t_n = T`. Start from :math:`x_c \sim f_c` with
+  weight :math:`\rho_0 = \exp(-\sum_c (x_c - \tilde x)^\top \Lambda_c^{-1} (x_c - \tilde x) / 2T)`.
+  From s to t all C trajectories move jointly,
+  :math:`X_t \sim N(M, V)`, :math:`M_c = \frac{T - t}{T - s} x_c + \frac{t - s}{T - s}\tilde x`,
+  :math:`V = \frac{(t - s)(T - t)}{T - s}\operatorname{blockdiag}(\Lambda_c)
+  + \frac{(t - s)^2}{T - s} (\mathbf 1 \mathbf 1^\top \otimes \Lambda)`, and the weight
+  gains :math:`\prod_c \hat Q_c`, unbiased estimates of
+  :math:`\exp(-\int_s^t \phi_c)` along the bridges. Resampling when the
+  ESS falls below a fraction of N. At T all trajectories meet: the fused draw.
+* **D&C Monte Carlo Fusion** (importance-weighted MCF) is the one-step mesh
+  ``[0, T]``.
+* **Monte Carlo Fusion** (:func:`fuse_mcf`, Dai, Pollock and Roberts 2019)
+  accepts the one-step proposal with probability
+  :math:`\rho_0 \prod_c \exp(-\int_0^T (\phi_c - \Phi_c))`, :math:`\Phi_c` a global
+  lower bound of :math:`\phi_c`: exact draws, when the bounds exist.
+
+Guidance (their Section 4, for preconditioners equal to the sub-posterior
+covariances): T is set so that the conditional ESS of :math:`\rho_0` is
+``cess0``, and the mesh so that each step's conditional ESS is about
+``cess_step``. For Gaussian sub-posteriors
+:math:`\sum_c (x_c - \tilde x)^\top \Lambda_c^{-1} (x_c - \tilde x)` is a non-central
+:math:`\chi^2` with :math:`(C - 1)d` degrees of freedom and non-centrality
+:math:`\lambda = \sum_c (\mu_c - \tilde\mu)^\top \Lambda_c^{-1} (\mu_c - \tilde\mu)`, whence
+:math:`T = \sqrt{((C - 1)d/2 + \lambda) / (-\log \mathrm{CESS}_0)}`, their
+:math:`T = b C^{3/2} k_1 / m` with :math:`k_1 = \sqrt{-(\lambda/C + d/2)/\log \mathrm{CESS}_0}`
+as C grows; and the regular mesh step :math:`\Delta = \sqrt{b^2 C k_4 / (2 m^2 d)}`,
+:math:`k_4 = -\log \mathrm{CESS}_j`, which for :math:`b = m / C` is
+:math:`\sqrt{k_4 / (2 C d)}`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from bayeskit.diagnostics import weighted_ess
+from bayeskit.inference.fusion.bridges import log_discretised_estimate, log_exact_estimate
+from bayeskit.inference.fusion.densities import product_density
+from bayeskit.inference.smc.resampling import inverse_cdf
+
+__all__ = ["ParticleSet", "NodeResult", "fuse_gbf", "fuse_mcf", "time_horizon_guidance", "mesh_guidance",
+           "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
+
+TREES = ("fork_and_join", "balanced", "progressive")
+
+
+@dataclass
+class ParticleSet:
+    """Particles ``(N, d)`` of ``density`` with ``log_weights`` ``(N,)`` (None: equal weights)."""
+
+    particles: torch.Tensor
+    density: object
+    log_weights: torch.Tensor | None = None
+
+
+@dataclass
+class NodeResult:
+    """A fused particle set and the node's record: trace rows and a summary."""
+
+    particles: ParticleSet
+    trace: dict[str, torch.Tensor] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------- weights
+def _normalised(log_weights):
+    return torch.softmax(log_weights, 0)
+
+
+def ess_fraction(log_weights):
+    """Kish's ESS over N, in (0, 1]."""
+    return weighted_ess(log_weights) / len(log_weights)
+
+
+def cess_fraction(log_weights, log_increments):
+    """Conditional ESS over N (Zhou, Johansen and Aston 2016): (sum W w)^2 / sum W w^2, W the old weights."""
+    log_w = torch.log_softmax(log_weights, 0)
+    return torch.exp(2 * torch.logsumexp(log_w + log_increments, 0) - torch.logsumexp(log_w + 2 * log_increments, 0))
+
+
+def resample_indices(log_weights, num, generator):
+    """Systematic resampling from the node's own generator (the SMC engines' schemes draw from the global
+    RNG, which Ray tasks do not share): ``num`` ancestor indices."""
+    weights = _normalised(log_weights)
+    offset = torch.rand((), generator=generator, dtype=weights.dtype, device=weights.device)
+    uniforms = (offset + torch.arange(num, dtype=weights.dtype, device=weights.device)) / num
+    return inverse_cdf(weights, uniforms)
+
+
+def _equal_weight_draws(child: ParticleSet, num, generator):
+    """``num`` equally weighted particles of a child, in random order (so that children pair independently)."""
+    x = child.particles
+    if child.log_weights is not None:
+        x = x[resample_indices(child.log_weights, num, generator)]
+    elif len(x) != num:
+        x = x[torch.randint(len(x), (num,), generator=generator, device=x.device)]
+    return x[torch.randperm(num, generator=generator, device=x.device)]
+
+
+# ----------------------------------------------------------- preconditioning
+def preconditioner_scale(child: ParticleSet, kind: str):
+    """A with Lambda_c = A A^T: the Cholesky factor of the child's (weighted) covariance, or I."""
+    x = child.particles
+    if kind == "identity":
+        return torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    weights = None if child.log_weights is None else _normalised(child.log_weights)
+    covariance = torch.cov(x.T, aweights=weights).reshape(x.shape[1], x.shape[1])
+    jitter = 1e-10 * covariance.diagonal().mean()
+    return torch.linalg.cholesky(covariance + jitter * torch.eye(x.shape[1], dtype=x.dtype, device=x.device))
+
+
+def _combined(scales):
+    """Lambda_c^{-1} for each child, Lambda, and the Cholesky factor of Lambda."""
+    inverses = torch.stack([torch.cholesky_inverse(a) for a in scales])
+    combined = torch.linalg.inv(inverses.sum(0))
+    combined = 0.5 * (combined + combined.T)
+    return inverses, combined, torch.linalg.cholesky(combined)
+
+
+def _consensus(x, inverses, combined):
+    """x~ = Lambda sum_c Lambda_c^{-1} x_c for x (C, N, d)."""
+    return torch.einsum("cij,cnj->ni", inverses, x) @ combined.T
+
+
+def _log_rho(x, consensus, inverses, horizon):
+    centred = x - consensus
+    return -0.5 * torch.einsum("cni,cij,cnj->n", centred, inverses, centred) / horizon
+
+
+# ----------------------------------------------------------------- guidance
+def time_horizon_guidance(children, scales, cess0: float = 0.2):
+    """T with the initial weights' CESS about ``cess0`` (Gaussian approximation; see the module doc)."""
+    means = torch.stack([_weighted_mean(child) for child in children])
+    inverses, combined, _ = _combined(scales)
+    consensus = combined @ torch.einsum("cij,cj->i", inverses, means)
+    centred = means - consensus
+    heterogeneity = float(torch.einsum("ci,cij,cj->", centred, inverses, centred))
+    dim = means.shape[1]
+    return math.sqrt(((len(children) - 1) * dim / 2 + heterogeneity) / -math.log(cess0))
+
+
+def mesh_guidance(horizon: float, num_children: int, dim: int, cess_step: float = 0.05) -> torch.Tensor:
+    """The regular mesh 0 = t_0 < ... < t_n = T with step sqrt(k4 / (2 C d)), k4 = -log(cess_step)."""
+    step = math.sqrt(-math.log(cess_step) / (2 * num_children * dim))
+    steps = max(1, math.ceil(horizon / step))
+    return torch.linspace(0, horizon, steps + 1, dtype=torch.float64)
+
+
+def _weighted_mean(child):
+    if child.log_weights is None:
+        return child.particles.mean(0)
+    return _normalised(child.log_weights) @ child.particles
+
+
+# ----------------------------------------------------------- path estimates
+def _log_path_weight(density, scale, start, end, duration, generator, exact, counts, cache):
+    """log Q-hat for one child's bridges, and phi at the end points (for the next step) when discretised."""
+    if exact:
+        log_q, info = log_exact_estimate(density, scale, start, end, duration, generator)
+        counts["phi_evaluations"] += info["phi_evaluations"]
+        counts["top_ups"] += info["top_ups"]
+        return log_q, None
+    phi_start = cache if cache is not None else density.phi(start, scale)
+    phi_end = density.phi(end, scale)
+    counts["phi_evaluations"] += 2 * len(start) if cache is None else len(start)
+    return log_discretised_estimate(phi_start, phi_end, duration), phi_end
+
+
+def _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, generator):
+    """Draw X_t | X_s ~ N(M, V) for all children at once."""
+    consensus = _consensus(x, inverses, combined)
+    ahead = (t - s) / (horizon - s)
+    mean = (1 - ahead) * x + ahead * consensus
+    own = math.sqrt(max((t - s) * (horizon - t) / (horizon - s), 0.0))
+    shared = math.sqrt((t - s) ** 2 / (horizon - s))
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    common = torch.randn(x.shape[1:], generator=generator, dtype=x.dtype, device=x.device)
+    return mean + own * torch.einsum("cij,cnj->cni", scales, noise) + shared * (common @ combined_scale.T)
+
+
+def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, preconditioner="covariance",
+             exact=None, cess0=0.2, cess_step=0.05, ess_threshold=0.5):
+    """Generalised Bayesian Fusion of ``children`` (ParticleSets) into ``num_particles`` weighted particles.
+
+    ``horizon`` (T) and ``mesh`` (an increasing tensor from 0 to T) default
+    to the guidance; ``mesh=torch.tensor([0, T])`` is D&C Monte Carlo Fusion.
+    ``exact=None`` uses the exact estimator when every density has bounds.
+    """
+    began = time.perf_counter()
+    densities = [child.density for child in children]
+    exact = all(d.has_bounds for d in densities) if exact is None else exact
+    if exact and not all(d.has_bounds for d in densities):
+        raise ValueError("the exact estimator needs bounds of phi for every sub-posterior; use exact=False")
+    scales = torch.stack([preconditioner_scale(child, preconditioner) for child in children])
+    horizon = float(time_horizon_guidance(children, scales, cess0) if horizon is None else horizon)
+    dim = children[0].particles.shape[1]
+    mesh = mesh_guidance(horizon, len(children), dim, cess_step) if mesh is None else torch.as_tensor(mesh)
+    mesh = [float(v) for v in mesh]
+    x = torch.stack([_equal_weight_draws(child, num_particles, generator) for child in children])
+    inverses, combined, combined_scale = _combined(scales)
+    log_w = _log_rho(x, _consensus(x, inverses, combined), inverses, horizon)
+    trace = {"time": [0.0], "ess": [float(ess_fraction(log_w))], "cess": [float(ess_fraction(log_w))],
+             "resampled": [False]}
+    counts = {"phi_evaluations": 0, "top_ups": 0}
+    phi_cache = [None] * len(children)
+    for s, t in zip(mesh[:-1], mesh[1:]):
+        resampled = float(ess_fraction(log_w)) < ess_threshold
+        if resampled:
+            ancestors = resample_indices(log_w, num_particles, generator)
+            x, log_w = x[:, ancestors], torch.zeros_like(log_w)
+            phi_cache = [None if c is None else c[ancestors] for c in phi_cache]
+        x_new = _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, generator)
+        increment = torch.zeros_like(log_w)
+        for c, density in enumerate(densities):
+            log_q, phi_cache[c] = _log_path_weight(density, scales[c], x[c], x_new[c], t - s, generator, exact,
+                                                   counts, phi_cache[c])
+            increment += log_q
+        trace["cess"].append(float(cess_fraction(log_w, increment)))
+        log_w = log_w + increment
+        x = x_new
+        trace["time"].append(t)
+        trace["ess"].append(float(ess_fraction(log_w)))
+        trace["resampled"].append(resampled)
+    if not torch.isfinite(torch.logsumexp(log_w, 0)):
+        raise FloatingPointError("every fused particle has weight zero; raise num_particles or the time horizon")
+    fused = ParticleSet(x[0], product_density(densities), log_w)
+    summary = {"time_horizon": horizon, "mesh_steps": len(mesh) - 1, "estimator": "exact" if exact else
+               "discretised", "num_children": len(children), "seconds": time.perf_counter() - began, **counts}
+    return NodeResult(fused, {key: torch.tensor(value) for key, value in trace.items()}, summary)
+
+
+def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner="covariance", cess0=0.2,
+             max_proposals=None):
+    """Monte Carlo Fusion by rejection: ``num_particles`` exact draws of the product (needs bounds of phi)."""
+    began = time.perf_counter()
+    densities = [child.density for child in children]
+    if not all(d.has_bounds for d in densities):
+        raise ValueError("Monte Carlo Fusion's rejection step needs bounds of phi for every sub-posterior "
+                         "(GaussianDensity, LogisticDensity); use method='dc_mcf' or 'gbf'")
+    scales = torch.stack([preconditioner_scale(child, preconditioner) for child in children])
+    horizon = float(time_horizon_guidance(children, scales, cess0) if horizon is None else horizon)
+    inverses, combined, combined_scale = _combined(scales)
+    floors = [d.phi_lower_bound(a) for d, a in zip(densities, scales)]
+    max_proposals = max_proposals or 1000 * num_particles
+    accepted, proposed = [], 0
+    while sum(len(a) for a in accepted) < num_particles:
+        if proposed >= max_proposals:
+            raise RuntimeError(f"Monte Carlo Fusion accepted {sum(len(a) for a in accepted)} of {proposed} "
+                               "proposals; lower the time horizon, or use method='gbf'")
+        x = torch.stack([_equal_weight_draws(child, num_particles, generator) for child in children])
+        consensus = _consensus(x, inverses, combined)
+        y = consensus + math.sqrt(horizon) * torch.randn(consensus.shape, generator=generator, dtype=x.dtype,
+                                                         device=x.device) @ combined_scale.T
+        log_accept = _log_rho(x, consensus, inverses, horizon)
+        for c, density in enumerate(densities):
+            log_q, _ = log_exact_estimate(density, scales[c], x[c], y, horizon, generator, bounded=True)
+            log_accept = log_accept + log_q + floors[c] * horizon  # exp(-int (phi - Phi)) <= 1
+        uniforms = torch.rand(log_accept.shape, generator=generator, dtype=x.dtype, device=x.device)
+        accepted.append(y[uniforms.log() < log_accept])
+        proposed += num_particles
+    draws = torch.cat(accepted)[:num_particles]
+    summary = {"time_horizon": horizon, "acceptance_rate": num_particles / proposed if proposed else 1.0,
+               "proposals": proposed, "estimator": "exact", "num_children": len(children),
+               "seconds": time.perf_counter() - began}
+    return NodeResult(ParticleSet(draws, product_density(densities)), {}, summary)
+
+
+# --------------------------------------------------------------------- trees
+def build_tree(kind: str, num_leaves: int):
+    """The tree as nested tuples of leaf indices.
+
+    ``fork_and_join``: one node of all leaves; ``balanced``: pairs, level by
+    level (an odd one out goes up unchanged); ``progressive``: each node adds
+    one leaf to the fusion of the previous ones.
+    """
+    if kind not in TREES:
+        raise ValueError(f"unknown tree {kind!r}; choose one of {list(TREES)}")
+    leaves = list(range(num_leaves))
+    if num_leaves == 1:
+        return 0
+    if kind == "fork_and_join":
+        return tuple(leaves)
+    if kind == "progressive":
+        node = (leaves[0], leaves[1])
+        for leaf in leaves[2:]:
+            node = (node, leaf)
+        return node
+    level = leaves
+    while len(level) > 1:
+        paired = [tuple(level[i:i + 2]) for i in range(0, len(level) - 1, 2)]
+        level = paired + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
+
+
+def tree_levels(tree):
+    """The tree's internal nodes grouped by height (leaves' parents first), each as (path, children)."""
+    levels: dict[int, list] = {}
+
+    def visit(node, path):
+        if isinstance(node, int):
+            return 0
+        height = 1 + max(visit(child, path + (i,)) for i, child in enumerate(node))
+        levels.setdefault(height, []).append((path, node))
+        return height
+
+    visit(tree, ())
+    return [levels[h] for h in sorted(levels)]
