@@ -116,11 +116,6 @@ class _Segments:
         return total.exp()
 
 
-def _skeleton_stay(points, gaps, lower, upper):
-    """P(path within [lower, upper] | skeleton) for ``points`` (N, K + 2, d) and durations ``gaps`` (N, K + 1)."""
-    return _Segments(points, gaps).stay(lower, upper)
-
-
 def _draw_layers(points, gaps, start, end, duration, uniforms):
     """The smallest layer whose box holds each coordinate's path, given the skeleton: inversion of its CDF."""
     layers = torch.zeros_like(start, dtype=torch.long)

@@ -140,7 +140,9 @@ class Fusion:
 
     def sample_subposteriors(self, *model_args, seed=0, **model_kwargs) -> list[SubPosterior]:
         """Draw every shard's sub-posterior, in this process or as Ray tasks."""
-        shards = self.shards(*model_args, seed=seed, **model_kwargs)
+        return self._sample(self.shards(*model_args, seed=seed, **model_kwargs), seed)
+
+    def _sample(self, shards, seed):
         tasks = [(shard, self.sampler, self.num_samples, task_seed(seed, 1, shard.index), torch.get_default_dtype())
                  for shard in shards]
         return parallel_map(sample_shard, tasks, backend=self.backend, ray_options=self.ray_options)
@@ -154,9 +156,10 @@ class Fusion:
         """
         seed = int(torch.randint(2 ** 31, ()).item()) if seed is None else int(seed)
         began = time.perf_counter()
-        subposteriors = self.sample_subposteriors(*model_args, seed=seed, **model_kwargs)
+        shards = self.shards(*model_args, seed=seed, **model_kwargs)  # split once: sampling and the target share it
+        subposteriors = self._sample(shards, seed)
         sampling_seconds = time.perf_counter() - began
-        target = self.shards(*model_args, seed=seed, **model_kwargs)[0].target()
+        target = shards[0].target()
         posterior = self.fuse(subposteriors, seed=seed, progress=progress, target=target)
         posterior.meta.update({"subposterior_wall_time_s": sampling_seconds,
                                "subposterior_seconds": [sub.seconds for sub in subposteriors],
