@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
+from torch.overrides import TorchFunctionMode
 
+from bayeskit._checks import check_finite, check_same_length, check_support
 from bayeskit.target import Target, build_sites
 
 PARTICLE_PLATE = "_bayeskit_points"
@@ -34,7 +37,250 @@ def _max_plate_nesting(trace) -> int:
     return nesting
 
 
+def _is_deterministic(site) -> bool:
+    return site["type"] == "sample" and site["infer"].get("_deterministic", False)
+
+
+# ----------------------------------------------------------------- data checks
+# Everything below runs once, in pyro_target, before the Target exists; the
+# density the engines call per step never goes through it.
+
+def _parameter_names(model, num_args: int) -> list[str]:
+    """Names of the first ``num_args`` positional arguments, from the model's signature where it has one."""
+    function = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        parameters = []
+    names = []
+    for position in range(num_args):
+        if position < len(parameters) and parameters[position].kind in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            names.append(parameters[position].name)
+        else:  # *args, or no signature: the position is all we know
+            names.append(f"argument {position}")
+    return names
+
+
+def named_tensors(model, args, kwargs) -> dict[str, torch.Tensor]:
+    """The model's tensor arguments by name: ``x``, ``groups['id']``, ``data[1]``.
+
+    Tensors one level inside a dict, list or tuple argument are included
+    (cheap, and a common way to pass several data arrays).
+    """
+    named = {}
+    bound = list(zip(_parameter_names(model, len(args)), args)) + list(kwargs.items())
+    for name, value in bound:
+        if torch.is_tensor(value):
+            named[name] = value
+        elif isinstance(value, dict):
+            named.update({f"{name}[{key!r}]": v for key, v in value.items() if torch.is_tensor(v)})
+        elif isinstance(value, (list, tuple)):
+            named.update({f"{name}[{i}]": v for i, v in enumerate(value) if torch.is_tensor(v)})
+    return named
+
+
+def _plate_sizes(trace) -> dict[str, int]:
+    """Plates the (possibly partial) trace entered: name -> full size."""
+    return {name: site["fn"].size for name, site in trace.nodes.items() if site_is_subsample(site)}
+
+
+class _RowWatcher(TorchFunctionMode):
+    """Catches the model indexing a data argument with a plate's indices, before the indexing runs.
+
+    The rule for "arguments that must share a length": an argument the model
+    indexes with a plate's indices (``y[index]`` inside ``pyro.plate("data",
+    len(x)) as index``, or ``index_select``) holds that plate's rows, so its
+    leading length must be the plate's size.  This needs no guessing from
+    shapes (inducing points or a prior mean vector legitimately differ in
+    length from the data) and catches a subsampling plate too, whose random
+    minibatch might by chance stay inside the shorter tensor.
+    """
+
+    _INDEXING = (torch.Tensor.__getitem__, torch.Tensor.index_select, torch.index_select)
+
+    def __init__(self, named, tracer):
+        super().__init__()
+        self.by_id = {id(t): (name, t) for name, t in named.items() if t.dim() >= 1}
+        self.named = named
+        self.tracer = tracer
+        # id of each indexing result -> (argument name, argument, result); the result is kept
+        # alive so that its id cannot be reused during the run
+        self.rows_of = {}
+
+    def _plate_of(self, index):
+        for name, site in self.tracer.trace.nodes.items():
+            if site_is_subsample(site) and site["value"] is index:
+                return name, site["fn"].size
+        return None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._INDEXING and args and id(args[0]) in self.by_id:
+            if func is torch.Tensor.__getitem__:
+                index = args[1][0] if isinstance(args[1], tuple) and args[1] else args[1]
+            else:
+                dim = args[1] if len(args) > 1 else kwargs.get("dim")
+                index = (args[2] if len(args) > 2 else kwargs.get("index")) if dim == 0 else None
+            plate = self._plate_of(index) if torch.is_tensor(index) else None
+            if plate is not None:
+                _check_rows(self.named, *self.by_id[id(args[0])], *plate)
+                result = func(*args, **kwargs)
+                name, argument = self.by_id[id(args[0])]
+                self.rows_of[id(result)] = (name, argument, result)
+                return result
+        return func(*args, **kwargs)
+
+
+class _RowMismatch(ValueError):
+    """A data argument whose length is not that of the plate indexing it (a ValueError to the user)."""
+
+
+def _check_rows(named, name, tensor, plate, size, error=_RowMismatch, uses="indexes {name!r} with them"):
+    """``tensor`` holds the rows of ``plate``: its length must be the plate's size."""
+    if tensor.shape[0] == size:
+        return
+    context = f" (the model's plate {plate!r} runs over {size} rows and {uses.format(name=name)})"
+    reference = next((other for other, t in named.items()
+                      if other != name and t.dim() >= 1 and t.shape[0] == size), None)
+    if reference is None:
+        raise error(f"argument {name!r} has {tensor.shape[0]} rows, but{context}; pass data of matching length")
+    try:
+        check_same_length({reference: named[reference], name: tensor}, what="rows")
+    except ValueError as mismatch:
+        raise error(f"{mismatch}{context}") from None
+
+
+def _diagnose_failure(named, trace, error):
+    """After the model itself failed: blame a length mismatch with a plate if the data show one.
+
+    An argument is suspect when its leading length is none of the plates'
+    sizes while another argument's is: the usual cause of an IndexError or
+    of Pyro's plate shape error.  Otherwise the model's own error stands.
+    """
+    sizes = _plate_sizes(trace)
+    for plate, size in sizes.items():
+        matching = [name for name, t in named.items() if t.dim() >= 1 and t.shape[0] == size]
+        suspects = [name for name, t in named.items()
+                    if t.dim() >= 1 and t.shape[0] not in sizes.values() and t.shape[0] > 1]
+        if matching and suspects:
+            try:
+                check_same_length({matching[0]: named[matching[0]], suspects[0]: named[suspects[0]]},
+                                  what="rows")
+            except ValueError as mismatch:
+                raise ValueError(f"{mismatch} (the model's plate {plate!r} runs over {size} rows; "
+                                 f"running the model failed with {type(error).__name__}: {error})") from error
+
+
+def _probe(model, args, kwargs, named):
+    """The prototype trace, from one model run with Pyro's validation on and the row watcher active.
+
+    Returns the trace and the watcher's ``rows_of`` (which argument each
+    plate-indexed tensor came from).
+    """
+    tracer = poutine.trace(model)
+    watcher = _RowWatcher(named, tracer.msngr)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG where it was
+        with poutine.block(), pyro.validation_enabled(True):
+            try:
+                with watcher:
+                    return tracer.get_trace(*args, **kwargs), watcher.rows_of
+            except _RowMismatch as error:
+                # Pyro's trace handler re-raises with the trace's shapes appended; ours is complete
+                raise ValueError(str(error.__cause__ or error)) from None
+            except (ValueError, IndexError, RuntimeError) as error:  # Pyro's plate shape error is a ValueError
+                _diagnose_failure(named, tracer.msngr.trace, error)
+                raise
+
+
+def _check_params(trace) -> None:
+    for name, site in trace.nodes.items():
+        if site["type"] == "param":
+            raise ValueError(
+                f"the model calls pyro.param({name!r}); a Target samples latent sites and would hold "
+                f"{name!r} at its initial value. Make it a latent site with a prior "
+                f"(pyro.sample({name!r}, ...)), or pass its value to the model as a fixed argument; "
+                "for point estimates of parameters use Pyro's SVI")
+
+
+def _check_observed_shape(name, site, named) -> None:
+    """An observed value must broadcast to its distribution's shape (``obs=y`` inside a plate over ``x``).
+
+    Pyro only compares them when it computes the log density, which the
+    prototype run does not; per step it would be a broadcasting RuntimeError.
+    """
+    value, fn = site["value"], site["fn"]
+    expected = fn.batch_shape + fn.event_shape
+    try:
+        if torch.broadcast_shapes(value.shape, expected) == expected:
+            return
+    except RuntimeError:
+        pass
+    argument = next((arg for arg, tensor in named.items() if tensor is value), None)
+    frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None
+              and value.dim() >= -f.dim and value.shape[f.dim] != f.size]
+    if argument is not None and frames:
+        _check_rows(named, argument, value, frames[0].name, frames[0].size, error=ValueError,
+                    uses="observes {name!r} in it")
+    raise ValueError(f"observed site {name!r} has shape {tuple(value.shape)}, which does not broadcast to its "
+                     f"distribution's shape {tuple(expected)}; pass observations of matching shape")
+
+
+def _check_observed(trace, rows_of, named) -> None:
+    """Observed values finite and inside their likelihood's support, where not masked out.
+
+    A subsampling plate shows the prototype one minibatch only; where the
+    observed value is ``argument[plate indices]`` (``rows_of``, from the row
+    watcher), the whole argument is checked against the support instead.
+    """
+    for name, site in trace.nodes.items():
+        if not _is_observed(site):
+            continue
+        value, fn = site["value"], site["fn"]
+        if not torch.is_tensor(value):
+            continue
+        mask = site["mask"]
+        if mask is False:  # poutine.mask(mask=False): the site never reaches the density
+            continue
+        _check_observed_shape(name, site, named)
+        source = rows_of.get(id(value))
+        if mask is None and source is not None and source[2] is value and _support_holds_for(name, source, fn):
+            continue
+        if torch.is_tensor(mask) and value.is_floating_point():
+            # masked-out entries (obs_mask, poutine.mask) never reach the density: do not refuse them
+            event_ones = [1] * len(fn.event_shape)
+            value = torch.where(mask.reshape(*mask.shape, *event_ones), value, torch.zeros_like(value))
+        check_finite(name, value, what="observed site")
+        try:
+            support = fn.support
+            check_support(name, site["value"], support, mask=mask, distribution=type(_base_distribution(fn)).__name__)
+        except NotImplementedError:  # a dependent support that cannot be checked
+            pass
+
+
+def _support_holds_for(name, source, fn) -> bool:
+    """Check the whole argument behind an observed site; False when its support cannot take it whole."""
+    argument_name, argument, _ = source
+    try:
+        inside = fn.support.check(argument)
+    except (NotImplementedError, RuntimeError):  # dependent support, or parameters shaped for the minibatch
+        return False
+    if torch.as_tensor(inside).shape != argument.shape[:argument.dim() - fn.support.event_dim]:
+        return False
+    check_support(name, argument, fn.support, argument=argument_name,
+                  distribution=type(_base_distribution(fn)).__name__)
+    return True
+
+
+def _base_distribution(fn):
+    """The user's distribution under Pyro's Expanded/Masked/Independent wrappers, for messages."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
 def _check_prototype(trace) -> None:
+    _check_params(trace)
     for name, site in trace.nodes.items():
         if _is_latent(site):
             fn = site["fn"]
@@ -43,12 +289,28 @@ def _check_prototype(trace) -> None:
                     f"latent site {name!r} is discrete ({type(fn).__name__}); gradient engines need "
                     "continuous latent sites: marginalise it out (e.g. with logsumexp over its values) "
                     "or observe it")
-        elif _is_observed(site):
-            value = site["value"]
-            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-                bad = (~torch.isfinite(value)).sum().item()
-                raise ValueError(f"observed site {name!r} has {bad} non-finite value(s) (NaN or inf); "
-                                 "drop or impute them, or mask them with poutine.mask")
+
+
+def check_model_data(model, args, kwargs):
+    """Every data check of :meth:`Target.from_pyro`, in the order a user needs the answers.
+
+    1. the tensor arguments, for NaN/inf, before the model runs (so a NaN
+       covariate is named here rather than in a Pyro error about 200 logits);
+    2. one run of the model (the prototype) with Pyro's validation on and a
+       watcher that checks each data argument against the plate that indexes it;
+    3. on that trace: ``pyro.param`` sites, discrete latent sites, and the
+       observed values (finite, inside the likelihood's support), over the
+       whole argument even when a plate subsamples.
+
+    Returns the prototype trace.
+    """
+    named = named_tensors(model, args, kwargs)
+    for name, tensor in named.items():
+        check_finite(name, tensor)
+    prototype, rows_of = _probe(model, args, kwargs, named)
+    _check_prototype(prototype)
+    _check_observed(prototype, rows_of, named)
+    return prototype
 
 
 class PyroDensity:
@@ -165,6 +427,40 @@ class PyroDensity:
                 out[name] = torch.stack([p.expand(batch_shape) for p in parts])
         return out
 
+    # -------------------------------------------------------- deterministic
+    def deterministic_draws(self, flat, shapes, vectorized=True, chunk=1024):
+        """``{deterministic site: (N, *shape)}``: each ``pyro.deterministic`` site at each point.
+
+        Vectorised runs go ``chunk`` points at a time, bounding the memory of
+        per-row sites.
+        """
+        if not shapes:
+            return {}
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+            if self.vectorized and vectorized:
+                try:
+                    parts = [self._deterministic_vectorized(flat[i:i + chunk], shapes)
+                             for i in range(0, flat.shape[0], chunk)]
+                    return {name: torch.cat([part[name] for part in parts]) for name in shapes}
+                except _NotVectorizable:
+                    pass
+            return self._deterministic_looped(flat, shapes)
+
+    def _deterministic_vectorized(self, flat, shapes):
+        trace = self._vectorized_trace(flat, self.constrained_values(flat))
+        return {name: _points_first(trace.nodes[name]["value"], flat.shape[0], shape)
+                for name, shape in shapes.items()}
+
+    def _deterministic_looped(self, flat, shapes):
+        values = self.constrained_values(flat)
+        out = {name: [] for name in shapes}
+        for i in range(flat.shape[0]):
+            model = poutine.condition(self.model, {name: v[i] for name, v in values.items()})
+            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+            for name, shape in shapes.items():
+                out[name].append(trace.nodes[name]["value"].reshape(shape))
+        return {name: torch.stack(parts) for name, parts in out.items()}
+
     # --------------------------------------------------------------- priors
     def prior_draws(self, n, generator):
         """n prior draws in unconstrained space, (n, dim)."""
@@ -217,6 +513,25 @@ class PyroDensity:
 
 class _NotVectorizable(RuntimeError):
     pass
+
+
+def _points_first(value, num_points, shape):
+    """A deterministic site's value from the vectorised run, as ``(num_points, *shape)``.
+
+    The points plate sits left of the model's plates, so a site that depends
+    on the latent values has shape ``(N or 1, 1, ..., 1, *shape)``; one that
+    does not keeps ``shape``.  Anything else means the site did not broadcast
+    over points, and the caller runs the model per point instead.
+    """
+    shape = torch.Size(shape)
+    if value.shape == shape:
+        return value.expand(num_points, *shape)
+    lead = value.shape[:value.dim() - len(shape)]
+    if (value.dim() <= len(shape) or value.shape[len(lead):] != shape or lead[0] not in (1, num_points)
+            or any(size != 1 for size in lead[1:])):
+        raise _NotVectorizable(f"a deterministic site has shape {tuple(value.shape)}, expected "
+                               f"({num_points}, ..., {', '.join(map(str, shape))})")
+    return value.reshape(lead[0], *shape).expand(num_points, *shape)
 
 
 class CompiledDensity:
@@ -348,6 +663,56 @@ def warn_fallback(reason: str) -> None:
         "to get the fast path.", stacklevel=4)
 
 
+def _deterministic_shapes(prototype) -> dict[str, torch.Size]:
+    """Shapes of the model's ``pyro.deterministic`` sites, leaving out those a subsampling plate holds.
+
+    A site inside a subsampling plate has one minibatch's rows at each run,
+    a different one per draw: no single value to report, so it is dropped
+    with a warning.
+    """
+    subsampled = set(_subsample_plates(prototype))
+    shapes = {}
+    for name, site in prototype.nodes.items():
+        if not _is_deterministic(site):
+            continue
+        plates = {frame.name for frame in site["cond_indep_stack"]} & subsampled
+        if plates:
+            warnings.warn(f"pyro.deterministic site {name!r} lies inside the subsampling plate "
+                          f"{sorted(plates)[0]!r}, so its value depends on the minibatch; it is left out of "
+                          "the posterior (compute it from the draws afterwards)", stacklevel=5)
+            continue
+        shapes[name] = site["value"].shape
+    return shapes
+
+
+def _deterministic_draws_fn(density, prototype, check_points):
+    """``(N, dim) -> {deterministic site: (N, *shape)}``, or None when the model has no such site.
+
+    The vectorised run is compared once with per-point runs at ``check_points``
+    (the density's own check does not see deterministic sites: a reduction
+    such as ``beta.sum()`` would mix the points); on disagreement every
+    later call runs the model per point.
+    """
+    shapes = _deterministic_shapes(prototype)
+    if not shapes:
+        return None
+    vectorized = density.vectorized
+    if vectorized:
+        slow = density.deterministic_draws(check_points, shapes, vectorized=False)
+        try:
+            fast = density.deterministic_draws(check_points, shapes)
+        except Exception:  # the model's own code failed to broadcast: per point it is
+            fast = None
+        vectorized = fast is not None and all(
+            fast[name].shape == slow[name].shape
+            and torch.allclose(fast[name].double(), slow[name].double(), rtol=1e-4, atol=1e-6)
+            for name in shapes)
+
+    def deterministic_fn(flat):
+        return density.deterministic_draws(flat, shapes, vectorized=vectorized)
+    return deterministic_fn
+
+
 def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_transform=None):
     if not callable(model):
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
@@ -355,10 +720,7 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         raise ValueError(f"vectorize must be True, False or 'auto', got {vectorize!r}")
     if not isinstance(jit_compile, bool):
         raise TypeError(f"jit_compile must be True or False, got {jit_compile!r}")
-    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG where it was
-        with poutine.block():
-            prototype = poutine.trace(model).get_trace(*args, **kwargs)
-    _check_prototype(prototype)
+    prototype = check_model_data(model, args, kwargs)
     latent = {name: site for name, site in prototype.nodes.items() if _is_latent(site)}
     if not latent:
         raise ValueError("the model has no latent sample sites: nothing to infer")
@@ -386,6 +748,8 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
     subsampled = any(site_is_subsample(s) and len(s["value"]) < s["fn"].size
                      for s in prototype.nodes.values())
     observed_batch_shapes = {name: site["fn"].batch_shape for name, site in observed.items()}
+    deterministic = _deterministic_draws_fn(density, prototype, check if check is not None else
+                                            density.prior_draws(2, torch.Generator().manual_seed(0)).to(first))
 
     def pointwise(flat):
         # A subsampled model only sees a minibatch per call: no full-data likelihood.
@@ -399,6 +763,7 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         pointwise_log_likelihood_fn=pointwise,
         observed_data={name: site["value"].detach() for name, site in observed.items()},
         site_log_prob_fn=density.site_log_probs,
+        deterministic_fn=deterministic,
         dtype=first.dtype, device=first.device,
         description=f"Pyro model {getattr(model, '__name__', type(model).__name__)}",
     )

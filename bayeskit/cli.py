@@ -6,13 +6,27 @@ import argparse
 import functools
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from bayeskit.health import HealthWarning
 
 __all__ = ["main"]
 
 
 def _print_header(text):
     print(f"\n== {text} " + "=" * max(0, 70 - len(text)))
+
+
+def report_health(label, post):
+    """One line for a healthy result, else each finding of its health report (see bayeskit.health)."""
+    findings = post.health()
+    if not findings:
+        print(f"health of {label}: ok")
+        return
+    print(f"health of {label}: {len(findings)} finding(s)")
+    for finding in findings:
+        print(f"  - {finding.message}")
 
 
 def held_out_metrics(post, x_test, y_test):
@@ -49,7 +63,8 @@ def demo_svgd(out: Path, *, quick: bool, seed: int, progress: bool):
     seconds = time.perf_counter() - start
     print(f"{engine.num_particles} particles, {num_steps} steps in {seconds:.1f} s")
     with _pandas_display():
-        print(post.summary(var_names=["alpha", "beta"]))
+        print(post.summary(var_names=["alpha", "beta"], health=False))
+    report_health("the SVGD particles", post)
     accuracy, lpd = held_out_metrics(post, test.x, test.y)
     print(f"held-out accuracy {accuracy:.3f}, mean log predictive density {lpd:.3f}")
     path = out / "svgd_posterior.nc"
@@ -86,7 +101,8 @@ def demo_sghmc(out: Path, *, quick: bool, seed: int, progress: bool):
     print(f"{engine.plan.num_steps} steps x {engine.num_chains} chains in {seconds:.1f} s "
           f"({engine.num_samples} draws per chain kept)")
     with _pandas_display():
-        print(post.summary(var_names=["b1"]))
+        print(post.summary(var_names=["b1"], health=False))
+    report_health("the SGHMC chains", post)
     # Raw weights are not identified (hidden units can swap between chains); predictions are.
     logits = predict(post, test.x).squeeze(-1)  # (chain, draw, test row)
     probability = torch.sigmoid(logits)
@@ -144,8 +160,9 @@ def demo_mirrored(out: Path, *, quick: bool, seed: int, progress: bool):
               f"every particle on the simplex (sums to 1 within "
               f"{float((post.samples['p'].sum(-1) - 1).abs().max()):.0e})")
         posts[engine.name] = post
+        report_health(engine.name, post)
     with _pandas_display():
-        print(posts["SVMD"].summary(var_names=["p"]).head(5))
+        print(posts["SVMD"].summary(var_names=["p"], health=False).head(5))
     path = out / "mirrored_posterior.nc"
     posts["SVMD"].save(path)
     posts["SVMD"].plot("forest", var_names=["p"], path=out / "mirrored_forest.png")
@@ -221,10 +238,11 @@ def demo_moe(out: Path, *, quick: bool, seed: int, progress: bool):
         post = engine.run(train.x, train.y, seed=seed, progress=progress, **fit)
         posts[name] = moe.relabel(post) if moe.has_gate else post
         scores[name] = moe.log_predictive_density(post, test.x, test.y, **held_out)
-        worst = posts[name].summary()["r_hat"].max()
+        worst = posts[name].summary(health=False)["r_hat"].max()
         print(f"{name:>10}: held-out mean log predictive density {float(scores[name].mean()):.3f} "
               f"(+- {float(scores[name].std() / len(test.y) ** 0.5):.3f}), max r_hat {worst:.3f}, "
               f"{time.perf_counter() - began:.1f} s")
+        report_health(f"the {name} chains", posts[name])
     for better, worse in [("MoE", "GLM"), ("mixed MoE", "MoE")]:
         gain = scores[better] - scores[worse]
         print(f"{better} - {worse}: {float(gain.mean()):+.3f} +- {float(gain.std() / len(gain) ** 0.5):.3f} "
@@ -232,7 +250,7 @@ def demo_moe(out: Path, *, quick: bool, seed: int, progress: bool):
     moe, post = models["MoE"], posts["MoE"]
     with _pandas_display():
         print(post.summary(var_names=["gate_intercept", "gate_coef", "expert_intercept", "expert_coef",
-                                      "expert_scale"]))
+                                      "expert_scale"], health=False))
     share = moe.responsibilities(post, train.x, train.y).mean(0)
     print("share of training homes per expert: " + ", ".join(f"{float(v):.2f}" for v in share))
     path = out / "moe_posterior.nc"
@@ -296,12 +314,13 @@ def demo_bae(out: Path, *, quick: bool, seed: int, progress: bool):
                              num_chains=4).run(train, seed=seed, progress=progress)
         posts[name] = (bae, post)
         nll[name] = -float(bae.log_likelihood(post, test).mean())
-        worst = post.summary(var_names=["dec1_b"])["r_hat"].max()
+        worst = post.summary(var_names=["dec1_b"], health=False)["r_hat"].max()
         print(f"{name:>20}: held-out NLL {nll[name]:.1f} per image, max r_hat of the output biases {worst:.2f}, "
               f"{time.perf_counter() - began:.1f} s")
+        report_health(f"the {name} chains", post)
     bae, post = posts["BAE, DSWD prior"]
     with _pandas_display():
-        print(post.summary(var_names=["dec1_b"]).iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
+        print(post.summary(var_names=["dec1_b"], health=False).iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
     codes, _ = bae.latent(post, train)
     mixture = DirichletProcessMixture(20).fit(codes, seed=seed, progress=progress)
     reconstruction, uncertainty = bae.reconstruct(post, test[:10])
@@ -372,9 +391,10 @@ def demo_smc(out: Path, *, quick: bool, seed: int, progress: bool):
     kept = post.samples["x"][:, post.meta["burn_in"]:, :, 0]
     volatility = torch.exp(kept / 2).reshape(-1, len(y))
     lower, middle, upper = torch.quantile(volatility, torch.tensor([0.05, 0.5, 0.95], dtype=volatility.dtype), 0)
-    rhat = post.summary(var_names=["x"])["r_hat"]
+    rhat = post.summary(var_names=["x"], health=False)["r_hat"]
     print(f"PaRIS particle Gibbs: 4 chains x {kept.shape[1]} trajectories, {time.perf_counter() - began:.1f} s; "
           f"r_hat of x_t: median {rhat.median():.3f}, max {rhat.max():.3f}")
+    report_health("the particle Gibbs chains", post)
     figure, axis = plt.subplots(figsize=(9, 3.5))
     days = range(len(y))
     axis.plot(days, y[:, 0].abs(), lw=0.5, color="0.6", label="|return| (%)")
@@ -519,6 +539,7 @@ def demo_fusion(out: Path, *, quick: bool, seed: int, progress: bool):
         fused[label] = (post, draws)
         print(f"{label:13s} IAD to full-data NUTS {float(integrated_absolute_distance(draws, reference)):.3f}, "
               f"fusion {post.meta['fusion_wall_time_s']:.1f} s, estimator: {post.meta['estimator']}")
+        report_health(label, post)
     names = ["intercept", *data.feature_names]
     figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.6))
     for j, axis in enumerate(axes):
@@ -548,8 +569,11 @@ def run_demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = args.only or list(DEMOS)
-    for name in chosen:
-        DEMOS[name](out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    with warnings.catch_warnings():
+        # Each stop prints the health of its results (report_health); the pilot runs' warnings would repeat it.
+        warnings.simplefilter("ignore", HealthWarning)
+        for name in chosen:
+            DEMOS[name](out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"\nDone. Read a saved posterior back with: bayeskit summary {out / (chosen[0] + '_posterior.nc')}")
     return 0
 

@@ -351,7 +351,7 @@ class Posterior:
         return from_dict({"posterior": _numpy(draws)}, dims=dims, coords=self._coords_of(dims))
 
     # ----------------------------------------------------------------- summary
-    def summary(self, var_names=None, ci_prob: float = 0.89):
+    def summary(self, var_names=None, ci_prob: float = 0.89, *, health: bool = True):
         r"""A table with one row per scalar element: mean, sd, equal-tailed interval, ESS, ...
 
         Unweighted draws go through ``arviz_stats.summary`` (89% ETI as in
@@ -385,6 +385,9 @@ class Posterior:
         ci_prob : float
             Probability mass of the interval, in (0, 1). Columns are named as
             ArviZ names them, ``eti{int(100 * ci_prob)}_lb``/``_ub``.
+        health : bool
+            Print the health findings (:meth:`health`) as the table is made, one
+            line each starting ``health:``; nothing is printed for a healthy run.
 
         Returns
         -------
@@ -395,6 +398,8 @@ class Posterior:
         var_names = self._check_var_names(var_names)
         if isinstance(ci_prob, bool) or not isinstance(ci_prob, (int, float)) or not 0 < ci_prob < 1:
             raise ValueError(f"ci_prob must be a number in (0, 1), got {ci_prob!r}")
+        if health:
+            self._print_health()
         if self.is_weighted:
             return self._weighted_summary(var_names, float(ci_prob))
         from arviz_stats import summary
@@ -409,6 +414,26 @@ class Posterior:
         if self.num_chains == 1:
             table = table.drop(columns="r_hat", errors="ignore")
         return table
+
+    def _print_health(self):
+        """The run's health findings, which a table of means alone would hide."""
+        for finding in self.health():
+            print(f"health: {finding.message}")
+
+    def health(self, **thresholds):
+        """What not to trust in this result: a list of :class:`bayeskit.health.Finding`, empty when healthy.
+
+        Without arguments, the findings recorded at the end of the run
+        (``meta["health"]``); with thresholds (``r_hat``, ``min_ess``,
+        ``min_ess_fraction``, ``min_cess_fraction``, ``collapse_ratio``; see
+        :mod:`bayeskit.health`), the checks run again on the draws with those.
+        A posterior built by hand, with no record, is checked afresh.
+        """
+        from bayeskit import health
+
+        if not thresholds and "health" in self.meta:
+            return [health.Finding(**finding) for finding in self.meta["health"]]
+        return health.check(self, **thresholds)
 
     def _check_var_names(self, var_names):
         if var_names is None:

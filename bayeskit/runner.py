@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from bayeskit import health
 from bayeskit.posterior import Posterior
 from bayeskit.target import Target
 
@@ -66,6 +67,23 @@ def target_of(model_or_target, *model_args, **model_kwargs) -> Target:
                             "which is already conditioned on its data")
         return model_or_target
     return Target.from_pyro(model_or_target, *model_args, **model_kwargs)
+
+
+def record_particle_spread(posterior: Posterior, target) -> None:
+    """For interacting particles on a Target, ``meta["particle_spread"]``: what the collapse check reads.
+
+    Measured in the unconstrained coordinates the score lives in (see
+    :func:`bayeskit.health.particle_spread`); skipped for targets that cannot
+    map draws back (the NumPyro bridge).
+    """
+    if posterior.meta.get("sample_kind") != "particles" or not isinstance(target, Target):
+        return
+    try:
+        z = target.unconstrain({name: posterior.samples[name] for name in target.sites})
+    except (ValueError, KeyError):
+        return
+    _, scores = target.log_prob_and_score(z.to(target.device))
+    posterior.meta["particle_spread"] = health.particle_spread(z, scores)
 
 
 class _Trace:
@@ -230,7 +248,10 @@ class Engine:
         finally:
             bar.close()
         meta = self._meta(target, seed, step, num_steps, elapsed, began)
-        return self.to_posterior(state, target, trace.stacked(), meta)
+        posterior = self.to_posterior(state, target, trace.stacked(), meta)
+        record_particle_spread(posterior, target)
+        health.report(posterior, stacklevel=4)
+        return posterior
 
     def _check_finite(self, trace, state, target, last_good, last_good_step, step, meta):
         flags = trace.columns.get("finite")

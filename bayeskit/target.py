@@ -120,6 +120,9 @@ class Target:
     site_log_prob_fn : callable, optional
         ``(N, dim) -> dict[name, (N,)]`` per-site contributions, used to name
         the culprit when the density is not finite.
+    deterministic_fn : callable, optional
+        ``(N, dim) -> dict[name, (N, *shape)]``: values the model derives from
+        the latent sites (Pyro's ``pyro.deterministic``), reported by :meth:`draws`.
     dtype, device :
         Dtype and device of ``z``.
     description : str
@@ -128,7 +131,7 @@ class Target:
 
     def __init__(self, sites, log_prob_fn, *, log_prob_and_score_fn=None, init_fn=None,
                  constrain_fn=None, pointwise_log_likelihood_fn=None, observed_data=None,
-                 site_log_prob_fn=None, dtype=None, device=None, description="target"):
+                 site_log_prob_fn=None, deterministic_fn=None, dtype=None, device=None, description="target"):
         if not sites:
             raise ValueError("a Target needs at least one latent site")
         self.sites: dict[str, Site] = dict(sites)
@@ -143,6 +146,7 @@ class Target:
         self._constrain_fn = constrain_fn
         self._pointwise_log_likelihood_fn = pointwise_log_likelihood_fn
         self._site_log_prob_fn = site_log_prob_fn
+        self._deterministic_fn = deterministic_fn
 
     def __repr__(self):
         names = ", ".join(f"{s.name}{tuple(s.shape)}" for s in self.sites.values())
@@ -190,6 +194,23 @@ class Target:
             values = {name: site.transform(self.site_block(flat, site))
                       for name, site in self.sites.items()}
         return {name: v.reshape(*batch_shape, *self.sites[name].shape) for name, v in values.items()}
+
+    def draws(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a Posterior stores for ``z`` of shape ``(..., dim)``: latent and deterministic sites.
+
+        Returns :meth:`constrain`'s ``{site: (..., *site.shape)}`` plus each
+        ``pyro.deterministic`` site of the model computed at every point (one
+        vectorised model run where the model broadcasts, else one run per
+        point; all rows of a subsampling plate).  Deterministic sites are not
+        latent sites: they own no part of ``z`` and :meth:`unconstrain` ignores them.
+        """
+        values = self.constrain(z)
+        if self._deterministic_fn is None:
+            return values
+        flat, batch_shape = flat_batch(z.detach(), self.dim)
+        with torch.no_grad():
+            derived = self._deterministic_fn(flat)
+        return {**values, **{name: v.reshape(*batch_shape, *v.shape[1:]) for name, v in derived.items()}}
 
     def unconstrain(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inverse of :meth:`constrain` for targets whose sites carry transforms."""
@@ -323,8 +344,17 @@ class Target:
         give an unbiased stochastic density at each call, the same minibatch
         for all points.
 
-        Raises ``ValueError`` naming the site for discrete latent sites and for
-        non-finite observed values.
+        The data are checked here, once, never per step (``ValueError`` in
+        each case): every tensor argument (and tensors one level inside a dict
+        or list argument) for NaN/inf, named by the model's parameter name and
+        the first bad index, before the model runs; an argument the model
+        indexes with a plate's indices must have the plate's length (the
+        message names both arguments and both lengths); observed values must
+        be finite and inside the likelihood's support (a 2 for a Bernoulli),
+        named by site, value and index, over all rows even when a plate
+        subsamples.  Discrete latent sites and ``pyro.param`` sites are refused
+        by name.  ``pyro.deterministic`` sites are not latent: :meth:`draws`
+        computes them at the posterior draws.
 
         ``jit_compile=True`` traces the density once with ``torch.jit.trace``
         (minibatch indices become inputs of the trace, drawn afresh at each

@@ -62,7 +62,8 @@ print(len(data.y), "flights,", f"{float(data.y.mean()):.1%} delayed; covariates"
 # ## 1. Shards and sub-posteriors
 #
 # `Fusion(model, num_shards=C)` splits every tensor argument of the model by rows (shuffled with the seed) and
-# raises the prior to $1/C$ in each shard. `sample_subposteriors` draws them, here with NUTS (any bayeskit
+# raises the prior to $1/C$ in each shard (on the unconstrained space its log-Jacobian too; every coefficient
+# here is real, so there is none). `sample_subposteriors` draws them, here with NUTS (any bayeskit
 # engine works too, through `EngineSampler`); with `backend="ray"` each shard is a Ray task.
 
 # %%

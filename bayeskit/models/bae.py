@@ -44,6 +44,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from bayeskit._checks import check_finite, check_support
 from bayeskit.diagnostics import DistributionalSlicedWasserstein
 from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.runner import Fit
@@ -148,11 +149,14 @@ def _check_images(x, input_shape, likelihood, argument="x"):
         raise ValueError(f"{argument} must be a floating-point tensor, got {type(x).__name__}")
     if tuple(x.shape[1:]) != tuple(input_shape) or x.shape[0] < 1:
         raise ValueError(f"{argument} must have shape (n, {', '.join(map(str, input_shape))}), got {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{argument} has non-finite values")
-    if likelihood == "continuous_bernoulli" and not bool(((x >= 0) & (x <= 1)).all()):
-        raise ValueError(f"{argument} must lie in [0, 1] for the Continuous-Bernoulli likelihood; "
-                         "scale the images (e.g. divide by the maximum pixel value)")
+    check_finite(argument, x)
+    if likelihood == "continuous_bernoulli":
+        try:
+            check_support(argument, x, dist.constraints.unit_interval, what="argument",
+                          distribution="the Continuous-Bernoulli likelihood")
+        except ValueError as error:
+            raise ValueError(f"{argument} must lie in [0, 1] for the Continuous-Bernoulli likelihood: {error}. Scale "
+                             "the images (e.g. divide by the maximum pixel value)") from None
     return x
 
 

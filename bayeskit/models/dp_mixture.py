@@ -47,6 +47,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import transform_to
 
+from bayeskit._checks import check_finite
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine, Fit, _Parameters
 
@@ -82,8 +83,7 @@ def _check_points(z, d=None, name="z"):
     if z.ndim != 2 or not z.is_floating_point() or (d is not None and z.shape[1] != d):
         want = f"(n, {d})" if d is not None else "(n, d)"
         raise ValueError(f"{name} must be a floating-point tensor of shape {want}, got {z.dtype} {tuple(z.shape)}")
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError(f"{name} has non-finite values")
+    check_finite(name, z)
     return z
 
 

@@ -48,6 +48,8 @@ from pyro.distributions import constraints
 import torch
 from pyro.distributions.transforms import OrderedTransform
 
+from bayeskit import health
+
 __all__ = ["MixtureOfExperts", "nest", "FAMILIES", "PRIORS"]
 
 FAMILIES = ("gaussian", "bernoulli", "poisson")
@@ -541,9 +543,13 @@ def _replace_samples(posterior, flat_values, **meta):
     samples = dict(posterior.samples)
     samples.update({name: value.reshape(posterior.num_chains, posterior.num_draws, *value.shape[1:])
                     for name, value in flat_values.items()})
-    return Posterior(samples, log_weights=posterior.log_weights, sample_stats=posterior.sample_stats,
-                     trace=posterior.trace, meta=dict(posterior.meta, **meta), observed_data=posterior.observed_data,
-                     log_likelihood=posterior.log_likelihood, dims=posterior.dims, coords=posterior.coords)
+    replaced = Posterior(samples, log_weights=posterior.log_weights, sample_stats=posterior.sample_stats,
+                         trace=posterior.trace, meta=dict(posterior.meta, **meta),
+                         observed_data=posterior.observed_data, log_likelihood=posterior.log_likelihood,
+                         dims=posterior.dims, coords=posterior.coords)
+    # The run's health report judged the draws before relabelling (label switching inflates r_hat): judge anew.
+    replaced.meta["health"] = [finding.to_dict() for finding in health.check(replaced)]
+    return replaced
 
 
 def _with_reference(gate_value: torch.Tensor) -> torch.Tensor:

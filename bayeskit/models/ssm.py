@@ -26,6 +26,8 @@ from collections.abc import Iterable
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from bayeskit._checks import check_finite
+
 __all__ = ["StateSpaceModel", "LinearGaussianSSM", "StochasticVolatility", "NonlinearGrowth", "KalmanResult"]
 
 
@@ -390,6 +392,5 @@ def _check_observations(y, obs_dim: int) -> torch.Tensor:
         y = y.unsqueeze(-1)
     if y.dim() != 2 or y.shape[-1] != obs_dim or y.shape[0] < 1:
         raise ValueError(f"y must have shape (T, {obs_dim}) with T >= 1, got {tuple(y.shape)}")
-    if not torch.isfinite(y).all():
-        raise ValueError(f"y holds non-finite values at times {torch.nonzero(~torch.isfinite(y).all(-1)).flatten().tolist()[:10]}")
+    check_finite("y", y)  # the first index is (time, coordinate)
     return y

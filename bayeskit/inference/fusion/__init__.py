@@ -13,7 +13,8 @@ from bayeskit.inference.fusion.core import build_tree, fuse_gbf, fuse_mcf, mesh_
 from bayeskit.inference.fusion.densities import (GaussianDensity, LogDensity, LogisticDensity, PyroDensity,
                                                  ShardDensity)
 from bayeskit.inference.fusion.engine import METHODS, Fusion
-from bayeskit.inference.fusion.shards import EngineSampler, NUTSSampler, Shard, SubPosterior, split_data
+from bayeskit.inference.fusion.shards import EngineSampler, NUTSSampler, SubPosterior
+from bayeskit.sharding import Shard, split_data
 
 __all__ = ["Fusion", "METHODS", "SubPosterior", "Shard", "split_data", "NUTSSampler", "EngineSampler",
            "ShardDensity", "GaussianDensity", "LogisticDensity", "LogDensity", "PyroDensity",

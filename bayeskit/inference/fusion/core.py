@@ -215,11 +215,14 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
              "resampled": [False]}
     counts = {"phi_evaluations": 0, "top_ups": 0}
     phi_cache = [None] * len(children)
+    # Which of the children's draws each particle descends from: resampling can leave few of them, which no
+    # ESS of the current weights shows (the bridge moves make duplicates look distinct again).
+    origin = torch.arange(num_particles, device=x.device)
     for s, t in zip(mesh[:-1], mesh[1:]):
         resampled = float(ess_fraction(log_w)) < ess_threshold
         if resampled:
             ancestors = resample_indices(log_w, num_particles, generator)
-            x, log_w = x[:, ancestors], torch.zeros_like(log_w)
+            x, log_w, origin = x[:, ancestors], torch.zeros_like(log_w), origin[ancestors]
             phi_cache = [None if c is None else c[ancestors] for c in phi_cache]
         x_new = _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, generator)
         increment = torch.zeros_like(log_w)
@@ -237,8 +240,15 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
         raise FloatingPointError("every fused particle has weight zero; raise num_particles or the time horizon")
     fused = ParticleSet(x[0], product_density(densities), log_w)
     summary = {"time_horizon": horizon, "mesh_steps": len(mesh) - 1, "estimator": "exact" if exact else
-               "discretised", "num_children": len(children), "seconds": time.perf_counter() - began, **counts}
+               "discretised", "num_children": len(children), "seconds": time.perf_counter() - began,
+               "distinct_origins": _distinct_fraction(origin, log_w), **counts}
     return NodeResult(fused, {key: torch.tensor(value) for key, value in trace.items()}, summary)
+
+
+def _distinct_fraction(origin, log_w):
+    """The Kish ESS of the weights pooled by origin, over N: the share of the starting draws still informing the fusion."""
+    pooled = torch.zeros(len(origin), dtype=log_w.dtype, device=log_w.device).index_add_(0, origin, _normalised(log_w))
+    return float(1.0 / pooled.square().sum()) / len(origin)
 
 
 def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner="covariance", cess0=0.2,

@@ -284,10 +284,13 @@ class LogDensity(ShardDensity):
 
 
 class PyroDensity(LogDensity):
-    """The log density of a shard of a Pyro model (prior raised to ``prior_weight``), by autograd.
+    """The log density of a shard of a Pyro model, by autograd: :meth:`bayeskit.sharding.Shard.target`.
 
-    Holds the model and its arguments rather than the Target, so it pickles
-    (a Ray task can receive it); the Target is rebuilt on first use.
+    That is :math:`\\log f_c(z) = \\tfrac1C(\\log p(T(z)) + \\log|\\det J_T(z)|) + \\log p(y_c \\mid T(z))`
+    on the unconstrained vector, the same density the shard's draws come
+    from, so the product over shards is the full posterior on ``z``.
+    Holds the shard (model and arguments) rather than the Target, so it
+    pickles (a Ray task can receive it); the Target is rebuilt on first use.
     """
 
     def __init__(self, shard):

@@ -6,12 +6,14 @@ import time
 
 import torch
 
+from bayeskit import health
 from bayeskit.inference.fusion import core
-from bayeskit.inference.fusion.shards import NUTSSampler, SubPosterior, _TaskContext, sample_shard, split_data, task_seed
+from bayeskit.inference.fusion.shards import NUTSSampler, SubPosterior, _TaskContext, sample_shard, task_seed
 from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.parallel import parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import progress_enabled, versions
+from bayeskit.sharding import split_data
 
 __all__ = ["Fusion", "METHODS"]
 
@@ -36,8 +38,12 @@ class Fusion:
     sub-posterior :math:`f_c \propto p(\theta)^{1/C} p(y_c\mid\theta)`, sampled
     by Pyro's NUTS or any bayeskit engine, in this process or as Ray tasks;
     the sub-posteriors are then fused up a tree into draws of
-    :math:`\prod_c f_c = p(\theta \mid y)`. The math of each method is in
-    :mod:`bayeskit.inference.fusion.core`.
+    :math:`\prod_c f_c = p(\theta \mid y)`. Fusion works on the unconstrained
+    vector :math:`z`, where the prior's log-Jacobian is tempered with it,
+    :math:`\log f_c(z) = \tfrac1C(\log p(T(z)) + \log|\det J_T(z)|) + \log p(y_c \mid T(z))`
+    (:func:`bayeskit.sharding.subposterior_target`): the draws and the
+    densities of every shard come from that one target. The math of each
+    method is in :mod:`bayeskit.inference.fusion.core`.
 
     Parameters
     ----------
@@ -61,7 +67,9 @@ class Fusion:
     sampler : callable, optional
         ``sampler(shard, num_samples, seed) -> Tensor (num_samples, dim)`` on
         the flat unconstrained vector: :class:`NUTSSampler` (the default, 500
-        warm-up steps), :class:`EngineSampler` for a bayeskit engine, or your own.
+        warm-up steps), :class:`EngineSampler` for a bayeskit engine, or your own;
+        a sampler of your own should draw from ``shard.target()``, not from the
+        Pyro model (whose samplers add the log-Jacobian in full).
     preconditioner : str
         ``"covariance"`` (each child's sample covariance, the authors' choice and
         what the guidance assumes) or ``"identity"``.
@@ -181,7 +189,9 @@ class Fusion:
         else:
             (fused, records), extra = self._fuse_tree(leaves, seed, progress), {}
         meta = {**self._meta(records, subposteriors, seed, time.perf_counter() - began), **extra}
-        return _posterior(fused, _stacked_trace(records), meta, target)
+        posterior = _posterior(fused, _stacked_trace(records), meta, target)
+        health.report(posterior, stacklevel=3)
+        return posterior
 
     def _baseline(self, leaves, seed):
         from bayeskit.inference.fusion import baselines
@@ -310,7 +320,7 @@ def _stacked_trace(records):
 def _posterior(fused, trace, meta, target):
     draws, log_weights = fused.particles, fused.log_weights
     if target is not None:
-        samples = {name: value[None] for name, value in target.constrain(draws).items()}
+        samples = {name: value[None] for name, value in target.draws(draws).items()}
     else:
         samples = {"theta": draws[None]}
     return Posterior(samples, log_weights=None if log_weights is None else log_weights[None], trace=trace, meta=meta)

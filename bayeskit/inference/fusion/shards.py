@@ -1,9 +1,11 @@
-"""Splitting a Pyro model's data into shards, and sampling each shard's sub-posterior.
+"""Sampling each shard's sub-posterior, and its density, for Fusion.
 
-Sub-posterior c of C is :math:`f_c(\\theta) \\propto p(\\theta)^{1/C} p(y_c \\mid \\theta)`:
-the prior raised to 1/C (every latent site's log density scaled by the
-exponent, observed sites untouched), so that :math:`\\prod_c f_c` is the
-full posterior.
+Sub-posterior c of C is :math:`f_c(\\theta) \\propto p(\\theta)^{1/C} p(y_c \\mid \\theta)`,
+on the flat unconstrained vector :math:`z` with the prior's log-Jacobian
+tempered too: :math:`\\log f_c(z) = \\tfrac1C(\\log p(T(z)) + \\log|\\det J_T(z)|)
++ \\log p(y_c \\mid T(z))`, so that :math:`\\prod_c f_c(z) \\propto p(z \\mid y)`.
+:func:`bayeskit.sharding.subposterior_target` (through :meth:`Shard.target`)
+is that density; the samplers and :func:`shard_density` all start from it.
 """
 
 from __future__ import annotations
@@ -14,77 +16,11 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-from pyro.poutine.messenger import Messenger
 
 from bayeskit.inference.fusion.densities import LogisticDensity, PyroDensity
+from bayeskit.sharding import Shard
 
-__all__ = ["Shard", "split_data", "NUTSSampler", "EngineSampler", "SubPosterior", "shard_density"]
-
-
-class _TemperedPrior(Messenger):
-    """Scale the log density of every unobserved sample site by ``exponent``."""
-
-    def __init__(self, exponent):
-        super().__init__()
-        self.exponent = exponent
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"]:
-            msg["scale"] = self.exponent * msg["scale"]
-
-
-@dataclass
-class _TemperedModel:
-    """``model`` with its prior raised to ``exponent``; a picklable callable (for Ray tasks)."""
-
-    model: object
-    exponent: float
-
-    def __call__(self, *args, **kwargs):
-        with _TemperedPrior(self.exponent):
-            return self.model(*args, **kwargs)
-
-
-@dataclass
-class Shard:
-    """One shard of the data: the model's arguments restricted to its rows, and the prior's exponent."""
-
-    model: object
-    args: tuple
-    kwargs: dict
-    prior_exponent: float
-    num_data: int
-    index: int = 0
-
-    def tempered_model(self):
-        return _TemperedModel(self.model, self.prior_exponent)
-
-    def target(self):
-        from bayeskit.target import Target
-        return Target.from_pyro(self.tempered_model(), *self.args, **self.kwargs)
-
-
-def split_data(model, args, kwargs, num_shards: int, *, generator=None) -> list[Shard]:
-    """Shards of equal size (within one row) of every tensor argument sharing the first one's length.
-
-    The rows are shuffled with ``generator`` first (None keeps their order),
-    so that shards are exchangeable, as the paper's experiments assume.
-    """
-    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0]
-    if not tensors:
-        raise ValueError("Fusion splits the model's tensor arguments by rows, but none was given")
-    num_rows = tensors[0].shape[0]
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or not 1 <= num_shards <= num_rows:
-        raise ValueError(f"num_shards must be an int in [1, {num_rows}] (the data's rows), got {num_shards!r}")
-    order = torch.randperm(num_rows, generator=generator) if generator is not None else torch.arange(num_rows)
-    pieces = torch.tensor_split(order, num_shards)
-
-    def cut(value, rows):
-        is_data = isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == num_rows
-        return value[rows.to(value.device)] if is_data else value
-
-    return [Shard(model, tuple(cut(a, rows) for a in args), {k: cut(v, rows) for k, v in kwargs.items()},
-                  1.0 / num_shards, len(rows), c) for c, rows in enumerate(pieces)]
+__all__ = ["NUTSSampler", "EngineSampler", "SubPosterior", "shard_density", "sample_shard", "task_seed"]
 
 
 def shard_density(shard: Shard):
@@ -99,6 +35,8 @@ def shard_density(shard: Shard):
         bound.apply_defaults()
         arguments = bound.arguments
         if arguments["y"] is not None and arguments["subsample_size"] is None:
+            # alpha and beta are real (identity map, no log-Jacobian): the prior's 1/C is the whole tempering,
+            # so this closed form is the density of shard.target()
             return LogisticDensity(arguments["x"], arguments["y"], prior_scale=arguments["prior_scale"],
                                    prior_weight=shard.prior_exponent)
     return PyroDensity(shard)
@@ -148,7 +86,15 @@ class _TaskContext:
 
 @dataclass
 class NUTSSampler:
-    """Pyro's NUTS on one shard: ``num_warmup`` steps of adaptation, then the draws (one chain)."""
+    """Pyro's NUTS on one shard: ``num_warmup`` steps of adaptation, then the draws (one chain).
+
+    NUTS runs on the potential :math:`-\\log f_c(z)` of the shard's
+    :meth:`~bayeskit.sharding.Shard.target`, on the flat unconstrained vector.
+    Not on the tempered Pyro model: Pyro's NUTS would add each site's
+    log-Jacobian in full, where the sub-posterior takes only its 1/C share.
+    It starts, as Pyro's default ``init_to_uniform`` does, from a uniform
+    point of :math:`[-2, 2]^d`.
+    """
 
     num_warmup: int = 500
     jit_compile: bool = False
@@ -158,11 +104,33 @@ class NUTSSampler:
         from pyro.infer import MCMC, NUTS
 
         pyro.set_rng_seed(seed)
-        kernel = NUTS(shard.tempered_model(), jit_compile=self.jit_compile, ignore_jit_warnings=True,
+        target = shard.target()
+        kernel = NUTS(potential_fn=_Potential(target), jit_compile=self.jit_compile, ignore_jit_warnings=True,
                       max_tree_depth=self.max_tree_depth)
-        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=self.num_warmup, disable_progbar=True)
-        mcmc.run(*shard.args, **shard.kwargs)
-        return shard.target().unconstrain(mcmc.get_samples())
+        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=self.num_warmup, disable_progbar=True,
+                    initial_params={"z": _uniform_start(target, seed)})
+        mcmc.run()
+        return mcmc.get_samples()["z"].to(target.dtype)
+
+
+@dataclass
+class _Potential:
+    """``{"z": (dim,)} -> -log f_c(z)``: a target as the potential energy Pyro's HMC/NUTS take."""
+
+    target: object
+
+    def __call__(self, params):
+        return -self.target.log_prob(params["z"])
+
+
+def _uniform_start(target, seed, tries=100):
+    """A point of ``[-2, 2]^dim`` where the target's log density is finite (Pyro's ``init_to_uniform``)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(tries):
+        start = (4 * torch.rand(target.dim, generator=generator, dtype=target.dtype) - 2).to(target.device)
+        if torch.isfinite(target.log_prob(start)):
+            return start
+    raise ValueError(f"found no point of finite log density in [-2, 2]^{target.dim} for {target.description}")
 
 
 @dataclass

@@ -1,29 +1,29 @@
 """SG-MCMC engines: SGLD, pSGLD, SGHMC and SGNHT on a Pyro model or a Target.
 
-Each engine runs ``num_chains`` chains in one batched step (one model call
-scores all chains on the same minibatch), follows a step-size schedule
+Each engine runs ``num_chains`` chains in one batched step, follows a step-size schedule
 (constant, polynomial decay or cyclical), discards ``num_warmup`` steps,
 keeps every ``thin``-th state and returns a :class:`~bayeskit.Posterior`
 with draws shaped ``(chain, draw, ...)``, so ArviZ's r_hat and ESS apply.
 
 Minibatches come from the model: write ``pyro.plate("data", N,
 subsample_size=B)`` and each step sees a fresh minibatch, scaled by
-``N / B``.
+``N / B``; each chain its own (one model call per chain, see
+:func:`log_prob_and_score_per_chain`), unless ``share_minibatches=True``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from bayeskit.inference.sgmcmc.kernels import (AdaptiveSGHMCKernel, PSGLDKernel, SGHMCKernel, SGLDKernel,
-                                               SGMCMCState, SGNHTKernel, _positive)
+                                               SGMCMCState, SGNHTKernel, _positive, sgld_step)
 from bayeskit.inference.sgmcmc.schedules import make_schedule
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
-__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "SGMCMCRun"]
+__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "SGMCMCRun", "log_prob_and_score_per_chain"]
 
 #: Full-data pointwise log-likelihoods are exported up to this many numbers (chains x draws x rows).
 MAX_LOG_LIKELIHOOD_SIZE = 50_000_000
@@ -43,12 +43,262 @@ class SGMCMCRun:
     draw_log_prob: torch.Tensor
     num_collected: int
     step: int
+    adaptation: dict | None = None  # the warm-up's estimates when step_size=None (see WarmupAdaptation)
 
 
 def _positive_int(name, value, minimum=1):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def log_prob_and_score_per_chain(target, points, share_minibatches=False):
+    """Log density and score of ``points`` ``(chains, ..., dim)``, each chain on its own minibatch.
+
+    A subsampling target (``target.subsampled``: a Pyro model with
+    ``pyro.plate(..., subsample_size=B)``, eager or ``jit_compile=True``)
+    draws one minibatch per call and scores every point of that call on it.
+    Scoring all chains in one call would give them the same minibatch at
+    every step: the gradient noise (up to half of each step's noise under
+    the adapted step-size rules) would then be common to all chains, which
+    drift together, are not independent, and make ArviZ's multi-chain ESS
+    overstate the precision many-fold.  So a subsampling target with more
+    than one chain is called once per chain (each call a fresh, independent
+    minibatch; the points of one chain, e.g. a curvature probe's pair, share
+    it).  ``share_minibatches=True``, or a target that does not subsample,
+    takes one call for all.  Returns shapes ``(chains, ...)`` and
+    ``(chains, ..., dim)``.
+    """
+    if share_minibatches or points.shape[0] == 1 or not getattr(target, "subsampled", False):
+        return target.log_prob_and_score(points)
+    pairs = [target.log_prob_and_score(points[chain:chain + 1]) for chain in range(points.shape[0])]
+    return torch.cat([log_prob for log_prob, _ in pairs]), torch.cat([score for _, score in pairs])
+
+
+# ------------------------------------------------------------------ warm-up adaptation (step_size=None)
+# All rules below work in the mass-scaled coordinates x = M^(1/2) theta (M diagonal), where the
+# estimates read: v_i = V_i / M_i, the stochastic score's noise variance, and omega^2, the largest
+# curvature: the largest eigenvalue of the preconditioned Hessian M^(-1/2) H M^(-1/2), estimated by power
+# iteration (see power_iteration).  It is at least max_i H_i / M_i (1 when M is the curvature itself), and
+# far above it where the coordinates are coupled (a small neural network's weights: 70-350 against 1).
+
+#: Size of the curvature probe in (estimated) posterior sds: local, yet far above float32 round-off.
+PROBE_SIZE = 0.1
+#: SGLD inflates a Gaussian's variance by 1 / (1 - epsilon omega^2 / 4) (the AR(1) recursion):
+#: epsilon omega^2 <= 0.12 keeps that at 3%.
+SGLD_DISCRETISATION = 0.12
+#: SGHMC/SGNHT's Euler scheme, critically damped (alpha = 2 omega): epsilon omega <= 0.25 keeps the
+#: stationary variance within 2% (discrete Lyapunov equation; 1.3% at 0.2, 3.3% at 0.3).
+HMC_DISCRETISATION = 0.25
+#: SGNHT's per-step momentum noise ``q = 2 A epsilon + epsilon^2 v`` (in units of T): the thermostat sets
+#: ``1 - exp(-2 epsilon xi) = q`` and the position variance then falls short by about ``q / 4`` (discrete
+#: Lyapunov equation with the kinetic energy pinned at T): 0.1 keeps that at 2.5%.
+SGNHT_NOISE_BUDGET = 0.1
+#: SGLD's step while the warm-up first travels to the posterior: ``min(0.5, 1 / omega^2)`` (stable up to
+#: epsilon omega^2 < 4); the gradient noise it leaves uncorrected only widens the warm-up, which is discarded.
+TRAVEL_STEP = 0.5
+#: Power iterations for omega^2: at the start of the warm-up (from a random vector), at the end of each
+#: estimation window (warm-started), and one per step in the first window (where the mass changes per step).
+START_POWER_ITERATIONS = 10
+WINDOW_POWER_ITERATIONS = 5
+#: A warm-up step is undone (and the step halved until the window ends) where a chain's log density turns
+#: non-finite or falls by more than ``|log p_prev| + REJECT_SLACK * dim`` (more than doubles in size):
+#: divergence, not minibatch noise.
+REJECT_SLACK = 10.0
+#: The first 3/4 of the warm-up estimates; the last 1/4 runs the frozen kernel (momentum, thermostat settle).
+ADAPT_FRACTION = 0.75
+MIN_ADAPTIVE_WARMUP = 50
+
+
+def warmup_windows(num_warmup: int) -> list[int]:
+    """Ends of the estimation windows: ``(1, 3, 7, 15) / 15`` of the adaptation phase.
+
+    Each window doubles the last (Stan's slow windows) and its estimates
+    replace the previous ones at its end, so the final estimates come from
+    the last 8/15 of the phase, after the chains have left their starting
+    points.  In the first window the estimates are running means.
+    """
+    steps = int(ADAPT_FRACTION * num_warmup)
+    return sorted({max(1, round(steps * k / 15)) for k in (1, 3, 7, 15)})
+
+
+def probe_gradients(target, position, score, curvature, share_minibatches=False):
+    """One warm-up observation per chain: the curvature, gradient-noise and squared-score per coordinate.
+
+    * Curvature ``H_ii = -d^2 log p / d theta_i^2`` (Hutchinson's estimator):
+      with Rademacher signs ``s`` and ``delta = PROBE_SIZE * sd * s``, scored
+      *in one call* together with ``theta`` (so both see the same minibatch,
+      one per chain, and the difference carries no gradient noise),
+      ``E[-s_i (g(theta + delta) - g(theta))_i] / (PROBE_SIZE sd_i) = H_ii``.
+      It is the local curvature, valid on the way to the posterior too, unlike
+      the Fisher identity ``E[g^2] = H``, which holds only at stationarity and
+      is buried under the minibatch noise when ``N / B`` is large.
+    * Gradient noise ``V_ii`` (Chen et al.'s ``B_hat``, up to ``epsilon / 2``):
+      the probe's ``g(theta)`` and the step's score come from two independent
+      minibatches at the same point, so ``E[(g_1 - g_2)^2] / 2 = V_ii``, free of
+      the chain's own motion (which a moving variance of the scores includes).
+    * ``g^2``, the score's second moment (Springenberg et al.'s ``V_hat``).
+    """
+    sd = curvature.rsqrt()
+    signs = torch.randint(0, 2, position.shape, device=position.device).to(position.dtype) * 2 - 1
+    pairs = torch.stack([position, position + PROBE_SIZE * sd * signs], dim=1)  # (chains, 2, dim)
+    _, pairs = log_prob_and_score_per_chain(target, pairs, share_minibatches)
+    here, moved = pairs.unbind(1)
+    hessian = -(signs * (moved - here)) / (PROBE_SIZE * sd)
+    return torch.stack([hessian, hessian.abs(), 0.5 * (here - score) ** 2, score * score]).mean(1)
+
+
+def power_iteration(target, position, mass, vector, iterations, share_minibatches=False):
+    """Per chain, the largest eigenvalue (in size) of ``A = M^(-1/2) H M^(-1/2)`` by power iteration.
+
+    Each iteration scores ``theta`` and ``theta + h M^(-1/2) u`` (``|u| = 1``,
+    ``h = PROBE_SIZE``) *in one call* per chain, as :func:`probe_gradients`
+    pairs its points, so both see the same minibatch and the finite difference
+    ``A u = -M^(-1/2) (g(theta + h M^(-1/2) u) - g(theta)) / h`` carries no
+    gradient noise; each iteration draws a fresh minibatch, so ``u`` follows
+    the mean Hessian rather than one minibatch's (whose top eigenvalue is
+    biased upwards).  Returns the Rayleigh quotients' sizes ``|u' A u|``, averaged
+    over the iterations after the first (``(chains,)``; NaN where none was
+    finite), and the last vectors ``(chains, dim)`` to warm-start the next call.
+    """
+    inv_sqrt_mass = mass.rsqrt()
+    total, count = position.new_zeros(position.shape[0]), position.new_zeros(position.shape[0])
+    for iteration in range(iterations):
+        pairs = torch.stack([position, position + PROBE_SIZE * inv_sqrt_mass * vector], dim=1)
+        _, pairs = log_prob_and_score_per_chain(target, pairs, share_minibatches)
+        here, moved = pairs.unbind(1)
+        product = -(moved - here) * inv_sqrt_mass / PROBE_SIZE
+        quotient = (vector * product).sum(-1)
+        norm = product.norm(dim=-1, keepdim=True)
+        usable = torch.isfinite(norm) & (norm > 0)
+        vector = torch.where(usable, product / torch.where(usable, norm, torch.ones_like(norm)), vector)
+        if iteration > 0 or iterations == 1:
+            finite = torch.isfinite(quotient)
+            total = total + torch.where(finite, quotient.abs(), torch.zeros_like(quotient))
+            count = count + finite.to(total.dtype)
+    return total / count, vector
+
+
+def _omega2_from(quotients):
+    """``omega^2`` for ``M = H_hat``: the largest chain's eigenvalue, at least 1 (the diagonal's
+    ``max_i H_i / M_i``: ``A``'s largest eigenvalue is never below its largest diagonal entry)."""
+    finite = torch.isfinite(quotients)
+    largest = torch.where(finite, quotients, torch.zeros_like(quotients)).max()
+    return largest.clamp_min(1.0)
+
+
+def _refresh_omega2(adaptation, target, position, iterations, share_minibatches=False):
+    """Re-estimate ``omega2`` for the current mass ``curvature`` by ``iterations`` power iterations."""
+    quotients, vector = power_iteration(target, position, adaptation["curvature"], adaptation["power_vector"],
+                                        iterations, share_minibatches)
+    return {**adaptation, "omega2": _omega2_from(quotients), "power_vector": vector}
+
+
+def _travel_step(omega2):
+    """The travel phase's SGLD step: ``min(TRAVEL_STEP, 1 / omega^2)``, a factor 4 inside stability."""
+    return torch.clamp(1.0 / omega2, max=TRAVEL_STEP)
+
+
+def _curvature_from(mean, mean_abs):
+    """A positive curvature: where the mean is not clearly positive (a saddle, a neck of a funnel),
+    a tenth of the mean absolute estimate, so that the mass stays on the local scale."""
+    curvature = torch.where(mean > 0.1 * mean_abs, mean, 0.1 * mean_abs)
+    return curvature.clamp_min(1e-12 * float(curvature.max()) + torch.finfo(curvature.dtype).tiny)
+
+
+def start_adaptation(target, position, score, share_minibatches=False):
+    """The first estimates: the curvature from three probes at growing precision (the first on a unit
+    scale), ``omega2`` from :data:`START_POWER_ITERATIONS` power iterations (random start), the travel
+    step from it, everything else from the first observation."""
+    curvature = torch.ones(position.shape[-1], dtype=position.dtype, device=position.device)
+    for _ in range(3):
+        observed = probe_gradients(target, position, score, curvature, share_minibatches)
+        if not bool(torch.isfinite(observed).all()):
+            break
+        curvature = _curvature_from(observed[0], observed[1])
+    zeros = torch.zeros_like(curvature)
+    vector = torch.randn_like(position)
+    vector = vector / vector.norm(dim=-1, keepdim=True)
+    adaptation = {"curvature": curvature, "noise": zeros, "square": zeros, "sums": zeros.new_zeros(4, len(zeros)),
+                  "count": zeros.new_zeros(()), "power_vector": vector, "backoff": zeros.new_ones(())}
+    adaptation = _refresh_omega2(adaptation, target, position, START_POWER_ITERATIONS, share_minibatches)
+    return {**adaptation, "step_size": _travel_step(adaptation["omega2"])}
+
+
+def observe(adaptation, target, position, score, share_minibatches=False):
+    """Add one probe to the window's sums (a non-finite probe is skipped)."""
+    observed = probe_gradients(target, position, score, adaptation["curvature"], share_minibatches)
+    finite = torch.isfinite(observed).all()
+    sums = adaptation["sums"] + torch.where(finite, observed, torch.zeros_like(observed))
+    return {**adaptation, "sums": sums, "count": adaptation["count"] + finite.to(sums.dtype)}
+
+
+def estimate(adaptation, *, reset):
+    """Window means -> ``curvature``, ``noise``, ``square``; ``reset`` starts the next window."""
+    count = adaptation["count"]
+    if float(count) == 0:
+        return adaptation
+    mean = adaptation["sums"] / count
+    estimates = {"curvature": _curvature_from(mean[0], mean[1]), "noise": mean[2], "square": mean[3]}
+    if reset:
+        estimates.update(sums=torch.zeros_like(adaptation["sums"]), count=torch.zeros_like(count))
+    return {**adaptation, **estimates}
+
+
+def scaled_estimates(adaptation, mass):
+    """``v`` (per coordinate) and ``omega`` (a scalar) in the coordinates of ``mass``.
+
+    ``omega^2`` is the largest eigenvalue of ``M^(-1/2) H M^(-1/2)``: the power
+    iteration's ``omega2`` (measured for ``M = H_hat``), times
+    ``max_i H_hat_i / M_i`` for another mass (``M^(-1/2) H M^(-1/2) = D A D``
+    with ``D^2 = H_hat / M``, whose largest eigenvalue is at most
+    ``max D^2`` times ``A``'s): exact for ``M = H_hat``, a bound otherwise.
+    """
+    mass = torch.as_tensor(mass, dtype=adaptation["curvature"].dtype, device=adaptation["curvature"].device)
+    mass = mass.expand_as(adaptation["curvature"])
+    omega2 = adaptation["omega2"] * (adaptation["curvature"] / mass).max()
+    return mass, adaptation["noise"] / mass, omega2.sqrt()
+
+
+def sgld_step_size_rule(noise, omega, temperature):
+    """SGLD's step in ``x``: ``epsilon = min(2 T / max_i v_i, 0.12 / omega^2)``.
+
+    The minibatch noise adds ``(epsilon/2)^2 v_i`` to a step, so at most half
+    of the injected ``epsilon T`` may come from it (``epsilon^2 v / 4 <=
+    epsilon T / 2``), the rest being injected (the ``B_hat`` correction of
+    :func:`~bayeskit.inference.sgmcmc.kernels.sgld_step`); and the Euler bias
+    ``1 / (1 - epsilon omega^2 / 4)`` stays near 3%.
+    """
+    return torch.minimum(2 * temperature / noise.max(), SGLD_DISCRETISATION / omega**2)
+
+
+def sgnht_step_size_rule(diffusion, noise, omega, temperature):
+    """SGNHT's step in ``x``: the root of ``epsilon (2 A + epsilon max_i v_i / T) = 0.1``, at most ``0.25 / omega``.
+
+    The thermostat drives the kinetic energy to ``T`` whatever the noise, so
+    no noise bound is needed for validity (Ding et al., 2014); but it does so
+    by raising ``xi`` until ``1 - exp(-2 epsilon xi) = q``, the momentum noise
+    per step, and with the kinetic energy pinned at ``T`` the Euler scheme
+    under-disperses the position by about ``q / 4``.  Keeping
+    ``q = 2 A epsilon + epsilon^2 v / T <= 0.1`` bounds that at 2.5%; the
+    root is written ``0.1 / (A + sqrt(A^2 + 0.1 v / T))`` so that ``v = 0``
+    (full data) gives ``0.05 / A``.
+    """
+    budget = SGNHT_NOISE_BUDGET
+    step_size = budget / (diffusion + (diffusion**2 + budget * noise.max() / temperature).sqrt())
+    return torch.minimum(step_size, HMC_DISCRETISATION / omega)
+
+
+def hmc_step_size_rule(friction, noise, omega, temperature):
+    """SGHMC's/SGNHT's step in ``x``: ``epsilon = min(alpha T / max_i v_i, 0.25 / omega)``.
+
+    The minibatch noise adds ``epsilon^2 v_i`` to the momentum per step, the
+    dynamics need ``2 alpha epsilon T``: at most half may come from the
+    minibatches (Chen et al.'s condition ``alpha > epsilon v / 2`` with a
+    factor 2 to spare, which also bounds the error of a Gaussian noise model);
+    ``epsilon omega <= 0.25`` bounds the Euler error.
+    """
+    return torch.minimum(friction * temperature / noise.max(), HMC_DISCRETISATION / omega)
 
 
 class SGMCMC(Engine):
@@ -59,8 +309,15 @@ class SGMCMC(Engine):
     model_or_target : callable or Target
         A Pyro model (use ``pyro.plate(..., subsample_size=B)`` for
         minibatches) or a :class:`~bayeskit.Target`.
-    step_size : float
+    step_size : float or None
         The base step size ``epsilon`` (see each engine for its meaning).
+        ``None`` (SGLD, SGHMC, AdaptiveSGHMC, SGNHT): the warm-up adapts the
+        diagonal mass, the gradient-noise estimate, the friction and the step
+        by the rules of :meth:`tune` (needs ``num_warmup >= 50``), with
+        ``omega^2`` the largest eigenvalue of the mass-preconditioned Hessian
+        (by power iteration, see :func:`power_iteration`); the
+        schedule then scales the chosen step.  The chosen values are in
+        ``post.meta["adapted"]``.
     num_samples : int
         Draws kept per chain.
     num_warmup : int
@@ -68,6 +325,14 @@ class SGMCMC(Engine):
     num_chains : int
         Chains advanced together in one batched step (default 4, so that
         r_hat is defined).
+    share_minibatches : bool
+        With a subsampling model, score all chains on ONE minibatch per step
+        (one model call instead of one per chain: up to ``num_chains`` times
+        fewer calls).  The chains then share their gradient noise and are
+        *not independent*: they drift together, and r_hat and ArviZ's
+        multi-chain ESS, which assume independent chains, overstate
+        convergence and precision (many-fold when ``N / B`` is large).
+        Default False: each chain draws its own minibatch.
     thin : int
         Keep every ``thin``-th state after warm-up.
     schedule : str or schedule object
@@ -85,18 +350,32 @@ class SGMCMC(Engine):
     """
 
     name = "SG-MCMC"
+    #: Whether ``step_size=None`` is understood (the warm-up then chooses it; see :meth:`tune`).
+    adapts_step_size = False
 
-    def __init__(self, model_or_target, *, step_size, num_samples=1000, num_warmup=1000, num_chains=4, thin=1,
-                 schedule="constant", temperature=1.0, init=None, dims=None, coords=None):
+    def __init__(self, model_or_target, *, step_size=None, num_samples=1000, num_warmup=1000, num_chains=4,
+                 thin=1, schedule="constant", temperature=1.0, init=None, dims=None, coords=None,
+                 share_minibatches=False):
         super().__init__(model_or_target)
-        self.step_size = _positive("step_size", step_size)
+        if step_size is None and not self.adapts_step_size:
+            raise ValueError(f"{self.name} needs a step_size (it has no step-size rule)")
+        self.step_size = None if step_size is None else _positive("step_size", step_size)
         self.num_samples = _positive_int("num_samples", num_samples)
         self.num_warmup = _positive_int("num_warmup", num_warmup, minimum=0)
+        if self.step_size is None and self.num_warmup < MIN_ADAPTIVE_WARMUP:
+            raise ValueError(f"step_size=None adapts the step size during the warm-up: num_warmup must be "
+                             f">= {MIN_ADAPTIVE_WARMUP} (got {num_warmup}), or give step_size")
         self.num_chains = _positive_int("num_chains", num_chains)
+        if not isinstance(share_minibatches, bool):
+            raise TypeError(f"share_minibatches must be True or False, got {share_minibatches!r}")
+        self.share_minibatches = share_minibatches
         self.thin = _positive_int("thin", thin)
         self.temperature = _positive("temperature", temperature)
         self.schedule = make_schedule(schedule)
-        self.plan = self.schedule.plan(self.step_size, self.num_warmup, self.num_samples, self.thin)
+        # Adapted runs follow the schedule's shape relative to the step the warm-up chooses.
+        self.plan = self.schedule.plan(1.0 if self.step_size is None else self.step_size, self.num_warmup,
+                                       self.num_samples, self.thin)
+        self.windows = warmup_windows(self.num_warmup) if self.step_size is None else []
         # (step size, noise, collect) per step as Python values: no tensor indexing in the hot loop
         self.steps = list(zip(self.plan.step_sizes.tolist(), self.plan.noise.tolist(), self.plan.collect.tolist()))
         self.initial_position = init
@@ -107,9 +386,87 @@ class SGMCMC(Engine):
         raise NotImplementedError
 
     def settings(self):
-        return {"step_size": self.step_size, "num_samples": self.num_samples, "num_warmup": self.num_warmup,
-                "num_chains": self.num_chains, "thin": self.thin, **self.schedule.settings(),
-                **self.kernel.settings()}
+        kernel = self.kernel.settings()
+        if self.step_size is None:  # the kernel's bound values are placeholders until the warm-up ends
+            kernel.update({name: "adapted" for name in self.adapted_settings()})
+        return {"step_size": "adapted" if self.step_size is None else self.step_size,
+                "num_samples": self.num_samples, "num_warmup": self.num_warmup,
+                "num_chains": self.num_chains, "share_minibatches": self.share_minibatches, "thin": self.thin,
+                **self.schedule.settings(), **kernel}
+
+    # ------------------------------------------------------------ warm-up adaptation
+    def adapted_settings(self) -> list[str]:
+        """The kernel settings the warm-up chooses when ``step_size=None`` (those the user left unset)."""
+        return []
+
+    def tune(self, adaptation) -> dict:
+        """The frozen sampler from the warm-up's estimates: ``step_size`` and ``tuned_*`` kernel settings."""
+        raise NotImplementedError
+
+    def settle(self, kernel_state, adaptation):
+        """Prepare the kernel state for the frozen sampler (e.g. SGNHT's thermostat); default: as is."""
+        return kernel_state
+
+    def _adaptive_step(self, state, target, log_prob, score, multiplier, noise):
+        """A warm-up step of an adapted run: observe, re-estimate at window ends, move.
+
+        Until the last window ends the chains move by SGLD preconditioned with
+        the estimated curvature (``M = H_hat``, a Newton-like scaling valid far
+        from the posterior too): at ``min(TRAVEL_STEP, 1 / omega^2)`` for the
+        first two windows, to reach the posterior fast, then at
+        :func:`sgld_step_size_rule`.  ``omega^2`` (the largest eigenvalue of
+        ``M^(-1/2) H M^(-1/2)``) comes from :func:`power_iteration`: at the
+        start, once per step in the first window (the mass changes every
+        step) and at each window's end.  A step after which a chain's log
+        density is non-finite or has more than doubled in size (see
+        :data:`REJECT_SLACK`) is undone for that chain, which restarts from its
+        previous state, and the step is halved until the window ends: warm-up
+        draws are discarded, so a divergence there costs steps, never the run.
+        At the end the engine's :meth:`tune` fixes its kernel for good.
+        Returns the new kernel state, the adaptation, the step and the
+        log density of the point moved from.
+        """
+        adaptation = state.adaptation
+        position = state.kernel_state.position
+        if not adaptation:
+            adaptation = start_adaptation(target, position, score, self.share_minibatches)
+        elif "previous_position" in adaptation:
+            previous = adaptation["previous_log_prob"]
+            diverged = ~torch.isfinite(log_prob) | ~torch.isfinite(score).all(-1) | (
+                log_prob < previous - previous.abs() - REJECT_SLACK * position.shape[-1])
+            diverged = diverged & torch.isfinite(previous)
+            if bool(diverged.any()):  # redo from the previous state, at half the step
+                back = diverged.unsqueeze(-1)
+                position = torch.where(back, adaptation["previous_position"], position)
+                score = torch.where(back, adaptation["previous_score"], score)
+                log_prob = torch.where(diverged, previous, log_prob)
+                state.kernel_state = replace(state.kernel_state, position=position)
+                adaptation = {**adaptation, "backoff": 0.5 * adaptation["backoff"]}
+        adaptation = observe(adaptation, target, position, score, self.share_minibatches)
+        steps_done = state.step + 1
+        if steps_done in self.windows or steps_done < self.windows[0]:
+            adaptation = estimate(adaptation, reset=steps_done in self.windows)
+            iterations = WINDOW_POWER_ITERATIONS if steps_done in self.windows else 1
+            adaptation = _refresh_omega2(adaptation, target, position, iterations, self.share_minibatches)
+            if steps_done in self.windows:
+                adaptation["backoff"] = torch.ones_like(adaptation["backoff"])
+            if steps_done >= self.windows[min(1, len(self.windows) - 1)]:
+                _, noise_x, omega = scaled_estimates(adaptation, adaptation["curvature"])
+                adaptation["step_size"] = sgld_step_size_rule(noise_x, omega, self.temperature)
+            else:
+                adaptation["step_size"] = _travel_step(adaptation["omega2"])
+        mass = adaptation["curvature"]
+        step_size = multiplier * adaptation["step_size"] * adaptation["backoff"]
+        kernel_state = sgld_step(state.kernel_state, score, step_size, temperature=self.temperature, noise=noise,
+                                 mass=mass, noise_estimate=adaptation["noise"] / mass)
+        if steps_done == self.windows[-1]:
+            adaptation = {name: value for name, value in adaptation.items() if not name.startswith("previous_")}
+            adaptation = {**adaptation, **self.tune(adaptation)}
+            kernel_state = self.settle(kernel_state, adaptation)
+        else:
+            adaptation = {**adaptation, "previous_position": position, "previous_score": score,
+                          "previous_log_prob": log_prob}
+        return kernel_state, adaptation, step_size, log_prob
 
     def run(self, *model_args, seed=None, progress=True, callback=None, checkpoint=None, checkpoint_every=100,
             resume=False, **model_kwargs) -> Posterior:
@@ -145,14 +502,25 @@ class SGMCMC(Engine):
         position = self._start(target, generator)
         draws = position.new_zeros(self.num_chains, self.plan.num_draws, target.dim)
         return SGMCMCRun(self.kernel.init(position), draws, position.new_zeros(self.num_chains,
-                                                                              self.plan.num_draws), 0, 0)
+                                                                              self.plan.num_draws), 0, 0,
+                         {} if self.step_size is None else None)
 
     def step(self, state, target):
         step_size, noise, collect = self.steps[state.step]
-        log_prob, score = target.log_prob_and_score(state.kernel_state.position)
-        kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise,
-                                        **self.kernel_options(state))
-        return state, self.record(state, kernel_state, log_prob, collect)
+        log_prob, score = log_prob_and_score_per_chain(target, state.kernel_state.position, self.share_minibatches)
+        if state.adaptation is None:
+            kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise,
+                                            **self.kernel_options(state))
+            return state, self.record(state, kernel_state, log_prob, collect)
+        if state.step < self.windows[-1]:
+            kernel_state, state.adaptation, step_size, log_prob = self._adaptive_step(state, target, log_prob,
+                                                                                       score, step_size, noise)
+        else:  # the frozen kernel: a fixed SG-MCMC sampler from here on
+            tuned = {name[len("tuned_"):]: value for name, value in state.adaptation.items()
+                     if name.startswith("tuned_")}
+            step_size = step_size * state.adaptation["step_size"]
+            kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise, **tuned)
+        return state, {**self.record(state, kernel_state, log_prob, collect), "step_size": step_size}
 
     def kernel_options(self, state) -> dict:
         """Extra keyword arguments of this step's kernel update (none, unless an engine adapts)."""
@@ -182,26 +550,37 @@ class SGMCMC(Engine):
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, state):
-        return {"kernel": state.kernel_state.tensors(), "draws": state.draws, "draw_log_prob": state.draw_log_prob,
-                "num_collected": state.num_collected, "step": state.step}
+        saved = {"kernel": state.kernel_state.tensors(), "draws": state.draws,
+                 "draw_log_prob": state.draw_log_prob, "num_collected": state.num_collected, "step": state.step}
+        if state.adaptation is not None:
+            saved["adaptation"] = state.adaptation
+        return saved
 
     def snapshot(self, state):
         # Kept draws are written once and never changed, so the buffer is
         # shared rather than copied every step; num_collected marks what counts.
+        # (The adaptation's tensors are replaced, never written in place: sharing them is safe too.)
         return {**self.state_dict(state), "kernel": {name: value.clone()
                                                      for name, value in state.kernel_state.tensors().items()}}
 
     def load_state(self, target, saved):
         kernel_state = SGMCMCState(**{name: value.to(device=target.device, dtype=target.dtype)
                                       for name, value in saved["kernel"].items()})
+        adaptation = saved.get("adaptation")
+        if adaptation is not None:
+            adaptation = {name: value.to(device=target.device, dtype=target.dtype)
+                          for name, value in adaptation.items()}
         return SGMCMCRun(kernel_state, saved["draws"].to(device=target.device, dtype=target.dtype),
                          saved["draw_log_prob"].to(device=target.device, dtype=target.dtype),
-                         int(saved["num_collected"]), int(saved["step"]))
+                         int(saved["num_collected"]), int(saved["step"]), adaptation)
 
     # ------------------------------------------------------------ export
     def to_posterior(self, state, target, trace, meta):
         meta = {**meta, "sample_kind": "mcmc"}
-        if "log_prob" in trace:  # the step sizes are the plan's; no need to record them per step
+        if state.adaptation:  # what the warm-up chose, for the record (and to reuse as explicit settings)
+            meta["adapted"] = {name.removeprefix("tuned_"): value.tolist() for name, value in state.adaptation.items()
+                               if name.startswith("tuned_") or name in ("step_size", "omega2")}
+        if "log_prob" in trace and "step_size" not in trace:  # the plan's; no need to record them per step
             trace = {**trace, "step_size": self.plan.step_sizes[:len(trace["log_prob"])]}
         if state.num_collected:
             draws = state.draws[:, :state.num_collected]
@@ -210,38 +589,12 @@ class SGMCMC(Engine):
             draws = state.kernel_state.position.unsqueeze(1)
             log_prob = target.log_prob(draws).detach()
             meta["note"] = "no draws were kept (stopped during warm-up); the posterior holds the last state"
-        _warn_on_runaway_chains(log_prob, target.dim)
         with torch.no_grad():
-            samples = target.constrain(draws)
+            samples = target.draws(draws)
         return Posterior(samples, sample_stats={"log_prob": log_prob}, trace=trace, meta=meta,
                          observed_data=target.observed_data or None,
                          log_likelihood=_pointwise_log_likelihood(target, draws),
                          dims=self.dims, coords=self.coords)
-
-
-def _warn_on_runaway_chains(log_prob, dim):
-    """Warn when a chain's draws sit far below the best chain's log density.
-
-    A chain can run off to huge but finite values (a step size too large for
-    it, the restart of a cyclical schedule) without any NaN to stop the run,
-    and averages over all chains hide it.  At stationarity a draw's log
-    density varies by about ``sqrt(dim / 2)``; a median more than
-    ``max(100, 10 sqrt(dim))`` below the best chain's is flagged.
-    """
-    if log_prob.shape[0] < 2:
-        return
-    medians = log_prob.median(dim=1).values
-    best = medians.max()
-    gap = max(100.0, 10 * dim**0.5)
-    behind = (medians < best - gap).nonzero().flatten().tolist()
-    if behind:
-        import warnings
-
-        values = ", ".join(f"chain {c}: {float(medians[c]):.4g}" for c in behind)
-        warnings.warn(f"median log density of the draws far below the best chain's ({float(best):.4g}): {values}. "
-                      "Those chains may not have converged yet (warm-up too short), have run off (step size "
-                      "too large for them) or be stuck in a poor mode; look at post.sample_stats['log_prob'] "
-                      "per chain before pooling them.", stacklevel=6)
 
 
 def _pointwise_log_likelihood(target, draws):
@@ -267,9 +620,19 @@ class SGLD(SGMCMC):
     """
 
     name = "SGLD"
+    adapts_step_size = True
 
     def make_kernel(self):
         return SGLDKernel(temperature=self.temperature)
+
+    def adapted_settings(self):
+        return ["mass", "noise_estimate"]
+
+    def tune(self, adaptation):
+        """``M = H_hat``, ``v = V_hat / M``, ``epsilon`` by :func:`sgld_step_size_rule`."""
+        mass, noise, omega = scaled_estimates(adaptation, adaptation["curvature"])
+        return {"step_size": sgld_step_size_rule(noise, omega, self.temperature), "tuned_mass": mass,
+                "tuned_noise_estimate": noise}
 
 
 class PSGLD(SGMCMC):
@@ -293,26 +656,49 @@ class PSGLD(SGMCMC):
 class SGHMC(SGMCMC):
     """Stochastic gradient Hamiltonian Monte Carlo (Chen, Fox and Guestrin, ICML 2014).
 
+    With ``step_size=None`` (the default) the warm-up chooses ``mass``
+    (the curvature), ``noise_estimate`` (the minibatch noise, measured),
+    ``friction`` (``2 omega``, critical damping) and the step
+    (:func:`hmc_step_size_rule`), each only where left unset.  Otherwise
     ``step_size`` is the time step ``epsilon`` of the Langevin dynamics with
     momentum; ``friction`` is ``alpha`` per unit time (default
     ``0.1 / step_size``: a momentum decay of 0.1 per step, a common choice in
-    Chen et al.'s practical form); ``noise_estimate`` the gradient-noise variance ``beta_hat`` (0,
-    a number, or ``"ema"``); ``mass`` a scalar or diagonal mass (set it near
+    Chen et al.'s practical form); ``noise_estimate`` the gradient-noise variance ``beta_hat`` (default 0,
+    a number, or ``"ema"``); ``mass`` a scalar (default 1) or diagonal mass (set it near
     the posterior precision on narrow posteriors; see
     :func:`~bayeskit.inference.sgmcmc.kernels.sghmc_step`).  In Chen et al.'s practical form the learning
     rate is ``epsilon**2`` and the momentum decay ``epsilon * friction``.
     """
 
     name = "SGHMC"
+    adapts_step_size = True
 
-    def __init__(self, model_or_target, *, friction=None, noise_estimate=0.0, mass=1.0, **kwargs):
+    def __init__(self, model_or_target, *, friction=None, noise_estimate=None, mass=None, **kwargs):
         self.friction, self.noise_estimate, self.mass = friction, noise_estimate, mass
         super().__init__(model_or_target, **kwargs)
 
     def make_kernel(self):
-        friction = 0.1 / self.step_size if self.friction is None else self.friction
-        return SGHMCKernel(temperature=self.temperature, friction=friction, noise_estimate=self.noise_estimate,
-                           mass=self.mass)
+        # With step_size=None the unset values are placeholders, replaced by the warm-up's.
+        friction = self.friction or (1.0 if self.step_size is None else 0.1 / self.step_size)
+        return SGHMCKernel(temperature=self.temperature, friction=friction,
+                           noise_estimate=0.0 if self.noise_estimate is None else self.noise_estimate,
+                           mass=1.0 if self.mass is None else self.mass)
+
+    def adapted_settings(self):
+        return [name for name in ("friction", "noise_estimate", "mass") if getattr(self, name) is None]
+
+    def tune(self, adaptation):
+        """``M = H_hat`` (unless given), ``alpha = 2 omega`` (critical damping of the stiffest direction,
+        unless given), ``v = V_hat / M`` as ``noise_estimate`` (unless given), ``epsilon`` by
+        :func:`hmc_step_size_rule`."""
+        mass, noise, omega = scaled_estimates(adaptation, adaptation["curvature"] if self.mass is None
+                                              else self.kernel.mass)
+        friction = 2 * omega if self.friction is None else omega.new_tensor(self.friction)
+        tuned = {"step_size": hmc_step_size_rule(friction, noise, omega, self.temperature), "tuned_mass": mass,
+                 "tuned_friction": friction}
+        if self.noise_estimate is None:
+            tuned["tuned_noise_estimate"] = noise
+        return tuned
 
 
 class AdaptiveSGHMC(SGMCMC):
@@ -338,6 +724,7 @@ class AdaptiveSGHMC(SGMCMC):
     """
 
     name = "AdaptiveSGHMC"
+    adapts_step_size = True
 
     def __init__(self, model_or_target, *, momentum_decay=0.05, **kwargs):
         self.momentum_decay = momentum_decay
@@ -348,6 +735,22 @@ class AdaptiveSGHMC(SGMCMC):
 
     def kernel_options(self, state):
         return {"adapt": state.step < self.num_warmup}  # the mass learns during burn-in only
+
+    def adapted_settings(self):
+        return ["mass", "friction", "noise_estimate"]
+
+    def tune(self, adaptation):
+        """``M = V_hat`` (the score's second moment, Springenberg et al.'s estimate, to the power 1: the
+        Fisher identity ``E[g^2] = H + V`` makes it the curvature plus the noise, and only the first power
+        scales with the posterior's units); ``epsilon = min(sqrt(mdecay T / max_i v_i), 0.25 / omega)``,
+        since the minibatch noise ``epsilon^2 v`` may supply at most half of the momentum's
+        ``2 mdecay T`` per step; friction ``mdecay / epsilon``; ``v = V_hat_noise / M`` as ``B_hat``."""
+        mass, noise, omega = scaled_estimates(adaptation, adaptation["square"].clamp_min(
+            float(adaptation["curvature"].min())))  # no coordinate with less mass than its curvature
+        decay = self.momentum_decay
+        step_size = torch.minimum((decay * self.temperature / noise.max()).sqrt(), HMC_DISCRETISATION / omega)
+        return {"step_size": step_size, "tuned_mass": mass, "tuned_friction": decay / step_size,
+                "tuned_noise_estimate": noise}
 
 
 class SGNHT(SGMCMC):
@@ -366,11 +769,32 @@ class SGNHT(SGMCMC):
     """
 
     name = "SGNHT"
+    adapts_step_size = True
 
-    def __init__(self, model_or_target, *, diffusion=None, mass=1.0, **kwargs):
+    def __init__(self, model_or_target, *, diffusion=None, mass=None, **kwargs):
         self.diffusion, self.mass = diffusion, mass
         super().__init__(model_or_target, **kwargs)
 
     def make_kernel(self):
-        diffusion = 0.1 / self.step_size if self.diffusion is None else self.diffusion
-        return SGNHTKernel(temperature=self.temperature, diffusion=diffusion, mass=self.mass)
+        diffusion = self.diffusion or (1.0 if self.step_size is None else 0.1 / self.step_size)
+        return SGNHTKernel(temperature=self.temperature, diffusion=diffusion, mass=1.0 if self.mass is None
+                           else self.mass)
+
+    def adapted_settings(self):
+        return [name for name in ("diffusion", "mass") if getattr(self, name) is None]
+
+    def tune(self, adaptation):
+        """``M = H_hat`` (unless given), ``A = omega`` (unless given; the thermostat adds ``epsilon v / 2``), ``epsilon`` by
+        :func:`sgnht_step_size_rule`."""
+        mass, noise, omega = scaled_estimates(adaptation, adaptation["curvature"] if self.mass is None
+                                              else self.kernel.mass)
+        diffusion = omega if self.diffusion is None else omega.new_tensor(self.diffusion)
+        step_size = sgnht_step_size_rule(diffusion, noise, omega, self.temperature)
+        # Where the thermostat will settle (Ding et al.: xi -> A + epsilon V / 2), so it need not travel there.
+        return {"step_size": step_size, "tuned_mass": mass, "tuned_diffusion": diffusion,
+                "thermostat": diffusion + 0.5 * step_size * noise.mean()}
+
+    def settle(self, kernel_state, adaptation):
+        return replace(kernel_state, thermostat=torch.full_like(kernel_state.thermostat,
+                                                                float(adaptation["thermostat"])),
+                       momentum=torch.zeros_like(kernel_state.momentum))

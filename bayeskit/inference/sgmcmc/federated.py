@@ -8,11 +8,12 @@ The data are split into ``S`` shards held by clients.  Each shard defines a
     \\pi_s(\\theta) \\propto p(\\theta)^{1/S}\\, p(x_s \\mid \\theta),
     \\qquad \\sum_{s=1}^S \\log \\pi_s(\\theta) = \\log p(\\theta \\mid x) + \\text{const},
 
-built by wrapping the model in :class:`PriorScaleMessenger` (see
-:func:`scale_prior`).  A chain lives on one shard at a time.  Every
-``local_steps`` steps (one communication *round*) the server reassigns each
-chain to a shard ``s`` drawn with probability ``f_s``; during the round the
-chain moves with the kernel's update driven by
+built by :func:`bayeskit.sharding.subposterior_target` (on the unconstrained
+vector, where the log-Jacobian of constrained sites is tempered with the
+prior).  A chain lives on one shard at a time.  Every ``local_steps``
+steps (one communication *round*) the server reassigns each chain to a
+shard ``s`` drawn with probability ``f_s``; during the round the chain
+moves with the kernel's update driven by
 
 - **DSGLD** (Ahn, Shahbaba and Welling, "Distributed stochastic gradient MCMC",
   ICML 2014):
@@ -45,21 +46,21 @@ seed, the round and the shard: both backends give the same draws.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
-from torch.distributions import constraints
 
-from bayeskit.inference.sgmcmc.engines import SGMCMC, _positive_int
+from bayeskit.inference.sgmcmc.engines import SGMCMC, _positive_int, log_prob_and_score_per_chain
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, _positive, make_kernel
 from bayeskit.parallel import BACKENDS, parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
+# The sub-posteriors (prior and log-Jacobian both tempered) live in bayeskit.sharding, shared with Fusion;
+# the names are re-exported here, where the federated engines' users have found them so far.
+from bayeskit.sharding import PriorScaledModel, PriorScaleMessenger, scale_prior, subposterior_target
 from bayeskit.target import Target
 
 __all__ = ["PriorScaleMessenger", "scale_prior", "PriorScaledModel", "subposterior_target", "GaussianSurrogate",
@@ -70,122 +71,6 @@ SURROGATE_COVARIANCES = ("full", "diag", "laplace")
 
 # Namespaces of the seeds derived from a run's base seed (first entry of the spawn key).
 _SURROGATE_STREAM, _CLIENT_STREAM, _SERVER_STREAM = 0, 1, 2
-
-
-# ============================================================ prior scaling
-class PriorScaleMessenger(Messenger):
-    """Multiply the log density of latent sample sites by ``scale``.
-
-    With ``scale = 1/S`` a shard's model ``p(theta) p(x_s | theta)`` becomes
-    the sub-posterior ``p(theta)^(1/S) p(x_s | theta)``, so that the ``S``
-    shards' log densities sum to the full-data log posterior.  It works
-    through Pyro's ``scale`` of each site (as ``poutine.scale`` does), so
-    plates' ``N/B`` minibatch scaling composes with it.
-
-    Only sites that are latent *when the message reaches this handler* are
-    scaled: observed sites (``obs=``) and subsample sites are left alone.
-    Handlers applied outside this one (e.g. the ``condition`` with which
-    :meth:`bayeskit.Target.from_pyro` fixes latent values) have not yet
-    marked those sites observed, so the prior stays scaled there too.
-
-    Parameters
-    ----------
-    scale : float
-        Positive factor; ``1 / num_shards`` for sub-posteriors.
-    sites : iterable of str, optional
-        Restrict scaling to these site names.  By default every latent site is
-        treated as a global parameter shared by all shards; a model with local
-        latent variables (one per data row) should name its global sites here.
-    """
-
-    def __init__(self, scale: float, sites: Iterable[str] | None = None):
-        super().__init__()
-        self.scale = _positive("scale", scale)
-        self.sites = None if sites is None else frozenset(sites)
-
-    def _process_message(self, msg):
-        if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
-            return
-        if self.sites is None or msg["name"] in self.sites:
-            msg["scale"] = self.scale * msg["scale"]
-
-
-@dataclass(frozen=True)
-class PriorScaledModel:
-    """``model`` run under :class:`PriorScaleMessenger`; a plain object so Ray can pickle it."""
-
-    model: object
-    scale: float
-    sites: frozenset | None = None
-
-    def __call__(self, *args, **kwargs):
-        with PriorScaleMessenger(self.scale, self.sites):
-            return self.model(*args, **kwargs)
-
-    @property
-    def __name__(self):  # Target descriptions name the model
-        return f"{getattr(self.model, '__name__', type(self.model).__name__)} (prior^{self.scale:.3g})"
-
-
-def scale_prior(model, scale: float, sites: Iterable[str] | None = None) -> PriorScaledModel:
-    """The model with its latent sites' log densities scaled by ``scale`` (see :class:`PriorScaleMessenger`).
-
-    ``Target.from_pyro(scale_prior(model, 1 / S), *shard_args)`` is the
-    target of the sub-posterior ``p(theta)^(1/S) p(x_s | theta)``.
-    """
-    if not callable(model):
-        raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
-    _positive("scale", scale)
-    return PriorScaledModel(model, float(scale), None if sites is None else frozenset(sites))
-
-
-def subposterior_target(model, num_shards: int, args: tuple = (), kwargs: Mapping | None = None, *,
-                        prior_sites: Iterable[str] | None = None) -> Target:
-    """The target of one shard's sub-posterior ``p(theta)^(1/S) p(x_s | theta)``, ``S = num_shards``.
-
-    ``Target.from_pyro`` works on the unconstrained vector ``z`` and adds the
-    log-Jacobian ``log|det J_T(z)|`` of each latent site's map to its support.
-    That term belongs to the prior's share, so here it is scaled by ``1/S``
-    too: the shards' unconstrained log densities then sum exactly to the
-    full-data one, ``sum_s log pi_s(z) = log p(z | x)`` up to a constant, and
-    so do their scores, which is what DSGLD/FSGLD (and Fusion) rely on.
-    ``prior_sites`` restricts the scaling as in :class:`PriorScaleMessenger`.
-    """
-    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
-    scale = 1.0 / num_shards
-    inner = Target.from_pyro(scale_prior(model, scale, prior_sites), *args, **dict(kwargs or {}))
-    names = None if prior_sites is None else set(prior_sites)
-    scaled = [site for name, site in inner.sites.items() if (names is None or name in names) and _has_jacobian(site)]
-    if not scaled or scale == 1.0:
-        return inner
-
-    def log_prob(flat):
-        return inner.log_prob(flat) - (1.0 - scale) * _log_jacobian(flat, scaled)
-
-    target = Target(inner.sites, log_prob, init_fn=inner.init, observed_data=inner.observed_data,
-                    dtype=inner.dtype, device=inner.device, description=inner.description)
-    target.subsampled = getattr(inner, "subsampled", False)
-    target.vectorized = getattr(inner, "vectorized", True)
-    return target
-
-
-def _has_jacobian(site) -> bool:
-    """Whether the site's map to its support has a log-Jacobian: all but real-valued sites (identity map)."""
-    support = site.constraint
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is not constraints.real
-
-
-def _log_jacobian(flat, sites):
-    """``sum over sites of log|det J_T|`` at the rows of ``flat`` (n, dim) -> (n,)."""
-    total = flat.new_zeros(flat.shape[0])
-    for site in sites:
-        block = Target.site_block(flat, site)
-        ldj = site.transform.log_abs_det_jacobian(block, site.transform(block))
-        total = total + ldj.reshape(flat.shape[0], -1).sum(-1)
-    return total
 
 
 # ============================================================ Gaussian surrogates
@@ -242,7 +127,8 @@ def conducive_gradient(surrogates: Sequence[GaussianSurrogate], shard: int, weig
 
 
 def fit_gaussian_surrogate(target: Target, kernel=None, *, initial_position: torch.Tensor, step_size: float,
-                           num_steps: int, covariance: str = "full", jitter: float = 1e-8) -> GaussianSurrogate:
+                           num_steps: int, covariance: str = "full", jitter: float = 1e-8,
+                           share_minibatches: bool = False) -> GaussianSurrogate:
     """Fit a Gaussian to ``target`` from a short SG-MCMC run on it alone.
 
     Runs ``kernel`` (SGLD by default) from ``initial_position`` (``(chains, dim)``)
@@ -259,7 +145,9 @@ def fit_gaussian_surrogate(target: Target, kernel=None, *, initial_position: tor
 
     SGLD's discretisation inflates variances by about ``1 / (1 - step_size * lambda / 4)``
     along a direction of precision ``lambda``; keep the step small against the
-    target's curvature.  Uses torch's global generator (seed it).
+    target's curvature.  Each chain draws its own minibatches unless
+    ``share_minibatches`` (see :func:`~bayeskit.inference.sgmcmc.engines.log_prob_and_score_per_chain`).
+    Uses torch's global generator (seed it).
     """
     if covariance not in SURROGATE_COVARIANCES:
         raise ValueError(f"surrogate covariance must be one of {list(SURROGATE_COVARIANCES)}, got {covariance!r}")
@@ -267,7 +155,7 @@ def fit_gaussian_surrogate(target: Target, kernel=None, *, initial_position: tor
     state = kernel.init(initial_position)
     kept = []
     for step in range(num_steps):
-        _, score = target.log_prob_and_score(state.position)
+        _, score = log_prob_and_score_per_chain(target, state.position, share_minibatches)
         state = kernel.step(state, score, step_size)
         if step >= num_steps // 2:
             kept.append(state.position)
@@ -320,6 +208,7 @@ class SurrogateTask:
     num_steps: int
     covariance: str
     seed: int
+    share_minibatches: bool = False
 
 
 def run_surrogate_task(task: SurrogateTask) -> GaussianSurrogate:
@@ -327,7 +216,8 @@ def run_surrogate_task(task: SurrogateTask) -> GaussianSurrogate:
     with _seeded(task.seed, task.target.device):
         start = task.target.init(task.num_chains, torch.Generator().manual_seed(task.seed))
         return fit_gaussian_surrogate(task.target, task.kernel, initial_position=start, step_size=task.step_size,
-                                      num_steps=task.num_steps, covariance=task.covariance)
+                                      num_steps=task.num_steps, covariance=task.covariance,
+                                      share_minibatches=task.share_minibatches)
 
 
 @dataclass
@@ -348,6 +238,7 @@ class ClientRound:
     noise: torch.Tensor
     collect: torch.Tensor
     seed: int
+    share_minibatches: bool = False
 
 
 @dataclass
@@ -362,13 +253,14 @@ class ClientResult:
 def run_client_round(work: ClientRound) -> ClientResult:
     """Advance one client's chains by ``len(work.step_sizes)`` steps (a :func:`parallel_map` task).
 
-    All chains on the shard move together: one target call per step scores
-    all of them on the same minibatch.
+    All chains on the shard move together, each scored on its own minibatch
+    of the shard (one target call per chain; one call and one minibatch for
+    all with ``work.share_minibatches``).
     """
     state, kept, log_prob = work.kernel_state, [], None
     with _seeded(work.seed, work.target.device):
         for step_size, noise, collect in zip(work.step_sizes.tolist(), work.noise.tolist(), work.collect.tolist()):
-            log_prob, score = work.target.log_prob_and_score(state.position)
+            log_prob, score = log_prob_and_score_per_chain(work.target, state.position, work.share_minibatches)
             score = work.weight * score
             if work.correction is not None:
                 score = score + work.correction(state.position)
@@ -611,7 +503,7 @@ class FederatedSGMCMC(SGMCMC):
             work.append(ClientRound(
                 federation.targets[shard], self.kernel, _select_chains(state.kernel_state, rows), weight,
                 correction, self.plan.step_sizes[steps], self.plan.noise[steps], self.plan.collect[steps],
-                derived_seed(state.base_seed, _CLIENT_STREAM, state.round, shard)))
+                derived_seed(state.base_seed, _CLIENT_STREAM, state.round, shard), self.share_minibatches))
         return work
 
     def step(self, state, federation):
@@ -670,7 +562,7 @@ class FederatedSGMCMC(SGMCMC):
             draw_shard = torch.full((self.num_chains, 1), -1, dtype=torch.long)
             meta["note"] = "no draws were kept (stopped during warm-up); the posterior holds the last state"
         with torch.no_grad():
-            samples = federation.constrain(draws)
+            samples = federation.first.draws(draws)
         return Posterior(samples, sample_stats={"shard": draw_shard}, trace=trace, meta=meta,
                          dims=self.dims, coords=self.coords)
 
@@ -812,6 +704,6 @@ class FSGLD(FederatedSGMCMC):
             return federation.surrogates
         tasks = [SurrogateTask(target, self.kernel, self.surrogate_chains, self.surrogate_step_size,
                                self.surrogate_steps, self.surrogate_covariance,
-                               derived_seed(base_seed, _SURROGATE_STREAM, shard))
+                               derived_seed(base_seed, _SURROGATE_STREAM, shard), self.share_minibatches)
                  for shard, target in enumerate(federation.targets)]
         return parallel_map(run_surrogate_task, tasks, backend=self.backend, ray_options=self.ray_options)

@@ -90,6 +90,11 @@ def _inv_sqrt(mass, like):
     return mass.to(dtype=like.dtype, device=like.device).rsqrt()
 
 
+def _clamp_at_zero(value):
+    """``max(value, 0)`` for a number or a tensor."""
+    return max(value, 0.0) if isinstance(value, (int, float)) else value.clamp(min=0.0)
+
+
 def _gaussian(like, variance):
     """N(0, variance) noise shaped like ``like``; variance (a number or a tensor) broadcasts."""
     scale = math.sqrt(variance) if isinstance(variance, (int, float)) else variance.sqrt()
@@ -103,7 +108,8 @@ def sgld_init(position: torch.Tensor) -> SGMCMCState:
 
 
 def sgld_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, temperature: float = 1.0,
-              noise: bool = True) -> SGMCMCState:
+              noise: bool = True, mass: float | torch.Tensor = 1.0,
+              noise_estimate: float | torch.Tensor = 0.0) -> SGMCMCState:
     """Stochastic gradient Langevin dynamics (Welling and Teh, ICML 2011).
 
     .. math:: \\theta \\leftarrow \\theta + \\tfrac{\\epsilon}{2} \\hat g(\\theta)
@@ -111,10 +117,30 @@ def sgld_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, temp
 
     ``noise=False`` gives stochastic gradient ascent (the exploration phase
     of cyclical schedules).
+
+    ``mass`` (a number or a ``(dim,)`` diagonal ``M``) runs the same update
+    on ``x = M^(1/2) theta``, i.e. SGLD preconditioned by ``G = M^(-1)``
+    (as pSGLD, Li et al. 2016, but with ``G`` held fixed, so no correction
+    term ``Gamma`` arises).  ``noise_estimate`` is the variance ``v`` of the
+    stochastic score in those units (per coordinate).  Its noise already adds
+    ``(epsilon / 2)^2 v`` to each step, so only ``epsilon T - epsilon^2 v / 4``
+    is injected (clamped at zero): Chen, Fox and Guestrin's (2014) ``B_hat``
+    correction in the overdamped limit.  The defaults are plain SGLD.
     """
-    position = state.position + 0.5 * step_size * score
+    inv_sqrt_mass = _inv_sqrt(mass, score)
+    if isinstance(inv_sqrt_mass, float) and inv_sqrt_mass == 1.0:
+        position = state.position + 0.5 * step_size * score
+        scale = None
+    else:
+        scale = inv_sqrt_mass * inv_sqrt_mass  # M^(-1): drift and noise both move theta = M^(-1/2) x
+        position = state.position + 0.5 * step_size * scale * score
     if noise:
-        position = position + _gaussian(position, step_size * temperature)
+        variance = step_size * temperature
+        if not (isinstance(noise_estimate, (int, float)) and noise_estimate == 0):
+            variance = _clamp_at_zero(variance - 0.25 * step_size * step_size * noise_estimate)
+        if scale is not None:
+            variance = variance * scale
+        position = position + _gaussian(position, variance)
     return replace(state, position=position)
 
 
@@ -198,8 +224,7 @@ def sghmc_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, fri
     momentum = momentum + step_size * score - step_size * friction * momentum
     if noise:
         variance = step_size * (2 * friction * temperature - step_size * beta)
-        variance = max(variance, 0.0) if isinstance(variance, float) else variance.clamp(min=0.0)
-        momentum = momentum + _gaussian(momentum, variance)
+        momentum = momentum + _gaussian(momentum, _clamp_at_zero(variance))
     position = state.position + step_size * inv_sqrt_mass * momentum
     return replace(state, position=position, momentum=momentum, square_avg=square_avg, grad_avg=grad_avg)
 
@@ -332,8 +357,10 @@ class SGLDKernel:
     def init(self, position):
         return sgld_init(position)
 
-    def step(self, state, score, step_size, noise=True):
-        return sgld_step(state, score, step_size, temperature=self.temperature, noise=noise)
+    def step(self, state, score, step_size, noise=True, **tuned):
+        """One update; ``tuned`` (``mass``, ``noise_estimate``) are values a warm-up adapted (see
+        :mod:`bayeskit.inference.sgmcmc.engines`); they replace the bound ones for this step."""
+        return sgld_step(state, score, step_size, temperature=self.temperature, noise=noise, **tuned)
 
     def settings(self) -> dict:
         return {"temperature": self.temperature}
@@ -384,9 +411,9 @@ class SGHMCKernel(SGLDKernel):
     def init(self, position):
         return sghmc_init(position)
 
-    def step(self, state, score, step_size, noise=True):
-        return sghmc_step(state, score, step_size, friction=self.friction, noise_estimate=self.noise_estimate,
-                          temperature=self.temperature, noise=noise, mass=self.mass)
+    def step(self, state, score, step_size, noise=True, **tuned):
+        settings = {"friction": self.friction, "noise_estimate": self.noise_estimate, "mass": self.mass, **tuned}
+        return sghmc_step(state, score, step_size, temperature=self.temperature, noise=noise, **settings)
 
     def settings(self):
         return {**super().settings(), "friction": self.friction, "noise_estimate": self.noise_estimate,
@@ -408,7 +435,9 @@ class AdaptiveSGHMCKernel(SGLDKernel):
     def init(self, position):
         return adaptive_sghmc_init(position)
 
-    def step(self, state, score, step_size, noise=True, adapt=True):
+    def step(self, state, score, step_size, noise=True, adapt=True, **tuned):
+        if tuned:  # a mass, friction and noise estimate fixed by the engine's warm-up: plain SGHMC
+            return sghmc_step(state, score, step_size, temperature=self.temperature, noise=noise, **tuned)
         return adaptive_sghmc_step(state, score, step_size, momentum_decay=self.momentum_decay,
                                    temperature=self.temperature, noise=noise, adapt=adapt)
 
@@ -432,9 +461,9 @@ class SGNHTKernel(SGLDKernel):
     def init(self, position):
         return sgnht_init(position, self.diffusion)
 
-    def step(self, state, score, step_size, noise=True):
-        return sgnht_step(state, score, step_size, diffusion=self.diffusion, temperature=self.temperature,
-                          noise=noise, mass=self.mass)
+    def step(self, state, score, step_size, noise=True, **tuned):
+        settings = {"diffusion": self.diffusion, "mass": self.mass, **tuned}
+        return sgnht_step(state, score, step_size, temperature=self.temperature, noise=noise, **settings)
 
     def settings(self):
         return {**super().settings(), "diffusion": self.diffusion, "mass": _setting(self.mass)}

@@ -32,12 +32,14 @@ group ``j`` of point ``k`` is independently kept at its *current* value
 with probability ``rho`` instead of a buffered one.  ``rho = 0`` is the fully
 factorised scheme above; ``rho = 1`` is plain SG-MCMC on ``p``.
 
-All groups' scores come from ONE batched target call: for each chain the
+All groups' scores come from ONE batched target call per chain: for each chain the
 engine builds ``K * M`` points (point ``(k, m)`` holds the current
 ``theta_k`` and the ``m``-th context for the other groups) plus the current
 state itself (for the log density that is stored with the draws), scores
 them together and keeps block ``k`` of point ``(k, m)``'s score.  With a
-subsampling Pyro model every point sees the same minibatch.
+subsampling Pyro model every point of a chain sees the same minibatch and
+each chain its own (one call per chain; ``share_minibatches=True``: one call
+and one minibatch for all, see :class:`~bayeskit.inference.sgmcmc.SGMCMC`).
 
 The pure functions (:func:`resolve_groups`, :func:`draw_contexts`,
 :func:`dropout_mask`, :func:`structured_points`, :func:`structured_score`)
@@ -54,7 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bayeskit.inference.sgmcmc.engines import SGMCMC, SGMCMCRun, _positive_int
+from bayeskit.inference.sgmcmc.engines import SGMCMC, SGMCMCRun, _positive_int, log_prob_and_score_per_chain
 from bayeskit.inference.sgmcmc.kernels import make_kernel
 from bayeskit.target import Target
 
@@ -478,9 +480,9 @@ class StructuredSGMCMC(SGMCMC):
         position = state.kernel_state.position
         points = self._points(state, position)
         chains, num_groups, num_draws, dim = points.shape
-        # One call scores the current state (for its log density) and every structured point.
+        # One call per chain scores its current state (for its log density) and its structured points.
         batch = torch.cat([position.unsqueeze(1), points.reshape(chains, num_groups * num_draws, dim)], dim=1)
-        log_probs, scores = target.log_prob_and_score(batch)
+        log_probs, scores = log_prob_and_score_per_chain(target, batch, self.share_minibatches)
         score = structured_score(scores[:, 1:].reshape(chains, num_groups, num_draws, dim),
                                  state.layout.group_index)
         kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise)

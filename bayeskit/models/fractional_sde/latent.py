@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bayeskit._checks import check_finite
 from bayeskit.models.fractional_sde.markov import MarkovFBM
 from bayeskit.models.fractional_sde.model import ConstantDiffusion, _mlp, _positive_int, _register_log
 from bayeskit.models.fractional_sde.solvers import MAX_SPEED_TIMES_STEP, METHODS, solve
@@ -211,8 +212,9 @@ class LatentFractionalSDE(nn.Module):
             raise ValueError(f"{argument} must be a 1-D tensor of times") from error
         if times.dim() != 1 or times.numel() == 0:
             raise ValueError(f"{argument} must be a non-empty 1-D tensor of times, got shape {tuple(times.shape)}")
-        if not bool(torch.isfinite(times).all()) or not bool((times.diff() > 0).all()):
-            raise ValueError(f"{argument} must be finite and strictly increasing")
+        check_finite(argument, times)
+        if not bool((times.diff() > 0).all()):
+            raise ValueError(f"{argument} must be strictly increasing")
         offset = times - (times[0] if start is None else start)
         index = torch.round(offset / self.dt).long()
         if not bool(((index.double() * self.dt - offset).abs() <= _GRID_TOLERANCE * self.dt).all()):
@@ -239,8 +241,7 @@ class LatentFractionalSDE(nn.Module):
                              f"{expected[1]}), got {tuple(y.shape)}")
         if y.shape[0] == 0:
             raise ValueError(f"{argument} holds no sequences")
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError(f"{argument} contains NaN or inf")
+        check_finite(argument, y)
         return y, index
 
     # ------------------------------------------------------------ simulation

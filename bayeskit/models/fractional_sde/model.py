@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bayeskit._checks import check_finite
 from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM, ou_covariance
 from bayeskit.models.fractional_sde.solvers import METHODS, solve
@@ -375,6 +376,7 @@ class FractionalSDE(nn.Module):
 
     def _observation_index(self, observation_times):
         times = torch.as_tensor(observation_times, dtype=torch.float64).reshape(-1)
+        check_finite("observation_times", times)
         if times.numel() == 0 or not bool((times > 0).all()) or not bool((times.diff() > 0).all()):
             raise ValueError("observation_times must be positive and increasing")
         index = torch.round(times / self.dt).long()
@@ -390,8 +392,7 @@ class FractionalSDE(nn.Module):
         if tuple(observations.shape) != expected:
             raise ValueError(f"observations must be (num_series, num_times, state_dim) = {expected}, "
                              f"got {tuple(observations.shape)}")
-        if not bool(torch.isfinite(observations).all()):
-            raise ValueError("observations contain NaN or inf")
+        check_finite("observations", observations)
         return observations
 
     def _next_observations(self, observations, index, num_steps):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as dist
 
+from bayeskit._checks import check_finite, check_support
+
 _QUADRATURE_POINTS = 32
 
 
@@ -49,8 +51,7 @@ class Likelihood(torch.nn.Module):
         raise NotImplementedError
 
     def check(self, y):
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("y must be finite")
+        check_finite("y", y)
         return y
 
     def predictive(self, mean, var) -> dist.Distribution:
@@ -141,8 +142,7 @@ class BernoulliLikelihood(Likelihood):
         return y - p, (p * (1 - p)).clamp_min(1e-6)
 
     def check(self, y):
-        if not bool(((y == 0) | (y == 1)).all()):
-            raise ValueError("a Bernoulli likelihood needs y in {0, 1}")
+        check_support("y", y, dist.constraints.boolean, what="argument", distribution="a Bernoulli likelihood")
         return y
 
     def predictive(self, mean, var):
@@ -166,8 +166,8 @@ class PoissonLikelihood(Likelihood):
         return y - rate, rate.clamp_min(1e-6)
 
     def check(self, y):
-        if not bool(((y >= 0) & (y == y.round())).all()):
-            raise ValueError("a Poisson likelihood needs non-negative integer counts y")
+        check_support("y", y, dist.constraints.nonnegative_integer, what="argument",
+                      distribution="a Poisson likelihood")
         return y
 
     def predictive(self, mean, var):

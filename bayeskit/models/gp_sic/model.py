@@ -10,6 +10,7 @@ import torch
 from scipy.sparse.linalg import spsolve_triangular
 from torch import distributions as dist
 
+from bayeskit._checks import check_finite, check_same_length
 from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.models.gp_sic import laplace, ordering
 from bayeskit.models.gp_sic.factors import block_structure, padded_rows, positions, prior_columns, solve_blocks, trim
@@ -428,10 +429,11 @@ def _check_data(x, y):
         raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+    if y.dim() != 1:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite")
+    check_same_length({"x": x, "y": y})
+    check_finite("x", x)
+    check_finite("y", y)
     return x, y.to(x.dtype)
 
 

@@ -1,0 +1,287 @@
+"""The health report: what in a result not to trust, by parameter, with a fix.
+
+Every engine's run ends with :func:`check`, through the shared runner (and
+Fusion's own end of run). Each finding is one :class:`HealthWarning` and one
+entry of ``posterior.meta["health"]``; :meth:`bayeskit.Posterior.health`
+returns them and :meth:`bayeskit.Posterior.summary` prints them. What is
+checked depends on what the result holds:
+
+- **Markov chains** (``meta["sample_kind"]`` ``"mcmc"`` or ``"trajectories"``, unweighted): the
+  rank-normalised split :math:`\\hat R` of every scalar element above
+  ``r_hat`` (1.01, Vehtari et al. 2021) when there are two chains or more,
+  and the bulk ESS over all chains below ``min_ess`` (100). A chain whose
+  median log density (``sample_stats["log_prob"]``) lies more than
+  :math:`\\max(100, 10\\sqrt{d})` below the best chain's is stuck or ran off:
+  at stationarity a draw's log density varies by about :math:`\\sqrt{d/2}`.
+- **Weighted draws** (SMC, Fusion): the final Kish ESS over the number of
+  draws below ``min_ess_fraction`` (0.1), and the smallest ESS/N or
+  conditional ESS/N recorded in the trace (``trace["ess"]``,
+  ``trace["cess"]``, as fractions) below ``min_cess_fraction`` (0.01):
+  one step with almost all weight on one particle loses the rest for good.
+  For Fusion, each tree node's share of its children's draws that still
+  inform its particles (the Kish ESS of the final weights pooled by the
+  starting draw each particle descends from, over N) below
+  ``min_origin_fraction`` (0.05): the bridge moves make resampled copies
+  look distinct, so the weights' ESS alone cannot see this, yet draws that
+  all descend from a handful of starting points spread around those points
+  rather than over the posterior.
+- **Stein particles** (``meta["sample_kind"] == "particles"`` with a
+  ``meta["particle_spread"]``, see :func:`particle_spread`): the median pairwise distance of a chain's
+  particles against the posterior scale the score implies. For a Gaussian
+  :math:`N(m, \\Sigma)`, :math:`E\\lVert\\nabla\\log p\\rVert^2 =
+  \\operatorname{tr}\\Sigma^{-1}`, so :math:`s^2 = d / \\overline{\\lVert
+  \\nabla \\log p\\rVert^2}` is a scale (the harmonic mean of the variances)
+  and independent draws lie about :math:`\\sqrt{2d}\\,s` apart or more.
+  Particles closer than ``collapse_ratio`` (0.1) times that have collapsed;
+  particles piled on a mode have a near-zero score and so are caught too.
+
+Thresholds are the keyword arguments of :func:`check` and
+:meth:`~bayeskit.Posterior.health`; :data:`DEFAULTS` holds the defaults that
+runs use (change an entry to change them for the session).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Finding", "HealthWarning", "DEFAULTS", "check", "report", "particle_spread"]
+
+#: Thresholds every run's health report uses; see the module docstring.
+DEFAULTS = {"r_hat": 1.01, "min_ess": 100.0, "min_ess_fraction": 0.1, "min_cess_fraction": 0.01,
+            "min_origin_fraction": 0.05, "collapse_ratio": 0.1}
+
+# Per engine family, the fix a finding should suggest first.
+_MIXING_FIXES = {
+    "SGHMC": "AdaptiveSGHMC (a diagonal mass learned in warm-up), a longer num_warmup, or more draws",
+    "SGLD": "PSGLD (a per-coordinate preconditioner), a longer num_warmup, or more draws",
+    "SGNHT": "AdaptiveSGHMC, a longer num_warmup, or more draws",
+}
+_DEFAULT_MIXING_FIX = "a longer num_warmup and more draws (num_samples), or more chains"
+
+
+class HealthWarning(UserWarning):
+    """A finding of the health report: the result may not be what it looks like."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing not to trust in a result.
+
+    Attributes
+    ----------
+    check : str
+        ``"r_hat"``, ``"ess"``, ``"stuck_chain"``, ``"weights"``, ``"cess"``, ``"ancestry"`` or ``"collapse"``.
+    parameter : str
+        The parameter (``"tau"``, ``"beta[3]"``), chain or tree node the finding is about.
+    value, threshold : float
+        What was measured and the limit it crossed.
+    message : str
+        A sentence saying what is wrong and what to do about it.
+    """
+
+    check: str
+    parameter: str
+    value: float
+    threshold: float
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self):
+        return self.message
+
+
+def check(posterior, **thresholds) -> list[Finding]:
+    """Every finding of the health report for ``posterior``, thresholds from :data:`DEFAULTS` unless given."""
+    unknown = set(thresholds) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown health threshold(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    limits = {**DEFAULTS, **thresholds}
+    kind = posterior.meta.get("sample_kind")
+    engine = str(posterior.meta.get("engine", ""))
+    findings = []
+    if posterior.is_weighted:
+        findings += _weight_findings(posterior, limits, engine)
+    elif kind in ("mcmc", "trajectories"):
+        findings += _chain_findings(posterior, limits, engine)
+    if kind == "particles" and "particle_spread" in posterior.meta:
+        findings += _collapse_findings(posterior, limits)
+    return findings
+
+
+def report(posterior, *, stacklevel: int = 2) -> list[Finding]:
+    """Check ``posterior``, store the findings in ``meta["health"]`` and warn once for each."""
+    findings = check(posterior)
+    posterior.meta["health"] = [finding.to_dict() for finding in findings]
+    for finding in findings:
+        warnings.warn(finding.message, HealthWarning, stacklevel=stacklevel + 1)
+    return findings
+
+
+def particle_spread(z: torch.Tensor, scores: torch.Tensor) -> list[float]:
+    r"""Per chain, the particles' median pairwise distance over :math:`\sqrt{2d}\,s`, the score's scale.
+
+    ``z`` and ``scores`` are ``(chain, particle, d)``, in the coordinates the
+    engine moves the particles in; :math:`s^2 = d / \overline{\lVert\nabla
+    \log p\rVert^2}` (see the module docstring). About 1 or more for
+    independent draws; 0 where every score is zero (particles on a mode).
+    Empty with fewer than two particles per chain.
+    """
+    z, scores = z.detach().double(), scores.detach().double()
+    dim = z.shape[-1]
+    ratios = []
+    if z.shape[1] < 2:
+        return []  # one particle per chain: no spread to measure
+    for points, score in zip(z, scores):
+        mean_square = float(score.pow(2).sum(-1).mean())
+        if mean_square == 0.0:
+            ratios.append(0.0)
+            continue
+        scale = math.sqrt(dim / mean_square)
+        ratios.append(float(torch.pdist(points).median()) / (math.sqrt(2 * dim) * scale))
+    return ratios
+
+
+# -------------------------------------------------------------------- chains
+def _worst(values, name, shape, largest):
+    """The worst element of ``values`` (one per scalar of the site; NaN never counts) and its label."""
+    flat = values.reshape(-1)
+    ignored = torch.tensor(-math.inf if largest else math.inf, dtype=flat.dtype)
+    flat_finite = torch.where(torch.isnan(flat), ignored, flat)
+    index = int(flat_finite.argmax() if largest else flat_finite.argmin())
+    if not shape:
+        return float(flat[index]), name
+    return float(flat[index]), f"{name}[{', '.join(str(int(i)) for i in np.unravel_index(index, shape))}]"
+
+
+def _chain_findings(posterior, limits, engine):
+    from bayeskit.diagnostics import ess, rhat
+
+    if posterior.num_draws < 4:
+        return []
+    fix = _MIXING_FIXES.get(engine, _DEFAULT_MIXING_FIX)
+    findings = []
+    for name, draws in posterior.samples.items():
+        if not draws.is_floating_point():
+            continue
+        shape = tuple(draws.shape[2:])
+        if posterior.num_chains >= 2:
+            value, label = _worst(rhat(draws), name, shape, largest=True)
+            if value > limits["r_hat"]:
+                findings.append(Finding("r_hat", label, value, limits["r_hat"],
+                                        f"{label}: r_hat {value:.3g} > {limits['r_hat']}: the chains disagree, "
+                                        f"so they have not mixed. Try {fix}."))
+        value, label = _worst(ess(draws), name, shape, largest=False)
+        if value < limits["min_ess"]:
+            findings.append(Finding("ess", label, value, limits["min_ess"],
+                                    f"{label}: bulk ESS {value:.0f} < {limits['min_ess']:.0f} over all chains: "
+                                    f"too few effective draws to trust its mean and interval. Try {fix}."))
+    return findings + _stuck_chain_findings(posterior)
+
+
+def _stuck_chain_findings(posterior):
+    log_prob = posterior.sample_stats.get("log_prob")
+    if log_prob is None or log_prob.shape[0] < 2 or log_prob.dim() != 2:
+        return []
+    dim = sum(math.prod(value.shape[2:]) for value in posterior.samples.values())
+    medians = log_prob.double().median(dim=1).values
+    best = float(medians.max())
+    gap = max(100.0, 10 * math.sqrt(dim))
+    return [Finding("stuck_chain", f"chain {chain}", float(medians[chain]), best - gap,
+                    f"chain {chain}: median log density of the draws far below the best chain's "
+                    f"({float(medians[chain]):.4g} against {best:.4g}): it has not converged (warm-up too short), "
+                    "ran off (step size too large for it) or is stuck in a poor mode. Look at "
+                    "post.sample_stats['log_prob'] per chain before pooling; lengthen num_warmup or lower "
+                    "step_size.")
+            for chain in (medians < best - gap).nonzero().flatten().tolist()]
+
+
+# ------------------------------------------------------------------- weights
+def _weight_fix(posterior, engine):
+    if engine.lower() == "fusion":
+        tree = posterior.meta.get("settings", {}).get("tree")
+        other = "" if tree == "balanced" else "the balanced tree (tree='balanced'), "
+        return f"{other}more particles (num_samples), or a finer mesh (a lower cess_step)"
+    return "more particles (num_particles), a guided proposal, or a lower ess_threshold to resample earlier"
+
+
+def _weight_findings(posterior, limits, engine):
+    findings = []
+    fix = _weight_fix(posterior, engine)
+    weights = posterior.weights
+    for chain in range(posterior.num_chains):
+        w = weights[chain] / weights[chain].sum()
+        fraction = float(1.0 / (w ** 2).sum()) / posterior.num_draws
+        if fraction < limits["min_ess_fraction"]:
+            where = f"chain {chain}" if posterior.num_chains > 1 else "the weights"
+            findings.append(Finding("weights", where, fraction, limits["min_ess_fraction"],
+                                    f"{where}: final ESS/N {fraction:.3g} < {limits['min_ess_fraction']}: a few "
+                                    f"draws carry the weight. Try {fix}."))
+    return findings + _trace_ess_findings(posterior, limits, fix) + _origin_findings(posterior, limits, fix)
+
+
+def _trace_ess_findings(posterior, limits, fix):
+    findings = []
+    for column in ("ess", "cess"):
+        values = posterior.trace.get(column)
+        if values is None or not values.is_floating_point() or values.numel() == 0:
+            continue
+        values = values.double()
+        if float(values.max()) > 1.0:  # counts, not fractions (the SMC engines record ESS in particles)
+            values = values / _particles_per_chain(posterior)
+        step = int(values.reshape(values.shape[0], -1).min(-1).values.argmin())
+        smallest = float(values[step].min())
+        if smallest < limits["min_cess_fraction"]:
+            where = _where_in_trace(posterior.trace, step)
+            findings.append(Finding("cess", where, smallest, limits["min_cess_fraction"],
+                                    f"{where}: {column.upper()}/N fell to {smallest:.3g} < "
+                                    f"{limits['min_cess_fraction']} at step {step}: the weights degenerated "
+                                    f"there, and resampling cannot bring back what was lost. Try {fix}."))
+    return findings
+
+
+def _origin_findings(posterior, limits, fix):
+    """Fusion nodes whose particles descend from too few of their children's draws."""
+    findings = []
+    for node in posterior.meta.get("nodes", []):
+        share = node.get("distinct_origins")
+        if share is not None and share < limits["min_origin_fraction"]:
+            where = f"tree node {node['node']} (height {node['height']})"
+            findings.append(Finding("ancestry", where, share, limits["min_origin_fraction"],
+                                    f"{where}: its particles descend from {share:.2g} x N of its children's draws "
+                                    f"(the ESS of the weights pooled by origin): resampling left too few, and the "
+                                    f"fused draws spread around those few rather than over the posterior. Try {fix}."))
+    return findings
+
+
+def _particles_per_chain(posterior):
+    return posterior.meta.get("settings", {}).get("num_particles") or posterior.num_draws
+
+
+def _where_in_trace(trace, step):
+    """'node 3' for a Fusion trace (which has a node column), else 'time step 12'."""
+    node = trace.get("node")
+    if node is not None and node.numel() > step:
+        return f"tree node {int(node[step])} (height {int(trace['height'][step])})"
+    return f"time step {step}"
+
+
+# ----------------------------------------------------------------- particles
+def _collapse_findings(posterior, limits):
+    findings = []
+    ratios = posterior.meta["particle_spread"]
+    for chain, ratio in enumerate(ratios):
+        if ratio < limits["collapse_ratio"]:
+            where = f"chain {chain}" if len(ratios) > 1 else "the particles"
+            findings.append(Finding("collapse", where, ratio, limits["collapse_ratio"],
+                                    f"{where}: the particles have collapsed (median pairwise distance "
+                                    f"{ratio:.3g} times what independent draws would show): they describe a "
+                                    "point, not the posterior. Try more particles, a larger kernel bandwidth, "
+                                    "a smaller lr, or several chains started apart."))
+    return findings
