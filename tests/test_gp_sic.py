@@ -348,7 +348,7 @@ def test_bad_arguments_are_refused_by_name(float64, kwargs, message):
 
 def test_bad_data_is_refused(float64):
     x, _, y = simulate(20)
-    with pytest.raises(ValueError, match="y must have shape"):
+    with pytest.raises(ValueError, match="'x' and 'y' must have the same number of rows: 'x' has 20, 'y' has 19"):
         SparseInverseCholeskyGP(x, y[:-1])
     with pytest.raises(ValueError, match="Bernoulli"):
         SparseInverseCholeskyGP(x, y, likelihood="bernoulli")
