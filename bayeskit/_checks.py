@@ -139,8 +139,9 @@ def check_support(name: str, value: torch.Tensor, support, *, mask=None, what: s
     except IndexError:  # a mask broadcast the check beyond the value's own shape
         shown = "a value"
     of = f" of {distribution}" if distribution else ""
+    example = f" ({distribution} observations must be 0 or 1)" if distribution == "Bernoulli" else ""
     raise ValueError(
         f"{what} {name!r}{'' if argument is None else f' (argument {argument!r})'} has {count} value(s) "
         f"outside the support{of} ({support}); the first is "
-        f"{shown} at index {_format_index(index)}. Recode the data (e.g. Bernoulli "
-        "observations must be 0 or 1) or choose a likelihood whose support holds them")
+        f"{shown} at index {_format_index(index)}. Recode the data{example} "
+        "or choose a likelihood whose support holds them")
