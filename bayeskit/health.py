@@ -246,12 +246,12 @@ def _weight_fix(posterior, engine):
 
 
 def _weight_findings(posterior, limits, engine):
+    from bayeskit.diagnostics import weighted_ess
+
     findings = []
     fix = _weight_fix(posterior, engine)
-    weights = posterior.weights
-    for chain in range(posterior.num_chains):
-        w = weights[chain] / weights[chain].sum()
-        fraction = float(1.0 / (w ** 2).sum()) / posterior.num_draws
+    fractions = weighted_ess(posterior.log_weights.double(), dim=-1) / posterior.num_draws  # per chain
+    for chain, fraction in enumerate(fractions.tolist()):
         if fraction < limits["min_ess_fraction"]:
             where = f"chain {chain}" if posterior.num_chains > 1 else "the weights"
             findings.append(Finding("weights", where, fraction, limits["min_ess_fraction"],

@@ -425,7 +425,8 @@ class Posterior:
 
         Without arguments, the findings recorded at the end of the run
         (``meta["health"]``); with thresholds (``r_hat``, ``min_ess``,
-        ``min_ess_fraction``, ``min_cess_fraction``, ``collapse_ratio``; see
+        ``min_ess_fraction``, ``min_cess_fraction``, ``min_origin_fraction``,
+        ``collapse_ratio``; see
         :mod:`bayeskit.health`), the checks run again on the draws with those.
         A posterior built by hand, with no record, is checked afresh.
         """

@@ -248,7 +248,7 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
 def _distinct_fraction(origin, log_w):
     """The Kish ESS of the weights pooled by origin, over N: the share of the starting draws still informing the fusion."""
     pooled = torch.zeros(len(origin), dtype=log_w.dtype, device=log_w.device).index_add_(0, origin, _normalised(log_w))
-    return float(1.0 / pooled.square().sum()) / len(origin)
+    return float(ess_fraction(pooled.log()))
 
 
 def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner="covariance", cess0=0.2,
