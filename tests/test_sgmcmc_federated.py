@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from bayeskit.inference.sgmcmc.federated import (DSGLD, FSGLD, GaussianSurrogate, PriorScaleMessenger,
-                                                 fit_gaussian_surrogate, subposterior_target)
+                                                 SurrogateTask, fit_gaussian_surrogate, run_surrogate_task,
+                                                 subposterior_target)
+from bayeskit.inference.sgmcmc.kernels import SGLDKernel
 from bayeskit.target import Target
 
 PRIOR_SCALE = 3.0  # tau
@@ -101,6 +103,29 @@ def test_laplace_surrogate_recovers_a_gaussian_sub_posterior_exactly(float64):
     # pi_s = N(0, tau^2)^(1/2) x prod N(x_i | theta, 1): precision N_s + 1 / (2 tau^2).
     expected = (50 + 0.5 / PRIOR_SCALE ** 2) * torch.eye(2)
     torch.testing.assert_close(surrogate.precision, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_short_surrogate_run_fits_a_far_off_shard(float64, seed):
+    """The surrogate run starts at the shard's mode: a short run then fits a shard far from the prior.
+
+    Shard posterior N(x_bar, 1 / 50) with x_bar near (8, -6): 57 and 42 of its sds from the prior's centre.
+    SGLD at step * precision = 0.0125 is an AR(1) with rho = 0.9875: it forgets its start in ~80 steps and
+    its integrated autocorrelation time is (1 + rho) / (1 - rho) = 159 steps. 400 steps (200 kept) started at
+    prior draws pooled a still-relaxing transient (precisions 0.2-0.5x, means 1-1.7 sd off on the conformance
+    matrix's Normal row). From the mode the error is Monte Carlo error: ESS ~ 64 x 200 / 159 = 80 per
+    coordinate, so 0.45 sd on the mean is 4 standard errors, and 0.6-1.7 on a precision covers 4 of a
+    variance's sqrt(2 / 80) = 0.16 relative error.
+    """
+    shard = non_iid_shards([50], [[8.0, -6.0]], seed=seed)[0]
+    target = subposterior_target(gaussian_mean_model, 2, shard)
+    precision = 50 + 0.5 / PRIOR_SCALE ** 2
+    mean = shard[0].sum(0) / precision
+    surrogate = run_surrogate_task(SurrogateTask(target, SGLDKernel(), num_chains=64, step_size=0.0125 / precision,
+                                                 num_steps=400, covariance="full", seed=seed))
+    assert float(((surrogate.mean - mean) * precision ** 0.5).abs().max()) < 0.45
+    ratios = surrogate.precision.diagonal() / precision
+    assert 0.6 < float(ratios.min()) and float(ratios.max()) < 1.7, ratios
 
 
 # --------------------------------------------------------------------- FSGLD vs DSGLD
