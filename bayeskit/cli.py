@@ -309,7 +309,9 @@ def demo_bae(out: Path, *, quick: bool, seed: int, progress: bool):
         began = time.perf_counter()
         bae = BayesianAutoencoder(64, **architecture)
         if "DSWD" in name:
-            bae.fit_prior(zeros, num_steps=steps // 3, lr=0.01, pretrain_steps=steps, seed=seed, progress=progress)
+            # quick: 8 prior draws per batch, not 32 (the distance's sorts are most of the quick run)
+            bae.fit_prior(zeros, num_steps=steps // 3, lr=0.01, pretrain_steps=steps, num_prior_draws=8 if quick else 32,
+                          seed=seed, progress=progress)
         post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=steps, num_samples=32, thin=max(1, steps // 32),
                              num_chains=4).run(train, seed=seed, progress=progress)
         posts[name] = (bae, post)
