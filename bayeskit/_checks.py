@@ -1,18 +1,52 @@
-"""Data validators shared by :meth:`bayeskit.Target.from_pyro` and every model family's ``fit()``.
+"""The project's only validators: of arguments (counts, step sizes, fractions) and of data.
 
-Each validator raises a ``ValueError`` that names the argument (or site) and
-the first offending index, so that a user with 10^5 rows can find the bad one
-without bisecting.  They run once, when data enter the library, never per
+Every validator takes the argument's name first and raises a ``ValueError``
+that names it. The argument validators return the value normalised
+(``int`` or ``float``). The data validators (used by
+:meth:`bayeskit.Target.from_pyro` and every model family's ``fit()``) name
+the first offending index, so that a user with 10^5 rows can find the bad
+one without bisecting; they run once, when data enter the library, never per
 step.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 
 import torch
 
-__all__ = ["check_finite", "check_same_length", "check_support", "first_bad"]
+__all__ = ["positive_int", "positive", "fraction", "check_finite", "check_series", "check_same_length", "check_support",
+           "first_bad"]
+
+
+# ----------------------------------------------------------------------------- arguments
+def positive_int(name: str, value, *, minimum: int = 1, allow_none: bool = False):
+    """``value`` as an ``int`` >= ``minimum`` (None passes through when ``allow_none``); bools are refused."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def positive(name: str, value) -> float:
+    """``value`` as a positive finite ``float``; bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def fraction(name: str, value, *, include_one: bool = False) -> float:
+    """``value`` as a ``float`` in (0, 1), or in (0, 1] with ``include_one``; bools are refused."""
+    inside = isinstance(value, numbers.Real) and 0 < value and (value <= 1 if include_one else value < 1)
+    if isinstance(value, bool) or not inside:
+        raise ValueError(f"{name} must lie in (0, 1{']' if include_one else ')'}, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------- data
 
 
 def _format_index(index: tuple[int, ...]) -> str:
@@ -69,6 +103,18 @@ def check_finite(name: str, value, *, what: str = "argument") -> None:
         f"{what} {name!r} has {count} non-finite value(s) (NaN or inf); the first is "
         f"{_format_value(value[index])} at index {_format_index(index)}. Drop or impute them; to leave "
         "observations out of the likelihood, fill them with any finite value and pass obs_mask")
+
+
+def check_series(name: str, y, obs_dim: int) -> torch.Tensor:
+    """A time series ``(T, obs_dim)`` with T >= 1 and finite entries; ``(T,)`` is ``(T, 1)`` if obs_dim is 1."""
+    if not torch.is_tensor(y):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (T, {obs_dim}), got {type(y).__name__}")
+    if y.dim() == 1 and obs_dim == 1:
+        y = y.unsqueeze(-1)
+    if y.dim() != 2 or y.shape[-1] != obs_dim or y.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (T, {obs_dim}) with T >= 1, got {tuple(y.shape)}")
+    check_finite(name, y)  # the first index is (time, coordinate)
+    return y
 
 
 def check_same_length(tensors: Mapping[str, torch.Tensor], *, dim: int = 0, what: str = "rows") -> None:

@@ -16,7 +16,7 @@ import math
 import torch
 from torch.distributions import constraints as torch_constraints
 
-from bayeskit.target import Site
+from bayeskit._sites import Site
 
 
 def _jax():

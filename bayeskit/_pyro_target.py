@@ -12,7 +12,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
 
 from bayeskit._checks import check_finite, check_same_length, check_support
-from bayeskit.target import Target, build_sites
+from bayeskit._sites import build_sites, site_block
 
 PARTICLE_PLATE = "_bayeskit_points"
 
@@ -337,7 +337,7 @@ class PyroDensity:
         return model
 
     def constrained_values(self, flat):
-        return {name: site.transform(Target.site_block(flat, site)) for name, site in self.sites.items()}
+        return {name: site.transform(site_block(flat, site)) for name, site in self.sites.items()}
 
     def _pad(self, name, value):
         """(N, *shape) -> (N, 1, ..., 1, *shape) so that N sits at the points plate's dim."""
@@ -406,7 +406,7 @@ class PyroDensity:
                     out.setdefault(name, []).append(lp)
         out = {name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in out.items()}
         for name, site in self.sites.items():
-            ldj = site.transform.log_abs_det_jacobian(Target.site_block(flat, site), values[name])
+            ldj = site.transform.log_abs_det_jacobian(site_block(flat, site), values[name])
             out[name] = out[name] + ldj.reshape(n, -1).sum(-1)
         return out
 

@@ -310,8 +310,8 @@ def demo_bae(out: Path, *, quick: bool, seed: int, progress: bool):
         bae = BayesianAutoencoder(64, **architecture)
         if "DSWD" in name:
             # quick: 8 prior draws per batch, not 32 (the distance's sorts are most of the quick run)
-            bae.fit_prior(zeros, num_steps=steps // 3, lr=0.01, pretrain_steps=steps, num_prior_draws=8 if quick else 32,
-                          seed=seed, progress=progress)
+            bae.fit_prior(zeros, num_steps=steps // 3, lr=0.01, pretrain_steps=steps,
+                          num_prior_draws=8 if quick else 32, seed=seed, progress=progress)
         post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=steps, num_samples=32, thin=max(1, steps // 32),
                              num_chains=4).run(train, seed=seed, progress=progress)
         posts[name] = (bae, post)
@@ -322,7 +322,8 @@ def demo_bae(out: Path, *, quick: bool, seed: int, progress: bool):
         report_health(f"the {name} chains", post)
     bae, post = posts["BAE, DSWD prior"]
     with _pandas_display():
-        print(post.summary(var_names=["dec1_b"], health=False).iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
+        table = post.summary(var_names=["dec1_b"], health=False)
+        print(table.iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
     codes, _ = bae.latent(post, train)
     mixture = DirichletProcessMixture(20).fit(codes, seed=seed, progress=progress)
     reconstruction, uncertainty = bae.reconstruct(post, test[:10])
@@ -341,14 +342,10 @@ def _one_thread(demo):
 
     @functools.wraps(demo)
     def wrapped(*args, **kwargs):
-        import torch
+        from bayeskit.parallel import TaskContext
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with TaskContext():
             return demo(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
 
     return wrapped
 

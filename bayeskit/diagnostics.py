@@ -239,7 +239,8 @@ def wasserstein_1d(x, y, p: float = 2.0):
 
 def _unit_directions(num, dim, like, generator=None):
     """``num`` directions uniform on the unit sphere in ``R^dim``."""
-    directions = torch.randn(num, dim, generator=generator, dtype=like.dtype, device="cpu" if generator else like.device)
+    device = "cpu" if generator else like.device  # a torch.Generator here lives on the CPU
+    directions = torch.randn(num, dim, generator=generator, dtype=like.dtype, device=device)
     directions = directions.to(like.device)
     return directions / directions.norm(dim=-1, keepdim=True)
 

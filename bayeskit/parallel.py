@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
-__all__ = ["parallel_map", "BACKENDS"]
+import torch
+
+__all__ = ["parallel_map", "BACKENDS", "TaskContext"]
 
 BACKENDS = ("inprocess", "ray")
 
@@ -72,3 +74,27 @@ def _ship_module_by_value(fn):
     if module.__name__.partition(".")[0] == "bayeskit" or "site-packages" in path or "dist-packages" in path:
         return
     ray.cloudpickle.register_pickle_by_value(module)
+
+
+class TaskContext:
+    """Inside a task: torch on one thread and, if given, ``dtype`` as the default dtype.
+
+    So that in-process and Ray runs give the same floating point: a Ray
+    worker neither shares the caller's thread count nor its default dtype.
+    Also the demo's stops with many small tensor operations per step, on
+    which a thread pool costs more than it saves.
+    """
+
+    def __init__(self, dtype: torch.dtype | None = None):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.threads, self.previous_dtype = torch.get_num_threads(), torch.get_default_dtype()
+        torch.set_num_threads(1)
+        if self.dtype is not None:
+            torch.set_default_dtype(self.dtype)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+        torch.set_default_dtype(self.previous_dtype)

@@ -402,9 +402,8 @@ class Posterior:
             self._print_health()
         if self.is_weighted:
             return self._weighted_summary(var_names, float(ci_prob))
-        from arviz_stats import summary
-
         import pandas
+        from arviz_stats import summary
 
         kind = "stats" if self.meta.get("sample_kind") == "particles" else "all"
         # One variable at a time: arviz-stats 0.8 labels the rows of a variable wrongly when its dims come

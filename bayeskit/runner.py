@@ -235,7 +235,9 @@ class Engine:
                 trace.append(info)
                 if step % window == 0 or step == num_steps:
                     self._check_finite(trace, state, target, last_good, last_good_step, step,
-                                       meta=lambda: self._meta(target, seed, step, num_steps, elapsed, began))
+                                       # called at once (it only builds meta if the check fails)
+                                       meta=lambda: self._meta(target, seed, step, num_steps, elapsed,  # noqa: B023
+                                                               began))
                     last_good, last_good_step = self.snapshot(state), step
                 if bar.disable is False and (step % 10 == 0 or step == num_steps):
                     bar.set_postfix(_postfix(info), refresh=False)
@@ -289,7 +291,7 @@ class Engine:
         }
 
 
-class _Parameters:
+class Parameters:
     """What the shared loop needs of a Target, for a run that optimises parameters instead."""
 
     def __init__(self, parameters: dict[str, torch.Tensor], description: str):
@@ -347,7 +349,7 @@ class Fit(Engine):
     def target(self, *model_args, **model_kwargs):
         if model_args or model_kwargs:
             raise TypeError(f"{self.name}.run takes no model arguments: the loss closes over its data")
-        return _Parameters(self.parameters, self.name)
+        return Parameters(self.parameters, self.name)
 
     def settings(self):
         return {"optimizer": type(self.optimizer).__name__, "lr": self.lr}

@@ -37,7 +37,6 @@ rate, a probability, a simplex) would be biased, by more as :math:`C` grows.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -46,22 +45,11 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
+from bayeskit._checks import positive, positive_int
 from bayeskit.target import Site, Target
 
 __all__ = ["PriorScaleMessenger", "PriorScaledModel", "scale_prior", "subposterior_target", "has_log_jacobian",
            "log_jacobian", "Shard", "split_data"]
-
-
-def _check_scale(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return float(scale)
-
-
-def _check_num_shards(num_shards) -> int:
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
-    return num_shards
 
 
 # ============================================================ the prior's share, constrained space
@@ -94,7 +82,7 @@ class PriorScaleMessenger(Messenger):
 
     def __init__(self, scale: float, sites: Iterable[str] | None = None):
         super().__init__()
-        self.scale = _check_scale(scale)
+        self.scale = positive("scale", scale)
         self.sites = None if sites is None else frozenset(sites)
 
     def _process_message(self, msg):
@@ -129,7 +117,7 @@ def scale_prior(model, scale: float, sites: Iterable[str] | None = None) -> Prio
     """
     if not callable(model):
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
-    return PriorScaledModel(model, _check_scale(scale), None if sites is None else frozenset(sites))
+    return PriorScaledModel(model, positive("scale", scale), None if sites is None else frozenset(sites))
 
 
 # ============================================================ the log-Jacobian's share
@@ -171,10 +159,11 @@ def subposterior_target(model, num_shards: int, args: tuple = (), kwargs: Mappin
     ``target_options`` (``vectorize``, ``jit_compile``) go to
     :meth:`~bayeskit.Target.from_pyro`.
     """
-    scale = 1.0 / _check_num_shards(num_shards)
+    scale = 1.0 / positive_int("num_shards", num_shards)
     inner = Target.from_pyro(scale_prior(model, scale, prior_sites), *args, **dict(kwargs or {}), **target_options)
     names = None if prior_sites is None else set(prior_sites)
-    tempered = [site for name, site in inner.sites.items() if (names is None or name in names) and has_log_jacobian(site)]
+    tempered = [site for name, site in inner.sites.items()
+                if (names is None or name in names) and has_log_jacobian(site)]
     if not tempered or scale == 1.0:  # all-real sites, or one shard: nothing to correct
         return inner
     return _with_jacobian_share(inner, tempered, scale)

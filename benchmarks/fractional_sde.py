@@ -548,7 +548,8 @@ def main(argv=None):
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{stem}.md").write_text(
         f"# bayeskit MA-fBM SDE solver vs torchsde\n\nCommand: "
-        f"`{' '.join(['python', f'benchmarks/{Path(__file__).name}', *argv])}`\n\nSeconds per solve of all paths on the grid (median over {args.repeats} calls after "
+        f"`{' '.join(['python', f'benchmarks/{Path(__file__).name}', *argv])}`\n\n"
+        f"Seconds per solve of all paths on the grid (median over {args.repeats} calls after "
         "a warm-up); speed-up = torchsde seconds / bayeskit seconds. 'grid-bm': torchsde fed precomputed "
         "grid increments instead of its BrownianInterval.\n\n"
         f"Settings: {json.dumps(settings)}\n\nVersions: {json.dumps(run_versions)}\n\n{text}\n")

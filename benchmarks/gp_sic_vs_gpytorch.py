@@ -19,8 +19,9 @@ Gaussian noise 0.1), minibatches of 128, Adam at lr 0.01 for the hyperparameters
   (``model(x=None)``; its epoch is the first ``k`` points as one batch, then the rest in batches of 128).
 
 ``m`` is DKLGP's mean set size ``nnz(U) / n`` (rounded; the default ``rho = 1.5``, one of the authors' values,
-gives about 8.5 in 5-D, ``rho = 2`` about 26), so every method conditions on about as many points. For the Bernoulli runs GPyTorch gets a logit likelihood,
-the link the data are simulated with (its own ``BernoulliLikelihood`` is probit: ``--gpytorch-bernoulli probit``);
+gives about 8.5 in 5-D, ``rho = 2`` about 26), so every method conditions on about as many points. For the
+Bernoulli runs GPyTorch gets a logit likelihood, the link the data are simulated with (its own
+``BernoulliLikelihood`` is probit: ``--gpytorch-bernoulli probit``);
 GPyTorch's ELBO takes the expected log-likelihood by its default Gauss-Hermite quadrature.
 
 Metrics on the 2,000 test points: RMSE of the predictive mean of ``f`` against the true ``f``; the full

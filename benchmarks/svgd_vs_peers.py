@@ -163,12 +163,14 @@ def versions():
 
 
 def table(rows):
-    lines = ["| library | s/step | setup s | x bayeskit time | mean err max (sd) | mean err rms (sd) | sd ratio median [min, max] |",
+    lines = ["| library | s/step | setup s | x bayeskit time | mean err max (sd) | mean err rms (sd) "
+             "| sd ratio median [min, max] |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     base = rows[0]["seconds_per_step"]
     for r in rows:
         lines.append(f"| {r['library']} | {r['seconds_per_step']:.4f} | {r['setup_seconds']:.2f} | "
-                     f"{r['seconds_per_step'] / base:.2f} | {r['mean_error_max_sd']:.3f} | {r['mean_error_rms_sd']:.3f} | "
+                     f"{r['seconds_per_step'] / base:.2f} | {r['mean_error_max_sd']:.3f} | "
+                     f"{r['mean_error_rms_sd']:.3f} | "
                      f"{r['sd_ratio_median']:.2f} [{r['sd_ratio_min']:.2f}, {r['sd_ratio_max']:.2f}] |")
     return "\n".join(lines)
 
@@ -217,7 +219,8 @@ def main(argv=None):
                      "seconds_per_step_repeats": timings[name], "setup_seconds": setup,
                      **errors(theta, reference)})
         print(f"{name}: {rows[-1]['seconds_per_step'] * 1e3:.2f} ms/step (median of {args.repeats})", flush=True)
-    settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "nuts_warmup": warmup, "nuts_samples": samples, "nuts_seconds": nuts_seconds,
+    settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "nuts_warmup": warmup, "nuts_samples": samples,
+                "nuts_seconds": nuts_seconds,
                 "kernel": "rbf, median heuristic", "optimizer": "Adagrad", "dtype": "float32"}
     report = {"settings": settings, "versions": versions(), "results": rows}
     text = table(rows)

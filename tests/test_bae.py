@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import FULL
 from torch import nn
 from torch.nn import functional as F
 
@@ -13,7 +14,6 @@ from bayeskit.datasets import load_digits
 from bayeskit.diagnostics import sliced_wasserstein
 from bayeskit.inference import AdaptiveSGHMC
 from bayeskit.models import BayesianAutoencoder, VariationalAutoencoder
-from conftest import FULL
 
 pytestmark = pytest.mark.filterwarnings("ignore:median log density of the draws far below")
 

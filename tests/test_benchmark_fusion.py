@@ -21,7 +21,7 @@ def test_quick_benchmark_writes_its_table(tmp_path, float64, one_thread):  # mai
     report = load_module().main(["--quick", "--out", str(tmp_path)])
     rows = {(row["shards"], row["method"]): row for row in report["rows"]}
     assert set(rows) == {(c, m) for c in (2, 4) for m in ("D&C-GBF", "GBF fork-join", "CMC", "Weierstrass")}
-    for (shards, method), row in rows.items():
+    for (_, method), row in rows.items():
         assert 0 <= row["iad"] <= 1 and row["fusion_seconds"] >= 0
         if method.startswith(("D&C", "GBF")):
             assert row["estimator"] == "exact" and not row["approximate"] and 0 < row["final_ess"] <= 1

@@ -49,8 +49,22 @@ from conftest import FULL
 from contract_models import MODELS, lgssm_smoothing_marginals
 
 import bayeskit as bk
-from bayeskit.inference import (DSGLD, FSGLD, PSGLD, SGHMC, SGLD, SGNHT, SVGD, SVMD, SVNG, AdaptiveSGHMC, Fusion,
-                                MirroredSVGD, ParticleGibbs, StructuredSGMCMC)
+from bayeskit.inference import (
+    DSGLD,
+    FSGLD,
+    PSGLD,
+    SGHMC,
+    SGLD,
+    SGNHT,
+    SVGD,
+    SVMD,
+    SVNG,
+    AdaptiveSGHMC,
+    Fusion,
+    MirroredSVGD,
+    ParticleGibbs,
+    StructuredSGMCMC,
+)
 
 SEED = 0
 Z_MEAN, Z_SD = 4.0, 3.0  # standard errors in the mean and sd tolerances (see the module docstring)
@@ -295,8 +309,9 @@ def _fusion(method, tree, num_samples=FUSION_SAMPLES):
 def _gaussian_subposteriors(engine, y, seed, subposteriors):
     """MCF's rejection step needs bounds of phi, which bayeskit has for Gaussian and logistic densities only:
     on the Normal-mean model give it each shard's exact Gaussian sub-posterior density (prior^(1/C))."""
-    from bayeskit.inference.fusion import GaussianDensity, SubPosterior
     from contract_models import NORMAL_NOISE_SD, NORMAL_PRIOR_LOC, NORMAL_PRIOR_SD
+
+    from bayeskit.inference.fusion import GaussianDensity, SubPosterior
 
     out = []
     for shard, sub in zip(engine.shards(y, seed=seed), subposteriors):

@@ -205,7 +205,7 @@ def test_bad_data_and_arguments_are_refused(data, em_fit):
     z = data[0]
     model = DirichletProcessMixture(3)
     with pytest.raises(RuntimeError, match="fit"):
-        model.weights
+        _ = model.weights
     for bad in (z[:, 0], z[:1], z.long(), torch.cat([z, torch.tensor([[float("nan"), 0.0]])])):
         with pytest.raises(ValueError, match="z"):
             model.fit(bad, progress=False)

@@ -16,8 +16,12 @@ import pytest
 import torch
 
 from bayeskit.models.fractional_sde import exact
-from bayeskit.models.fractional_sde.exact import (fbm_covariance, fgn_autocovariance, sample_fbm_cholesky,
-                                                  sample_fbm_davies_harte)
+from bayeskit.models.fractional_sde.exact import (
+    fbm_covariance,
+    fgn_autocovariance,
+    sample_fbm_cholesky,
+    sample_fbm_davies_harte,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,7 +170,7 @@ def test_davies_harte_z_test_has_power():
 
 def test_davies_harte_half_hurst_is_brownian_motion():
     num_steps = 50
-    eigenvalues = exact._circulant_eigenvalues(num_steps, 0.5, "cpu")
+    eigenvalues = exact.circulant_eigenvalues(num_steps, 0.5, "cpu")
     torch.testing.assert_close(eigenvalues, torch.ones(2 * num_steps, dtype=F64), rtol=0.0, atol=1e-14)
     paths = sample_fbm_davies_harte(num_steps, 0.5, NUM_PATHS, horizon=3.0, generator=seeded(3))
     grid = torch.linspace(0.0, 3.0, num_steps + 1, dtype=F64)
@@ -179,7 +183,7 @@ def test_circulant_embedding_is_nonnegative_for_all_hurst():
             gamma = fgn_autocovariance(num_steps, hurst)
             eigenvalues = torch.fft.fft(torch.cat([gamma, gamma[1:-1].flip(0)])).real
             assert float(eigenvalues.min()) >= -1e-10 * float(eigenvalues.max()), (hurst, num_steps)
-            assert float(exact._circulant_eigenvalues(num_steps, hurst, "cpu").min()) >= 0
+            assert float(exact.circulant_eigenvalues(num_steps, hurst, "cpu").min()) >= 0
 
 
 def test_davies_harte_refuses_an_indefinite_embedding(monkeypatch):

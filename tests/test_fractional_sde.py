@@ -8,14 +8,35 @@ import torch
 from conftest import FULL
 
 import bayeskit as bk
-from bayeskit.models.fractional_sde import (MarkovFBM, optimal_weights, sample_fbm_davies_harte, sample_fou, solve,
-                                            speed_grid)
-from bayeskit.models.fractional_sde.linear import (fou_covariance, fou_log_likelihood, fou_system,
-                                                   gaussian_conditional, gaussian_log_likelihood, transition)
-from bayeskit.models.fractional_sde.markov import (approximation_error, mvn_variance_factor, regularized_gamma_p,
-                                                   scaled_gamma_q)
-from bayeskit.models.fractional_sde.model import (AffineControl, ConstantDiffusion, FractionalSDE,
-                                                  OrnsteinUhlenbeckDrift, gaussian_kl)
+from bayeskit.models.fractional_sde import (
+    MarkovFBM,
+    optimal_weights,
+    sample_fbm_davies_harte,
+    sample_fou,
+    solve,
+    speed_grid,
+)
+from bayeskit.models.fractional_sde.linear import (
+    fou_covariance,
+    fou_log_likelihood,
+    fou_system,
+    gaussian_conditional,
+    gaussian_log_likelihood,
+    transition,
+)
+from bayeskit.models.fractional_sde.markov import (
+    approximation_error,
+    mvn_variance_factor,
+    regularized_gamma_p,
+    scaled_gamma_q,
+)
+from bayeskit.models.fractional_sde.model import (
+    AffineControl,
+    ConstantDiffusion,
+    FractionalSDE,
+    OrnsteinUhlenbeckDrift,
+    gaussian_kl,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

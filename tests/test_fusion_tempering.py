@@ -17,7 +17,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-
 from conftest import FULL
 
 from bayeskit.inference.fusion import Fusion, ShardDensity, SubPosterior
@@ -69,7 +68,8 @@ def problem(name):
         k = torch.binomial(torch.full((40,), float(TRIALS)), torch.full((40,), 0.3), generator=generator)
         return beta_binomial, k, "p", dist.Beta(2.0 + k.sum(), 3.0 + (TRIALS - k).sum())
     y = torch.multinomial(torch.tensor([0.2, 0.3, 0.5]), 150, replacement=True, generator=generator)
-    return dirichlet_categorical, y, "pi", dist.Dirichlet(torch.tensor([1.5, 2.0, 2.5]) + torch.bincount(y, minlength=3))
+    posterior = dist.Dirichlet(torch.tensor([1.5, 2.0, 2.5]) + torch.bincount(y, minlength=3))
+    return dirichlet_categorical, y, "pi", posterior
 
 
 # ------------------------------------------------------------------ an exact sampler of a shard's own density
@@ -85,7 +85,8 @@ def grid_sampler(shard, num_samples, seed):
     the error is O(cell width^2) in the moments, far below the Monte Carlo error here.
     """
     target = shard.target()
-    coarse, _ = _grid(torch.full((target.dim,), -12.0), torch.full((target.dim,), 12.0), 241 if target.dim == 1 else 121)
+    points_per_axis = 241 if target.dim == 1 else 121
+    coarse, _ = _grid(torch.full((target.dim,), -12.0), torch.full((target.dim,), 12.0), points_per_axis)
     with torch.no_grad():
         log_p = target.log_prob(coarse)
     mass = coarse[log_p > log_p.max() - 40]  # e^-40: nothing outside this box carries any mass we could see

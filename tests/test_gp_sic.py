@@ -38,7 +38,10 @@ def exact_gp(gp, x_new=None):
     """Dense exact GP posterior with the model's own hyperparameters (and its jitter on K's diagonal)."""
     x, y = gp.x, gp.y - gp.mean.detach()
     jitter = gp.jitter * gp.kernel.outputscale.detach()
-    kernel = lambda a, b: matern32(a, b, gp.kernel.lengthscale.detach(), gp.kernel.outputscale.detach())
+
+    def kernel(a, b):
+        return matern32(a, b, gp.kernel.lengthscale.detach(), gp.kernel.outputscale.detach())
+
     prior = kernel(x, x) + jitter * torch.eye(len(x))
     observed = prior + gp.likelihood.noise.detach() * torch.eye(len(x))
     evidence = dist.MultivariateNormal(torch.zeros(len(x)), observed).log_prob(y)
@@ -324,7 +327,10 @@ def test_posterior_draws_have_the_variational_covariance_and_export(float64, tmp
 
 def test_fit_resumes_exactly_from_a_checkpoint(float64, tmp_path):
     x, _, y = simulate(100, seed=11)
-    make = lambda: SparseInverseCholeskyGP(x, y, rho=2.0, lengthscale=LENGTHSCALE)
+
+    def make():
+        return SparseInverseCholeskyGP(x, y, rho=2.0, lengthscale=LENGTHSCALE)
+
     straight = make()
     straight.fit(num_epochs=4, batch_size=25, progress=False)
     resumed = make()

@@ -4,8 +4,16 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from bayeskit.inference.mirror_maps import (BoxMap, CustomMirrorMap, IdentityMap, MirrorTransform, OrthantMap,
-                                            SimplexMap, mirror_for_support, resolve_mirror)
+from bayeskit.inference.mirror_maps import (
+    BoxMap,
+    CustomMirrorMap,
+    IdentityMap,
+    MirrorTransform,
+    OrthantMap,
+    SimplexMap,
+    mirror_for_support,
+    resolve_mirror,
+)
 
 MAPS = {
     "identity": IdentityMap(),

@@ -7,6 +7,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from conftest import FULL
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -14,8 +15,6 @@ import bayeskit as bk
 from bayeskit.inference import SGHMC, SVGD, find_modes
 from bayeskit.models import MixtureOfExperts
 from bayeskit.models.moe import nest
-
-from conftest import FULL
 
 TRUTH = {  # three experts along x: expert 0 left of -4/3, expert 2 right of 4/3 (the reference gate)
     "gate_intercept": torch.tensor([0.0, 2.0]), "gate_coef": torch.tensor([[-3.0], [-1.5]]),

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bayeskit import NonFiniteError, Target
-from bayeskit.runner import Fit
 from bayeskit.inference import SVGD
+from bayeskit.runner import Fit
 
 
 def minibatch_model(x, y):
@@ -127,7 +127,8 @@ def least_squares_fit(x, y, seed_noise=False):
 def test_fit_reaches_the_least_squares_solution_and_records_its_trace():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 3, generator=g, dtype=torch.float64)
-    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(50, generator=g, dtype=torch.float64)
+    noise = 0.1 * torch.randn(50, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + noise
     fit, _ = least_squares_fit(x, y)
     result = fit.run(num_steps=800, seed=0, progress=False)
     exact = torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)

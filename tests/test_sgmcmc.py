@@ -19,11 +19,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import FULL
 
 from bayeskit import NonFiniteError, Target
 from bayeskit.inference import PSGLD, SGHMC, SGLD, SGNHT, AdaptiveSGHMC, CyclicalSchedule, PolynomialDecay
 from bayeskit.inference.sgmcmc.engines import log_prob_and_score_per_chain
-from conftest import FULL
 
 # The mechanics tests run a few dozen steps from prior draws: chains that have not converged yet are
 # flagged, rightly; test_a_chain_that_ran_off_is_flagged checks that warning.

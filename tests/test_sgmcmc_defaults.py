@@ -45,13 +45,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import FULL
 from torch.distributions import constraints
 
 from bayeskit import Target
 from bayeskit.diagnostics import ess
 from bayeskit.inference import SGHMC, SGLD, SGNHT, AdaptiveSGHMC
 from bayeskit.target import build_sites
-from conftest import FULL
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

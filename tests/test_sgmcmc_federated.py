@@ -12,9 +12,16 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from bayeskit.inference.sgmcmc.federated import (DSGLD, FSGLD, GaussianSurrogate, PriorScaleMessenger,
-                                                 SurrogateTask, fit_gaussian_surrogate, run_surrogate_task,
-                                                 subposterior_target)
+from bayeskit.inference.sgmcmc.federated import (
+    DSGLD,
+    FSGLD,
+    GaussianSurrogate,
+    PriorScaleMessenger,
+    SurrogateTask,
+    fit_gaussian_surrogate,
+    run_surrogate_task,
+    subposterior_target,
+)
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel
 from bayeskit.target import Target
 

@@ -14,8 +14,17 @@ import pytest
 import torch
 from scipy.linalg import solve_discrete_lyapunov
 
-from bayeskit.inference.sgmcmc.kernels import (PSGLDKernel, SGHMCKernel, SGLDKernel, SGNHTKernel, make_kernel,
-                                               sghmc_init, sghmc_step, sgld_init, sgld_step)
+from bayeskit.inference.sgmcmc.kernels import (
+    PSGLDKernel,
+    SGHMCKernel,
+    SGLDKernel,
+    SGNHTKernel,
+    make_kernel,
+    sghmc_init,
+    sghmc_step,
+    sgld_init,
+    sgld_step,
+)
 
 CHAINS = 4000
 

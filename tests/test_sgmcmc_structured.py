@@ -24,8 +24,7 @@ import torch
 
 from bayeskit import Target
 from bayeskit.inference.sgmcmc.engines import SGLD
-from bayeskit.inference.sgmcmc.structured import (StructuredSGMCMC, resolve_groups, structured_points,
-                                                  structured_score)
+from bayeskit.inference.sgmcmc.structured import StructuredSGMCMC, resolve_groups, structured_points, structured_score
 
 # A 4-D Gaussian, groups {0, 1} and {2, 3}, strongly correlated across groups:
 # mean-field block variance 0.587 against a marginal variance of 1.

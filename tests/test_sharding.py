@@ -11,12 +11,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-
 from conftest import FULL
 
 from bayeskit.inference.fusion import NUTSSampler, PyroDensity
-from bayeskit.sharding import (PriorScaledModel, Shard, has_log_jacobian, scale_prior, split_data,
-                               subposterior_target)
+from bayeskit.sharding import PriorScaledModel, Shard, has_log_jacobian, scale_prior, split_data, subposterior_target
 from bayeskit.target import Target
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,15 +4,22 @@ import math
 
 import pytest
 import torch
+from conftest import FULL
 
 import bayeskit as bk
 from bayeskit.inference import PaRIS, ParticleFilter, ParticleGibbs
-from bayeskit.inference.smc import (cross_sum, fit_ssm, resample, smoothed_states, state_sum,
-                                    surrogate_log_likelihood, sweep)
+from bayeskit.inference.smc import (
+    cross_sum,
+    fit_ssm,
+    resample,
+    smoothed_states,
+    state_sum,
+    surrogate_log_likelihood,
+    sweep,
+)
 from bayeskit.inference.smc.resampling import RESAMPLING
 from bayeskit.models import LinearGaussianSSM, StochasticVolatility
 from bayeskit.models.ssm import StateSpaceModel
-from conftest import FULL
 
 pytestmark = pytest.mark.usefixtures("one_thread", "float64")
 

@@ -114,7 +114,7 @@ def sample_dirichlet(engine_class):
 results = {name: sample_dirichlet(engine_class)
            for name, engine_class in [("MSVGD", MirroredSVGD), ("SVMD", SVMD), ("SVGD", SVGD)]}
 print(f"{'engine':<7}{'energy distance':>17}{'/ floor':>9}{'wall time':>11}")
-for name, (post, history) in results.items():
+for name, (post, _) in results.items():
     distance = energy_distance(post.samples["p"].reshape(-1, K), exact)
     print(f"{name:<7}{distance:>17.2e}{distance / floor:>9.2f}{post.meta['wall_time_s']:>10.1f}s")
 

@@ -47,9 +47,19 @@ import pandas as pd
 import torch
 
 import bayeskit as bk
-from bayeskit.models.fractional_sde import (ConstantDiffusion, FractionalSDE, LatentFractionalSDE, MarkovFBM,
-                                            OrnsteinUhlenbeckDrift, approximation_error, fbm_covariance,
-                                            optimal_weights, sample_fou, speed_grid, stochastic_lorenz)
+from bayeskit.models.fractional_sde import (
+    ConstantDiffusion,
+    FractionalSDE,
+    LatentFractionalSDE,
+    MarkovFBM,
+    OrnsteinUhlenbeckDrift,
+    approximation_error,
+    fbm_covariance,
+    optimal_weights,
+    sample_fou,
+    speed_grid,
+    stochastic_lorenz,
+)
 from bayeskit.models.fractional_sde.linear import fou_covariance, fou_log_likelihood, gaussian_conditional
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
@@ -243,7 +253,7 @@ for true_hurst in (0.3, 0.7):
 print(pd.DataFrame(rows).round(3).to_string(index=False))
 
 figure, axis = plt.subplots(figsize=(6, 3.2))
-for true_hurst, (model, fit, y, times) in fits.items():
+for true_hurst, (_, fit, _, _) in fits.items():
     axis.plot(fit.trace["hurst"], label=f"true H = {true_hurst}")
     axis.axhline(true_hurst, color="k", lw=0.5)
 axis.set_xlabel("step")

@@ -116,8 +116,8 @@ for name, options in {"DKLGP, Gaussian": {}, "DKLGP, Student-t": {"likelihood": 
 # ## 3. Against an inducing-point GP
 #
 # Pyro's `VariationalSparseGP` (whitened, full-batch Adam, 1,000 steps) with $M$ inducing points started at
-# random training locations, learnt along with the kernel's hyperparameters. The same Matern 3/2 ARD kernel and standardised
-# depths. With a Pyro kernel object, `SparseInverseCholeskyGP(kernel=...)` trains that very kernel too.
+# random training locations, learnt along with the kernel's hyperparameters. The same Matern 3/2 ARD kernel
+# and standardised depths. With a Pyro kernel object, `SparseInverseCholeskyGP(kernel=...)` trains that very kernel too.
 
 # %%
 for inducing in (16, 64) if not QUICK else (8,):
@@ -159,8 +159,9 @@ for name, (rmse, nll, seconds, size) in results.items():
 #
 # With 64 inducing points the sparse GP's mean is as good as DKLGP's (the depth field is smooth at the scale of
 # the slab), but its predictive sd is far too small away from the inducing points, so its NLL is the worst of
-# all; more inducing points made it worse, not better (M = 256 gave 9.19 in a separate run). DKLGP with about 7 neighbours per point has the best NLL,
-# and Student-t noise improves it by 0.4 nats per quake: a few quakes sit far from their neighbours' depths
+# all; more inducing points made it worse, not better (M = 256 gave 9.19 in a separate run). DKLGP with about
+# 7 neighbours per point has the best NLL, and Student-t noise improves it by 0.4 nats per quake: a few quakes
+# sit far from their neighbours' depths
 # (R's documentation of `quakes` notes two planes of seismic activity).
 
 # %% [markdown]

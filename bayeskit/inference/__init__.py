@@ -2,10 +2,21 @@
 
 from bayeskit.inference.fusion import Fusion
 from bayeskit.inference.kernels import IMQKernel, RBFKernel
-from bayeskit.inference.modes import Modes, find_modes
 from bayeskit.inference.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
-from bayeskit.inference.sgmcmc import (DSGLD, FSGLD, PSGLD, SGHMC, SGLD, SGNHT, AdaptiveSGHMC, ConstantSchedule,
-                                       CyclicalSchedule, PolynomialDecay, StructuredSGMCMC)
+from bayeskit.inference.modes import Modes, find_modes
+from bayeskit.inference.sgmcmc import (
+                                       DSGLD,
+                                       FSGLD,
+                                       PSGLD,
+                                       SGHMC,
+                                       SGLD,
+                                       SGNHT,
+                                       AdaptiveSGHMC,
+                                       ConstantSchedule,
+                                       CyclicalSchedule,
+                                       PolynomialDecay,
+                                       StructuredSGMCMC,
+)
 from bayeskit.inference.smc import PaRIS, ParticleFilter, ParticleGibbs
 from bayeskit.inference.stein import SVGD, SVMD, SVNG, MirroredSVGD
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bayeskit._checks import fraction
 from bayeskit.inference.kernels import make_kernel
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
@@ -516,7 +517,7 @@ class SVMD(MirroredSVGD):
                  trace_fraction=0.998, optimizer="rmsprop", lr=0.03, init=None, dims=None, coords=None):
         super().__init__(model_or_target, mirror=mirror, num_particles=num_particles, num_chains=num_chains,
                          kernel=kernel, optimizer=optimizer, lr=lr, init=init, dims=dims, coords=coords)
-        self.trace_fraction = _fraction(trace_fraction)
+        self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
 
     def settings(self):
         return {**super().settings(), "trace_fraction": self.trace_fraction}
@@ -525,12 +526,6 @@ class SVMD(MirroredSVGD):
         phi, bandwidth, num_eigen = svmd_direction(theta, dual_score, geometry, self.kernel,
                                                    trace_fraction=self.trace_fraction)
         return phi, {"bandwidth": bandwidth.mean(), "num_eigen": num_eigen.to(theta.dtype).mean()}
-
-
-def _fraction(value):
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
-        raise ValueError(f"trace_fraction must lie in (0, 1], got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -619,7 +614,7 @@ class SVNG(SVGD):
         if not hasattr(self.kernel, "matrices"):
             raise TypeError("SVNG's kernel needs a matrices(x) -> (k, f', h) method (see bayeskit.inference.kernels)")
         self.metric, self.fisher_samples, self.damping = metric, fisher_samples, float(damping)
-        self.trace_fraction = _fraction(trace_fraction)
+        self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
 
     def settings(self):
         metric = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "callable")

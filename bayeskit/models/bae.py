@@ -44,9 +44,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from bayeskit._checks import check_finite, check_support
+from bayeskit._checks import check_finite, check_support, positive_int
 from bayeskit.diagnostics import DistributionalSlicedWasserstein
-from bayeskit.inference.sgmcmc.engines import _positive_int
 from bayeskit.runner import Fit
 
 __all__ = ["BayesianAutoencoder", "VariationalAutoencoder", "LIKELIHOODS"]
@@ -344,7 +343,7 @@ class BayesianAutoencoder(_Autoencoder):
         there.  Returns the fit's result (``trace["loss"]``).
         """
         x = _check_images(x, self.input_shape, self.likelihood)
-        _positive_int("num_steps", num_steps)
+        positive_int("num_steps", num_steps)
         weights = {name: value.to(x).requires_grad_() for name, value in
                    self._point_weights(torch.Generator().manual_seed(seed)).items()}
         batches = _batches(x, batch_size, num_steps, seed)
@@ -387,8 +386,8 @@ class BayesianAutoencoder(_Autoencoder):
         x = _check_images(x, self.input_shape, self.likelihood)
         for name, value in (("num_steps", num_steps), ("num_prior_draws", num_prior_draws),
                             ("batch_size", batch_size)):
-            _positive_int(name, value)
-        _positive_int("pretrain_steps", pretrain_steps, minimum=0)
+            positive_int(name, value)
+        positive_int("pretrain_steps", pretrain_steps, minimum=0)
         if not initial_scale > 0:
             raise ValueError(f"initial_scale must be positive, got {initial_scale!r}")
         self.to(dtype=x.dtype, device=x.device)
@@ -473,7 +472,7 @@ class BayesianAutoencoder(_Autoencoder):
         :meth:`latent` codes of the training images.  Returns the
         likelihood's means ``(num, *input_shape)``.
         """
-        _positive_int("num", num)
+        positive_int("num", num)
         codes = mixture.sample(num, seed=seed)
         weights = self.weights_of(posterior)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -521,7 +520,7 @@ class VariationalAutoencoder(_Autoencoder):
             progress: bool = True):
         """Maximise the mean ELBO over minibatches; returns the fit's result (``trace["loss"]`` = -ELBO)."""
         x = _check_images(x, self.input_shape, self.likelihood)
-        _positive_int("num_steps", num_steps)
+        positive_int("num_steps", num_steps)
         self.to(dtype=x.dtype, device=x.device)
         with torch.no_grad():  # reproducible start
             for name, value in self._point_weights(torch.Generator().manual_seed(seed)).items():

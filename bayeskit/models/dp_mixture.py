@@ -23,8 +23,9 @@ the data; the variational updates run on standardised data and map back.
 
 Why a Normal-Wishart rather than LKJ correlations times half-Normal scales: under the latter the
 posterior density is unbounded (a component shrinking onto one point: those scale densities stay
-positive at zero), so a MAP fit is ill posed; the Wishart density vanishes exponentially at singular covariances.  Being conjugate,
-it also gives the closed-form variational updates below, so both fitting methods target one model.
+positive at zero), so a MAP fit is ill posed; the Wishart density vanishes exponentially at singular
+covariances.  Being conjugate, it also gives the closed-form variational updates below, so both fitting
+methods target one model.
 
 ``fit(method="em")`` (the default) is mean-field variational Bayes (Blei and Jordan 2006, Bayesian
 Analysis 1): ``q(v_k) = Beta``, ``q(mu_k, Lambda_k)`` Normal-Wishart and ``q(labels)`` categorical,
@@ -47,9 +48,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import transform_to
 
-from bayeskit._checks import check_finite
+from bayeskit._checks import check_finite, positive_int
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine, Fit, _Parameters
+from bayeskit.runner import Engine, Fit, Parameters
 
 __all__ = ["DirichletProcessMixture", "stick_breaking"]
 
@@ -69,12 +70,6 @@ def _scale_tril(precision, diag):
     if diag:
         return torch.diag_embed(precision.rsqrt())
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
-
-
-def _check_int(value, name, low, allow_none=False):
-    if (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        return value
-    raise ValueError(f"{name} must be an int >= {low}{' or None' if allow_none else ''}, got {value!r}")
 
 
 def _check_points(z, d=None, name="z"):
@@ -150,7 +145,7 @@ class _VariationalEM(Engine):
         self.x, self.resp, self.nu0, self.alpha, self.diag = x, resp, nu0, alpha, diag
 
     def target(self):
-        return _Parameters({"responsibilities": self.resp}, self.name)
+        return Parameters({"responsibilities": self.resp}, self.name)
 
     def settings(self):
         return {"concentration": self.alpha, "covariance": "diag" if self.diag else "full"}
@@ -204,7 +199,7 @@ class DirichletProcessMixture:
     """
 
     def __init__(self, num_components=20, *, concentration=1.0, covariance="full", prior_scale=None):
-        _check_int(num_components, "num_components", 1)
+        positive_int("num_components", num_components, minimum=1)
         if not isinstance(concentration, (int, float)) or not 0 < concentration < math.inf:
             raise ValueError(f"concentration must be a positive finite number, got {concentration!r}")
         if covariance not in COVARIANCES:
@@ -285,7 +280,7 @@ class DirichletProcessMixture:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
-        _check_int(seed, "seed", 0), _check_int(num_steps, "num_steps", 1)
+        positive_int("seed", seed, minimum=0), positive_int("num_steps", num_steps, minimum=1)
         self.prior = None  # a refit takes its priors from the new data
         loc, scale = self.prior = self._prior(z)
         x = (z - loc) / scale  # standardised: m_0 = 0, Psi_0 = I
@@ -375,7 +370,7 @@ class DirichletProcessMixture:
 
     def sample(self, n, *, seed=None):
         """``n`` draws ``(n, d)`` from the fitted mixture; ``seed`` makes them reproducible."""
-        _check_int(n, "n", 0), _check_int(seed, "seed", 0, allow_none=True)
+        positive_int("n", n, minimum=0), positive_int("seed", seed, minimum=0, allow_none=True)
         means, tril = self.means, self.scale_tril
         generator = None if seed is None else torch.Generator(device=means.device).manual_seed(seed)
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)

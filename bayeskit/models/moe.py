@@ -44,8 +44,8 @@ from collections.abc import Mapping, Sequence
 
 import pyro
 import pyro.distributions as dist
-from pyro.distributions import constraints
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.transforms import OrderedTransform
 
 from bayeskit import health
@@ -84,7 +84,10 @@ def _drop_plate_slot(value: torch.Tensor, event_ndim: int) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, intercept: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """``intercept_k + x_i @ coef_k`` for leading draw dims: ``(*L, K)``, ``(*L, K, p)``, ``(B, p)`` -> ``(*L, B, K)``."""
+    """``intercept_k + x_i @ coef_k`` for leading draw dims.
+
+    ``(*L, K)``, ``(*L, K, p)``, ``(B, p)`` -> ``(*L, B, K)``.
+    """
     return intercept.unsqueeze(-2) + torch.einsum("...kp,bp->...bk", coef, x)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from bayeskit._checks import check_finite
+from bayeskit._checks import check_series
 
 __all__ = ["StateSpaceModel", "LinearGaussianSSM", "StochasticVolatility", "NonlinearGrowth", "KalmanResult"]
 
@@ -203,7 +203,7 @@ class LinearGaussianSSM(StateSpaceModel):
         """
         A, C, Q, R, m, P = (v.double() for v in (self.A, self.C, self.covariance("Q"), self.covariance("R"),
                                                  self.m0, self.covariance("P0")))
-        y = _check_observations(y, self.obs_dim).double()
+        y = check_series("y", y, self.obs_dim).double()
         means, covs, pred_means, pred_covs, log_lik = [], [], [], [], torch.zeros((), dtype=torch.float64)
         for t in range(y.shape[0]):
             if t > 0:
@@ -385,12 +385,3 @@ def _positive_diagonal(factor: torch.Tensor) -> torch.Tensor:
     return factor * signs.unsqueeze(-2)
 
 
-def _check_observations(y, obs_dim: int) -> torch.Tensor:
-    if not torch.is_tensor(y):
-        raise TypeError(f"y must be a torch.Tensor of shape (T, {obs_dim}), got {type(y).__name__}")
-    if y.dim() == 1 and obs_dim == 1:
-        y = y.unsqueeze(-1)
-    if y.dim() != 2 or y.shape[-1] != obs_dim or y.shape[0] < 1:
-        raise ValueError(f"y must have shape (T, {obs_dim}) with T >= 1, got {tuple(y.shape)}")
-    check_finite("y", y)  # the first index is (time, coordinate)
-    return y

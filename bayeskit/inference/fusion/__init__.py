@@ -10,8 +10,7 @@ Carlo and the Weierstrass sampler.
 
 from bayeskit.inference.fusion.baselines import consensus_monte_carlo, weierstrass
 from bayeskit.inference.fusion.core import build_tree, fuse_gbf, fuse_mcf, mesh_guidance, time_horizon_guidance
-from bayeskit.inference.fusion.densities import (GaussianDensity, LogDensity, LogisticDensity, PyroDensity,
-                                                 ShardDensity)
+from bayeskit.inference.fusion.densities import GaussianDensity, LogDensity, LogisticDensity, PyroDensity, ShardDensity
 from bayeskit.inference.fusion.engine import METHODS, Fusion
 from bayeskit.inference.fusion.shards import EngineSampler, NUTSSampler, SubPosterior
 from bayeskit.sharding import Shard, split_data

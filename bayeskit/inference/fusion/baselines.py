@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bayeskit.inference.sgmcmc.engines import _positive_int
+from bayeskit._checks import positive_int
 
 __all__ = ["consensus_monte_carlo", "weierstrass", "default_bandwidth", "CMC_WEIGHTINGS",
            "DEFAULT_MAX_PROPOSALS"]
@@ -171,7 +171,7 @@ def default_bandwidth(num_draws: int, dim: int) -> float:
     agree, so for ``(C - 1) d`` beyond a handful this ``h`` may need more
     proposals than ``max_proposals`` allows; pass a larger ``bandwidth`` then.
     """
-    num_draws, dim = _positive_int("num_draws", num_draws), _positive_int("dim", dim)
+    num_draws, dim = positive_int("num_draws", num_draws), positive_int("dim", dim)
     return (4.0 / (dim + 2)) ** (1.0 / (dim + 4)) * num_draws ** (-1.0 / (dim + 4))
 
 
@@ -252,8 +252,8 @@ def weierstrass(samples: Sequence[Tensor], *, num_samples: int | None = None, ba
     """
     x = _stack_samples(samples)
     num_sets, num_draws, dim = x.shape
-    num_samples = num_draws if num_samples is None else _positive_int("num_samples", num_samples)
-    max_proposals = DEFAULT_MAX_PROPOSALS if max_proposals is None else _positive_int("max_proposals", max_proposals)
+    num_samples = num_draws if num_samples is None else positive_int("num_samples", num_samples)
+    max_proposals = DEFAULT_MAX_PROPOSALS if max_proposals is None else positive_int("max_proposals", max_proposals)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     sd = _pooled_sd(x)

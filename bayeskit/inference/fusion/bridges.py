@@ -145,7 +145,10 @@ def _poisson_times(rates, duration, generator):
 
 
 def _bridge_skeleton(times, start, end, duration, generator):
-    """Bridge values at sorted ``times`` (N, K) from its ends: W_u = start + (u/tau)(end - start) + B_u - (u/tau) B_tau."""
+    """Bridge values at sorted ``times`` (N, K) from its ends.
+
+    W_u = start + (u/tau)(end - start) + B_u - (u/tau) B_tau.
+    """
     n, width = times.shape
     steps = torch.cat([times, times.new_full((n, 1), duration)], 1).diff(dim=1, prepend=times.new_zeros(n, 1))
     noise = torch.randn(n, width + 1, start.shape[-1], generator=generator, dtype=start.dtype, device=start.device)
@@ -171,9 +174,12 @@ def _bridge_at(times, start, end, duration, generator, known_times=None, known_p
     values = []
     for k in range(width):
         now = times[:, k]
-        nxt = torch.searchsorted(anchor_times, now[:, None].contiguous(), right=False).clamp_max(anchor_times.shape[1] - 1)
+        nxt = torch.searchsorted(anchor_times, now[:, None].contiguous(), right=False)
+        nxt = nxt.clamp_max(anchor_times.shape[1] - 1)
         # the latest known point before `now` may be later than the last drawn point
-        before = torch.searchsorted(known_times, now[:, None].contiguous(), right=False) - 1 if known_times.shape[1] else None
+        before = None
+        if known_times.shape[1]:
+            before = torch.searchsorted(known_times, now[:, None].contiguous(), right=False) - 1
         if before is not None:
             has_before = before[:, 0] >= 0
             known_before_time = torch.gather(known_times, 1, before.clamp_min(0))[:, 0]

@@ -99,7 +99,7 @@ def resample_indices(log_weights, num, generator):
     return inverse_cdf(weights, uniforms)
 
 
-def _equal_weight_draws(child: ParticleSet, num, generator):
+def equal_weight_draws(child: ParticleSet, num, generator):
     """``num`` equally weighted particles of a child, in random order (so that children pair independently)."""
     x = child.particles
     if child.log_weights is not None:
@@ -121,7 +121,7 @@ def preconditioner_scale(child: ParticleSet, kind: str):
     return torch.linalg.cholesky(covariance + jitter * torch.eye(x.shape[1], dtype=x.dtype, device=x.device))
 
 
-def _combined(scales):
+def combine_preconditioners(scales):
     """Lambda_c^{-1} for each child, Lambda, and the Cholesky factor of Lambda."""
     inverses = torch.stack([torch.cholesky_inverse(a) for a in scales])
     combined = torch.linalg.inv(inverses.sum(0))
@@ -129,12 +129,12 @@ def _combined(scales):
     return inverses, combined, torch.linalg.cholesky(combined)
 
 
-def _consensus(x, inverses, combined):
+def consensus_mean(x, inverses, combined):
     """x~ = Lambda sum_c Lambda_c^{-1} x_c for x (C, N, d)."""
     return torch.einsum("cij,cnj->ni", inverses, x) @ combined.T
 
 
-def _log_rho(x, consensus, inverses, horizon):
+def log_rho(x, consensus, inverses, horizon):
     centred = x - consensus
     return -0.5 * torch.einsum("cni,cij,cnj->n", centred, inverses, centred) / horizon
 
@@ -143,7 +143,7 @@ def _log_rho(x, consensus, inverses, horizon):
 def time_horizon_guidance(children, scales, cess0: float = 0.2):
     """T with the initial weights' CESS about ``cess0`` (Gaussian approximation; see the module doc)."""
     means = torch.stack([_weighted_mean(child) for child in children])
-    inverses, combined, _ = _combined(scales)
+    inverses, combined, _ = combine_preconditioners(scales)
     consensus = combined @ torch.einsum("cij,cj->i", inverses, means)
     centred = means - consensus
     heterogeneity = float(torch.einsum("ci,cij,cj->", centred, inverses, centred))
@@ -180,7 +180,7 @@ def _log_path_weight(density, scale, start, end, duration, generator, exact, cou
 
 def _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, generator):
     """Draw X_t | X_s ~ N(M, V) for all children at once."""
-    consensus = _consensus(x, inverses, combined)
+    consensus = consensus_mean(x, inverses, combined)
     ahead = (t - s) / (horizon - s)
     mean = (1 - ahead) * x + ahead * consensus
     own = math.sqrt(max((t - s) * (horizon - t) / (horizon - s), 0.0))
@@ -208,9 +208,9 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
     dim = children[0].particles.shape[1]
     mesh = mesh_guidance(horizon, len(children), dim, cess_step) if mesh is None else torch.as_tensor(mesh)
     mesh = [float(v) for v in mesh]
-    x = torch.stack([_equal_weight_draws(child, num_particles, generator) for child in children])
-    inverses, combined, combined_scale = _combined(scales)
-    log_w = _log_rho(x, _consensus(x, inverses, combined), inverses, horizon)
+    x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
+    inverses, combined, combined_scale = combine_preconditioners(scales)
+    log_w = log_rho(x, consensus_mean(x, inverses, combined), inverses, horizon)
     trace = {"time": [0.0], "ess": [float(ess_fraction(log_w))], "cess": [float(ess_fraction(log_w))],
              "resampled": [False]}
     counts = {"phi_evaluations": 0, "top_ups": 0}
@@ -246,7 +246,10 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
 
 
 def _distinct_fraction(origin, log_w):
-    """The Kish ESS of the weights pooled by origin, over N: the share of the starting draws still informing the fusion."""
+    """The Kish ESS of the weights pooled by origin, over N.
+
+    The share of the starting draws that still inform the fusion.
+    """
     pooled = torch.zeros(len(origin), dtype=log_w.dtype, device=log_w.device).index_add_(0, origin, _normalised(log_w))
     return float(ess_fraction(pooled.log()))
 
@@ -261,7 +264,7 @@ def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner
                          "(GaussianDensity, LogisticDensity); use method='dc_mcf' or 'gbf'")
     scales = torch.stack([preconditioner_scale(child, preconditioner) for child in children])
     horizon = float(time_horizon_guidance(children, scales, cess0) if horizon is None else horizon)
-    inverses, combined, combined_scale = _combined(scales)
+    inverses, combined, combined_scale = combine_preconditioners(scales)
     floors = [d.phi_lower_bound(a) for d, a in zip(densities, scales)]
     max_proposals = max_proposals or 1000 * num_particles
     accepted, proposed = [], 0
@@ -269,11 +272,11 @@ def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner
         if proposed >= max_proposals:
             raise RuntimeError(f"Monte Carlo Fusion accepted {sum(len(a) for a in accepted)} of {proposed} "
                                "proposals; lower the time horizon, or use method='gbf'")
-        x = torch.stack([_equal_weight_draws(child, num_particles, generator) for child in children])
-        consensus = _consensus(x, inverses, combined)
+        x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
+        consensus = consensus_mean(x, inverses, combined)
         y = consensus + math.sqrt(horizon) * torch.randn(consensus.shape, generator=generator, dtype=x.dtype,
                                                          device=x.device) @ combined_scale.T
-        log_accept = _log_rho(x, consensus, inverses, horizon)
+        log_accept = log_rho(x, consensus, inverses, horizon)
         for c, density in enumerate(densities):
             log_q, _ = log_exact_estimate(density, scales[c], x[c], y, horizon, generator, bounded=True)
             log_accept = log_accept + log_q + floors[c] * horizon  # exp(-int (phi - Phi)) <= 1

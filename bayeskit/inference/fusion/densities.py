@@ -168,7 +168,8 @@ class LogisticDensity(ShardDensity):
 
     def log_prob(self, z):
         eta = z @ self.design.T
-        return (self.y * eta - torch.nn.functional.softplus(eta)).sum(-1) - 0.5 * self._prior_precision * z.square().sum(-1)
+        log_likelihood = (self.y * eta - torch.nn.functional.softplus(eta)).sum(-1)
+        return log_likelihood - 0.5 * self._prior_precision * z.square().sum(-1)
 
     def score(self, z):
         observed = self.y @ self.design

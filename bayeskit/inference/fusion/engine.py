@@ -7,10 +7,10 @@ import time
 import torch
 
 from bayeskit import health
+from bayeskit._checks import fraction, positive_int
 from bayeskit.inference.fusion import core
-from bayeskit.inference.fusion.shards import NUTSSampler, SubPosterior, _TaskContext, sample_shard, task_seed
-from bayeskit.inference.sgmcmc.engines import _positive_int
-from bayeskit.parallel import parallel_map
+from bayeskit.inference.fusion.shards import NUTSSampler, SubPosterior, sample_shard, task_seed
+from bayeskit.parallel import TaskContext, parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import progress_enabled, versions
 from bayeskit.sharding import split_data
@@ -21,12 +21,6 @@ METHODS = ("gbf", "dc_mcf", "mcf", "consensus", "weierstrass")
 _PRECONDITIONERS = ("covariance", "identity")
 _WEIERSTRASS_BUDGET = 4_000_000  # proposals per bandwidth tried
 _WEIERSTRASS_DOUBLINGS = 8
-
-
-def _check_fraction(name, value):
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
-    return float(value)
 
 
 class Fusion:
@@ -120,15 +114,15 @@ class Fusion:
         if sampler is not None and not callable(sampler):
             raise TypeError("sampler must be callable: sampler(shard, num_samples, seed) -> Tensor")
         self.model = model
-        self.num_shards = None if num_shards is None else _positive_int("num_shards", num_shards)
+        self.num_shards = None if num_shards is None else positive_int("num_shards", num_shards)
         self.method, self.tree, self.preconditioner, self.estimator = method, tree, preconditioner, estimator
-        self.num_samples = _positive_int("num_samples", num_samples)
+        self.num_samples = positive_int("num_samples", num_samples)
         self.sampler = sampler or NUTSSampler()
         self.time_horizon = time_horizon
-        self.num_mesh_steps = None if num_mesh_steps is None else _positive_int("num_mesh_steps",
+        self.num_mesh_steps = None if num_mesh_steps is None else positive_int("num_mesh_steps",
                                                                                        num_mesh_steps)
-        self.cess0, self.cess_step = _check_fraction("cess0", cess0), _check_fraction("cess_step", cess_step)
-        self.ess_threshold = _check_fraction("ess_threshold", ess_threshold)
+        self.cess0, self.cess_step = fraction("cess0", cess0), fraction("cess_step", cess_step)
+        self.ess_threshold = fraction("ess_threshold", ess_threshold)
         self.shuffle, self.backend, self.ray_options = shuffle, backend, ray_options
 
     def settings(self) -> dict:
@@ -196,7 +190,7 @@ class Fusion:
     def _baseline(self, leaves, seed):
         from bayeskit.inference.fusion import baselines
 
-        samples = [core._equal_weight_draws(leaf, self.num_samples,
+        samples = [core.equal_weight_draws(leaf, self.num_samples,
                                             torch.Generator(device=leaf.particles.device).manual_seed(
                                                 task_seed(seed, 3, c))) for c, leaf in enumerate(leaves)]
         if self.method == "consensus":
@@ -273,7 +267,7 @@ def _fuse_node(task):
     """One node of the tree, as an in-process call or a Ray task."""
     settings, children, seed, dtype = task
     generator = torch.Generator(device=children[0].particles.device).manual_seed(seed)
-    with _TaskContext(dtype):
+    with TaskContext(dtype):
         if settings["method"] == "mcf":
             return core.fuse_mcf(children, num_particles=settings["num_particles"], generator=generator,
                                  horizon=settings["horizon"], preconditioner=settings["preconditioner"],

@@ -18,6 +18,7 @@ import pyro
 import torch
 
 from bayeskit.inference.fusion.densities import LogisticDensity, PyroDensity
+from bayeskit.parallel import TaskContext
 from bayeskit.sharding import Shard, has_log_jacobian, scale_prior
 
 __all__ = ["NUTSSampler", "EngineSampler", "SubPosterior", "shard_density", "sample_shard", "task_seed"]
@@ -62,26 +63,6 @@ class SubPosterior:
             raise ValueError("SubPosterior samples contain non-finite values")
         if self.log_weights is not None and self.log_weights.shape != self.samples.shape[:1]:
             raise ValueError(f"log_weights must be ({len(self.samples)},), got {tuple(self.log_weights.shape)}")
-
-
-class _TaskContext:
-    """Inside a task: torch on one thread and the caller's default dtype.
-
-    So that in-process and Ray runs give the same floating point: a Ray
-    worker neither shares the caller's thread count nor its default dtype.
-    """
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.threads, self.previous_dtype = torch.get_num_threads(), torch.get_default_dtype()
-        torch.set_num_threads(1)
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.threads)
-        torch.set_default_dtype(self.previous_dtype)
 
 
 @dataclass
@@ -172,7 +153,7 @@ def sample_shard(task) -> SubPosterior:
     """One Ray task or in-process call: draw ``num_samples`` from a shard's sub-posterior."""
     shard, sampler, num_samples, seed, dtype = task
     began = time.perf_counter()
-    with _TaskContext(dtype):
+    with TaskContext(dtype):
         draws = sampler(shard, num_samples, seed)
     if not isinstance(draws, torch.Tensor) or draws.shape[0] != num_samples or draws.dim() != 2:
         raise ValueError(f"the sampler must return a tensor ({num_samples}, dim); got "

@@ -17,8 +17,16 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bayeskit.inference.sgmcmc.kernels import (AdaptiveSGHMCKernel, PSGLDKernel, SGHMCKernel, SGLDKernel,
-                                               SGMCMCState, SGNHTKernel, _positive, sgld_step)
+from bayeskit._checks import positive, positive_int
+from bayeskit.inference.sgmcmc.kernels import (
+    AdaptiveSGHMCKernel,
+    PSGLDKernel,
+    SGHMCKernel,
+    SGLDKernel,
+    SGMCMCState,
+    SGNHTKernel,
+    sgld_step,
+)
 from bayeskit.inference.sgmcmc.schedules import make_schedule
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
@@ -44,12 +52,6 @@ class SGMCMCRun:
     num_collected: int
     step: int
     adaptation: dict | None = None  # the warm-up's estimates when step_size=None (see WarmupAdaptation)
-
-
-def _positive_int(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def log_prob_and_score_per_chain(target, points, share_minibatches=False):
@@ -359,18 +361,18 @@ class SGMCMC(Engine):
         super().__init__(model_or_target)
         if step_size is None and not self.adapts_step_size:
             raise ValueError(f"{self.name} needs a step_size (it has no step-size rule)")
-        self.step_size = None if step_size is None else _positive("step_size", step_size)
-        self.num_samples = _positive_int("num_samples", num_samples)
-        self.num_warmup = _positive_int("num_warmup", num_warmup, minimum=0)
+        self.step_size = None if step_size is None else positive("step_size", step_size)
+        self.num_samples = positive_int("num_samples", num_samples)
+        self.num_warmup = positive_int("num_warmup", num_warmup, minimum=0)
         if self.step_size is None and self.num_warmup < MIN_ADAPTIVE_WARMUP:
             raise ValueError(f"step_size=None adapts the step size during the warm-up: num_warmup must be "
                              f">= {MIN_ADAPTIVE_WARMUP} (got {num_warmup}), or give step_size")
-        self.num_chains = _positive_int("num_chains", num_chains)
+        self.num_chains = positive_int("num_chains", num_chains)
         if not isinstance(share_minibatches, bool):
             raise TypeError(f"share_minibatches must be True or False, got {share_minibatches!r}")
         self.share_minibatches = share_minibatches
-        self.thin = _positive_int("thin", thin)
-        self.temperature = _positive("temperature", temperature)
+        self.thin = positive_int("thin", thin)
+        self.temperature = positive("temperature", temperature)
         self.schedule = make_schedule(schedule)
         # Adapted runs follow the schedule's shape relative to the step the warm-up chooses.
         self.plan = self.schedule.plan(1.0 if self.step_size is None else self.step_size, self.num_warmup,
@@ -784,8 +786,8 @@ class SGNHT(SGMCMC):
         return [name for name in ("diffusion", "mass") if getattr(self, name) is None]
 
     def tune(self, adaptation):
-        """``M = H_hat`` (unless given), ``A = omega`` (unless given; the thermostat adds ``epsilon v / 2``), ``epsilon`` by
-        :func:`sgnht_step_size_rule`."""
+        """``M = H_hat`` (unless given), ``A = omega`` (unless given; the thermostat adds ``epsilon v / 2``),
+        ``epsilon`` by :func:`sgnht_step_size_rule`."""
         mass, noise, omega = scaled_estimates(adaptation, adaptation["curvature"] if self.mass is None
                                               else self.kernel.mass)
         diffusion = omega if self.diffusion is None else omega.new_tensor(self.diffusion)

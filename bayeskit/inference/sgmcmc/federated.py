@@ -53,12 +53,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bayeskit._checks import positive, positive_int
 from bayeskit.inference.modes import find_modes
-from bayeskit.inference.sgmcmc.engines import SGMCMC, _positive_int, log_prob_and_score_per_chain
-from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, _positive, make_kernel
+from bayeskit.inference.sgmcmc.engines import SGMCMC, log_prob_and_score_per_chain
+from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, make_kernel
 from bayeskit.parallel import BACKENDS, parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
+
 # The sub-posteriors (prior and log-Jacobian both tempered) live in bayeskit.sharding, shared with Fusion;
 # the names are re-exported here, where the federated engines' users have found them so far.
 from bayeskit.sharding import PriorScaledModel, PriorScaleMessenger, scale_prior, subposterior_target
@@ -432,7 +434,7 @@ class FederatedSGMCMC(SGMCMC):
                             f"shards; got {type(model).__name__}")
         self.kernel_spec = kernel
         super().__init__(model, step_size=step_size, **sgmcmc_options)
-        self.local_steps = _positive_int("local_steps", local_steps)
+        self.local_steps = positive_int("local_steps", local_steps)
         self.shard_probs = _check_shard_probs(shard_probs)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -671,12 +673,12 @@ class FSGLD(FederatedSGMCMC):
             raise ValueError(f"surrogate_covariance must be one of {list(SURROGATE_COVARIANCES)}, "
                              f"got {surrogate_covariance!r}")
         self.surrogate_covariance = surrogate_covariance
-        self.surrogate_steps = _positive_int("surrogate_steps", surrogate_steps)
+        self.surrogate_steps = positive_int("surrogate_steps", surrogate_steps)
         if self.surrogate_steps < 2:
             raise ValueError("surrogate_steps must be at least 2 (the first half is warm-up)")
-        self.surrogate_step_size = self.step_size if surrogate_step_size is None else _positive(
+        self.surrogate_step_size = self.step_size if surrogate_step_size is None else positive(
             "surrogate_step_size", surrogate_step_size)
-        self.surrogate_chains = _positive_int("surrogate_chains",
+        self.surrogate_chains = positive_int("surrogate_chains",
                                               self.num_chains if surrogate_chains is None else surrogate_chains)
 
     def settings(self):

@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from bayeskit._checks import positive
+
 __all__ = [
     "SGMCMCState", "SGLDKernel", "PSGLDKernel", "SGHMCKernel", "SGNHTKernel", "make_kernel",
     "sgld_init", "sgld_step", "psgld_init", "psgld_step", "sghmc_init", "sghmc_step",
@@ -338,12 +340,6 @@ def sgnht_step(state: SGMCMCState, score: torch.Tensor, step_size: float, *, dif
 
 
 # ------------------------------------------------------------------ kernel objects
-def _positive(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class SGLDKernel:
     """SGLD with its hyperparameters bound: ``init(position)``, ``step(state, score, step_size, noise)``."""
@@ -352,7 +348,7 @@ class SGLDKernel:
     name = "SGLD"
 
     def __post_init__(self):
-        _positive("temperature", self.temperature)
+        positive("temperature", self.temperature)
 
     def init(self, position):
         return sgld_init(position)
@@ -378,7 +374,7 @@ class PSGLDKernel(SGLDKernel):
         super().__post_init__()
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1), got {self.alpha!r}")
-        _positive("eps", self.eps)
+        positive("eps", self.eps)
 
     def init(self, position):
         return psgld_init(position)
@@ -402,7 +398,7 @@ class SGHMCKernel(SGLDKernel):
 
     def __post_init__(self):
         super().__post_init__()
-        _positive("friction", self.friction)
+        positive("friction", self.friction)
         _check_mass(self)
         if self.noise_estimate != "ema" and not (isinstance(self.noise_estimate, (int, float))
                                                  and self.noise_estimate >= 0):
@@ -455,7 +451,7 @@ class SGNHTKernel(SGLDKernel):
 
     def __post_init__(self):
         super().__post_init__()
-        _positive("diffusion", self.diffusion)
+        positive("diffusion", self.diffusion)
         _check_mass(self)
 
     def init(self, position):

@@ -56,7 +56,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bayeskit.inference.sgmcmc.engines import SGMCMC, SGMCMCRun, _positive_int, log_prob_and_score_per_chain
+from bayeskit._checks import positive_int
+from bayeskit.inference.sgmcmc.engines import SGMCMC, SGMCMCRun, log_prob_and_score_per_chain
 from bayeskit.inference.sgmcmc.kernels import make_kernel
 from bayeskit.target import Target
 
@@ -399,12 +400,12 @@ class StructuredSGMCMC(SGMCMC):
     def __init__(self, model_or_target, *, groups=None, buffer_size=1000, buffer_every=1, share_history=False,
                  num_context_draws=1, dropout=None, kernel="sgld", kernel_options=None, **kwargs):
         self.groups = None if groups is None else _check_group_spec(groups)
-        self.buffer_size = _positive_int("buffer_size", buffer_size)
-        self.buffer_every = _positive_int("buffer_every", buffer_every)
+        self.buffer_size = positive_int("buffer_size", buffer_size)
+        self.buffer_every = positive_int("buffer_every", buffer_every)
         if not isinstance(share_history, bool):
             raise TypeError(f"share_history must be True or False, got {share_history!r}")
         self.share_history = share_history
-        self.num_context_draws = _positive_int("num_context_draws", num_context_draws)
+        self.num_context_draws = positive_int("num_context_draws", num_context_draws)
         self.dropout = _check_dropout(dropout)
         if kernel_options is not None and not isinstance(kernel_options, dict):
             raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")

@@ -202,7 +202,9 @@ def _paris_update(functional, t, stats_prev, x_prev, x, indices):
 
 # -------------------------------------------------------------- backward kernel
 def backward_indices(model, t, x_prev, log_w_prev, x, num_backward: int, mode: str = "auto") -> torch.Tensor:
-    r"""``num_backward`` draws per particle ``i`` from :math:`\Lambda_t(i, l) \propto W_{t-1}^l q_t(\xi_{t-1}^l, \xi_t^i)`.
+    r"""``num_backward`` draws per particle ``i`` from the backward kernel.
+
+    :math:`\Lambda_t(i, l) \propto W_{t-1}^l q_t(\xi_{t-1}^l, \xi_t^i)`.
 
     Returns ``(R, N, num_backward)`` indices into the time ``t-1`` cloud.
     ``mode="reject"`` needs :meth:`~bayeskit.models.ssm.StateSpaceModel.transition_log_bound`;

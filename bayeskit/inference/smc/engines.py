@@ -7,8 +7,9 @@ from dataclasses import fields
 
 import torch
 
+from bayeskit._checks import check_series, positive_int
 from bayeskit.inference.smc import core
-from bayeskit.models.ssm import StateSpaceModel, _check_observations
+from bayeskit.models.ssm import StateSpaceModel
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
@@ -26,9 +27,9 @@ class _Observations:
         return ["log_weights"]
 
 
-def _observations_for(model, y) -> torch.Tensor:
+def observations_for(model, y) -> torch.Tensor:
     """``y`` as ``(T, obs_dim)`` in the model's dtype, on the model's device (refused when elsewhere)."""
-    y = _check_observations(y, model.obs_dim)
+    y = check_series("y", y, model.obs_dim)
     reference = next(iter(list(model.parameters()) + list(model.buffers())), None)
     if reference is not None:
         if y.device != reference.device:
@@ -38,14 +39,9 @@ def _observations_for(model, y) -> torch.Tensor:
     return y
 
 
-def _check_model(model):
+def check_model(model):
     if not isinstance(model, StateSpaceModel):
         raise TypeError(f"model must be a bayeskit.models.ssm.StateSpaceModel, got {type(model).__name__}")
-
-
-def _check_replicates(num_replicates):
-    if not isinstance(num_replicates, int) or isinstance(num_replicates, bool) or num_replicates < 1:
-        raise ValueError(f"num_replicates must be a positive int, got {num_replicates!r}")
 
 
 def _sweep_dict(sweep: core.SweepState | None) -> dict:
@@ -83,7 +79,7 @@ class ParticleFilter(Engine):
 
     def __init__(self, model, *, num_particles: int = 1000, proposal=None, resampling: str = "systematic",
                  ess_threshold: float = 0.5):
-        _check_model(model)
+        check_model(model)
         core.check_settings(num_particles, 1, resampling, ess_threshold, "auto", None)
         if proposal is not None and not callable(getattr(proposal, "propose", None)):
             raise TypeError("proposal must have a propose(model, t, x_prev, y_t) method (see smc.proposals)")
@@ -102,8 +98,8 @@ class ParticleFilter(Engine):
     def run(self, y, *, num_replicates: int = 1, seed: int | None = None, progress: bool = True, callback=None,
             checkpoint=None, checkpoint_every: int = 100, resume: bool = False) -> Posterior:
         """Filter ``y`` ``(T, obs_dim)`` with ``num_replicates`` independent particle systems."""
-        _check_replicates(num_replicates)
-        y = _observations_for(self.model, y)
+        positive_int("num_replicates", num_replicates)
+        y = observations_for(self.model, y)
         self.num_replicates = num_replicates
         return super().run(y, num_steps=y.shape[0], seed=seed, progress=progress, callback=callback,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
@@ -211,7 +207,7 @@ class ParticleGibbs(Engine):
 
     def __init__(self, model, functional=None, *, num_particles: int = 100, num_backward: int = 2,
                  backward: str = "auto", burn_in: int | None = None):
-        _check_model(model)
+        check_model(model)
         core.check_settings(num_particles, num_backward, "multinomial", 0.5, backward, functional)
         if burn_in is not None and (not isinstance(burn_in, int) or isinstance(burn_in, bool) or burn_in < 0):
             raise ValueError(f"burn_in must be a non-negative int or None, got {burn_in!r}")
@@ -229,8 +225,8 @@ class ParticleGibbs(Engine):
             progress: bool = True, callback=None, checkpoint=None, checkpoint_every: int = 100,
             resume: bool = False) -> Posterior:
         """``num_steps`` Gibbs iterations on ``y`` ``(T, obs_dim)``, ``num_replicates`` chains in one batch."""
-        _check_replicates(num_replicates)
-        y = _observations_for(self.model, y)
+        positive_int("num_replicates", num_replicates)
+        y = observations_for(self.model, y)
         self.num_replicates = num_replicates
         return super().run(y, num_steps=num_steps, seed=seed, progress=progress, callback=callback,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import torch
 
+from bayeskit._checks import positive_int
 from bayeskit.inference.smc import core
-from bayeskit.inference.smc.engines import _check_model, _check_replicates, _observations_for
+from bayeskit.inference.smc.engines import check_model, observations_for
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Fit
 
@@ -60,11 +61,11 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
         and ``trace`` with every step's parameters and ``loss`` (minus the
         surrogate log-likelihood per observation).
     """
-    _check_model(model)
+    check_model(model)
     if method not in LEARNING_METHODS:
         raise ValueError(f"method must be one of {LEARNING_METHODS}, got {method!r}")
     core.check_settings(num_particles, num_backward, "multinomial", 0.5, backward, None)
-    _check_replicates(num_replicates)
+    positive_int("num_replicates", num_replicates)
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no learnable parameters: name them in learn=(...)")
@@ -73,7 +74,7 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
     average_from = num_steps // 2 if average_from is None else average_from
     if not isinstance(average_from, int) or not 0 <= average_from < num_steps:
         raise ValueError(f"average_from must be an int in [0, num_steps), got {average_from!r}")
-    y = _observations_for(model, y)
+    y = observations_for(model, y)
     chain = {"reference": None}
     totals = {name: torch.zeros_like(p) for name, p in parameters.items()}
     counted = [0]

@@ -46,10 +46,11 @@ class MixtureOfExpertsProposal(Proposal):
     fitted once per time step, for the whole cloud, by minimising the KL divergence from the auxiliary target
     :math:`\bar\pi(i, x) \propto w_{t-1}^i q_t(x_{t-1}^i, x) g_t(y_t \mid x)` to
     :math:`w_{t-1}^i r_t(x \mid x_{t-1}^i)` by importance-sampled EM. Each iteration draws ``num_pilot`` pairs
-    ``i ~ w``, ``x ~`` the current proposal, weighted by :math:`q_t g_t / r_t`; the E-step gives the experts' responsibilities, the
-    M-step fits each expert by weighted least squares and the gates by weighted multinomial logistic regression
-    (monotone quadratic-bound steps, Böhning 1992). The first pilot comes from the transition (the bootstrap
-    kernel, weights :math:`g_t`), the first experts from a weighted k-means of its states. Each replicate has
+    ``i ~ w``, ``x ~`` the current proposal, weighted by :math:`q_t g_t / r_t`; the E-step gives the experts'
+    responsibilities, the M-step fits each expert by weighted least squares and the gates by weighted
+    multinomial logistic regression (monotone quadratic-bound steps, Böhning 1992). The first pilot comes from the
+    transition (the bootstrap kernel, weights :math:`g_t`), the first experts from a weighted k-means of its
+    states. Each replicate has
     its own fit.
 
     Beyond the paper: an informative observation makes the bootstrap pilot degenerate, so the EM target is
@@ -119,6 +120,7 @@ class MixtureOfExpertsProposal(Proposal):
         best_ess, temperature = torch.full_like(bootstrap_ess, -math.inf), torch.zeros_like(bootstrap_ess)
         untempered, gates = torch.zeros_like(bootstrap_ess), x_prev.new_zeros(x_prev.shape[0], self.num_experts,
                                                                               x_prev.shape[-1] + 1)
+        current = None  # the experts of the last EM iteration (set in the first, read from the second)
         for _ in range(self.max_em_iterations):
             temperature = _temper(latest[2], latest[3], temperature, self.tempering_ess * num_pilot)
             untempered = untempered + (temperature == 1).to(untempered.dtype)
@@ -287,7 +289,7 @@ def _kmeans(points, weights, num_clusters, num_lloyd=5):
     for _ in range(1, num_clusters):
         distance = ((points.unsqueeze(2) - centres.unsqueeze(1)) ** 2).sum(-1).min(-1).values
         centres = torch.cat([centres, _take(points, _categorical(weights * distance, 1))], 1)
-    for step in range(num_lloyd + 1):
+    for _ in range(num_lloyd + 1):
         nearest = ((points.unsqueeze(2) - centres.unsqueeze(1)) ** 2).sum(-1).argmin(-1)
         assignment = torch.nn.functional.one_hot(nearest, num_clusters).to(points.dtype) * weights.unsqueeze(-1)
         mass = assignment.sum(1).unsqueeze(-1)  # an empty cluster keeps its centre

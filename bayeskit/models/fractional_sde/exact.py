@@ -52,6 +52,7 @@ import numpy as np
 import scipy.special
 import torch
 
+from bayeskit._checks import positive_int
 from bayeskit.models.fractional_sde.markov import canonical_kind
 
 __all__ = ["fbm_covariance", "fgn_autocovariance", "sample_fbm_cholesky", "sample_fbm_davies_harte", "sample_fou"]
@@ -91,12 +92,6 @@ def _check_times(times) -> torch.Tensor:
     if bool((times < 0).any()):
         raise ValueError(f"times must be >= 0, got a minimum of {float(times.min())!r}")
     return times
-
-
-def _check_positive_int(value, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _riemann_liouville_covariance(times: np.ndarray, hurst: float) -> np.ndarray:
@@ -177,7 +172,7 @@ def sample_fbm_cholesky(times, hurst, num_paths: int, *, kind: str = "mandelbrot
     kind = canonical_kind(kind)
     hurst = _check_hurst(hurst)
     times = _check_times(times)
-    num_paths = _check_positive_int(num_paths, "num_paths")
+    num_paths = positive_int("num_paths", num_paths)
     paths = torch.zeros(num_paths, times.shape[0], dtype=torch.float64, device=times.device)
     positive = times > 0
     if bool(positive.any()):
@@ -202,7 +197,7 @@ def fgn_autocovariance(num_lags: int, hurst, *, dtype=torch.float64, device=None
     return 0.5 * ((lags + 1) ** two_h - 2 * lags ** two_h + (lags - 1).abs() ** two_h)
 
 
-def _circulant_eigenvalues(num_steps: int, hurst, device) -> torch.Tensor:
+def circulant_eigenvalues(num_steps: int, hurst, device) -> torch.Tensor:
     """Eigenvalues ``(2 m,)`` of the minimal circulant embedding of the fGn covariance, in float64."""
     gamma = fgn_autocovariance(num_steps, hurst, dtype=torch.float64, device=device)
     # First row of the circulant: gamma(0), ..., gamma(m), gamma(m-1), ..., gamma(1).
@@ -239,16 +234,16 @@ def sample_fbm_davies_harte(num_steps: int, hurst, num_paths: int, *, horizon: f
     in float64; the result has the dtype and device of ``hurst`` when it is a tensor, else float64 on the
     device of ``generator`` (CPU without one).
     """
-    num_steps = _check_positive_int(num_steps, "num_steps")
+    num_steps = positive_int("num_steps", num_steps)
     hurst = _check_hurst(hurst)
-    num_paths = _check_positive_int(num_paths, "num_paths")
+    num_paths = positive_int("num_paths", num_paths)
     if not isinstance(horizon, numbers.Real) or isinstance(horizon, bool) or not 0 < horizon < math.inf:
         raise ValueError(f"horizon must be a positive finite number, got {horizon!r}")
     if isinstance(hurst, torch.Tensor):
         dtype, device = hurst.dtype, hurst.device
     else:
         dtype, device = torch.float64, (generator.device if generator is not None else torch.device("cpu"))
-    eigenvalues = _circulant_eigenvalues(num_steps, hurst, device)
+    eigenvalues = circulant_eigenvalues(num_steps, hurst, device)
     size = 2 * num_steps
     num_draws = (num_paths + 1) // 2
     noise = torch.randn(2, num_draws, size, generator=generator, dtype=torch.float64, device=device)
@@ -263,14 +258,16 @@ def sample_fbm_davies_harte(num_steps: int, hurst, num_paths: int, *, horizon: f
 def sample_fou(num_paths: int, hurst, *, theta: float = 1.0, sigma: float = 1.0, horizon: float = 1.0,
                num_steps: int = 100, kind: str = "riemann_liouville",
                generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Fractional Ornstein-Uhlenbeck paths :math:`dX = -\theta X\,dt + \sigma\,dB^H`, :math:`X(0) = 0`, driven by exact fBM.
+    r"""Fractional Ornstein-Uhlenbeck paths driven by exact fBM.
+
+    :math:`dX = -\theta X\,dt + \sigma\,dB^H`, :math:`X(0) = 0`.
 
     The fBM is exact on the grid (:func:`sample_fbm_cholesky` for either kind); the OU part is an
     Euler step on it, :math:`X_{k+1} = (1 - \theta h) X_k + \sigma (B^H_{k+1} - B^H_k)`, exact as
     :math:`h \to 0` and the data of the Hurst-recovery checks.  Returns ``(num_paths, num_steps + 1)``
     in float64.
     """
-    num_steps = _check_positive_int(num_steps, "num_steps")
+    num_steps = positive_int("num_steps", num_steps)
     step = float(horizon) / num_steps
     grid = torch.arange(num_steps + 1, dtype=torch.float64) * step
     driving = sample_fbm_cholesky(grid, hurst, num_paths, kind=kind, generator=generator)

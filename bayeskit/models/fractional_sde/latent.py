@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bayeskit._checks import check_finite
+from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM
-from bayeskit.models.fractional_sde.model import ConstantDiffusion, _mlp, _positive_int, _register_log
+from bayeskit.models.fractional_sde.model import ConstantDiffusion, mlp, register_log
 from bayeskit.models.fractional_sde.solvers import MAX_SPEED_TIMES_STEP, METHODS, solve
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Fit
@@ -74,7 +74,7 @@ class MLPDrift(nn.Module):
 
     def __init__(self, latent_dim: int, hidden: int = 64):
         super().__init__()
-        self.net = _mlp(latent_dim, hidden, latent_dim)
+        self.net = mlp(latent_dim, hidden, latent_dim)
 
     def forward(self, t, x):
         return self.net(x)
@@ -108,7 +108,7 @@ class LatentControl(nn.Module):
 
     def __init__(self, latent_dim: int, num_processes: int, *, context_dim: int = 16, hidden: int = 64):
         super().__init__()
-        self.net = _mlp(1 + latent_dim * (num_processes + 1) + context_dim, hidden, latent_dim, zero_last=True)
+        self.net = mlp(1 + latent_dim * (num_processes + 1) + context_dim, hidden, latent_dim, zero_last=True)
 
     def forward(self, t, x, y, context):
         time = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
@@ -164,7 +164,7 @@ class LatentFractionalSDE(nn.Module):
         super().__init__()
         for name, value in (("obs_dim", obs_dim), ("latent_dim", latent_dim), ("context_dim", context_dim),
                             ("hidden", hidden)):
-            _positive_int(name, value)
+            positive_int(name, value)
         if fbm is None:
             fbm = MarkovFBM(0.5, kind="mandelbrot_van_ness", learn_hurst=True, horizon=1.0)
         if not isinstance(fbm, MarkovFBM):
@@ -196,7 +196,7 @@ class LatentFractionalSDE(nn.Module):
         self.control = control if control is not None else LatentControl(
             latent_dim, fbm.num_processes, context_dim=context_dim, hidden=hidden)
         self.decoder = decoder if decoder is not None else nn.Linear(latent_dim, obs_dim)
-        _register_log(self, "log_observation_scale", observation_scale, learn_observation_scale,
+        register_log(self, "log_observation_scale", observation_scale, learn_observation_scale,
                       "observation_scale")
 
     # ------------------------------------------------------------ checks
@@ -282,7 +282,7 @@ class LatentFractionalSDE(nn.Module):
         closed-form :math:`\\mathrm{KL}(q(x_0)\\,\\|\\,N(0, I))`.
         """
         y, index = self._check_sequences(y, times)
-        _positive_int("num_samples", num_samples)
+        positive_int("num_samples", num_samples)
         batch = y.shape[0]
         paths, loc, scale, sequence = self._posterior_paths(y, index, num_samples, generator)
         mean = self.decoder(paths.x[index.to(y.device)])  # (num_times, paths, obs_dim)
@@ -306,8 +306,8 @@ class LatentFractionalSDE(nn.Module):
         ``observation_scale`` per step.  ``run_kwargs`` go to :meth:`bayeskit.runner.Engine.run`.
         """
         y, _ = self._check_sequences(y, times)
-        _positive_int("batch_size", batch_size)
-        _positive_int("num_samples", num_samples)
+        positive_int("batch_size", batch_size)
+        positive_int("num_samples", num_samples)
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         batch_size = min(batch_size, y.shape[0])
@@ -339,7 +339,7 @@ class LatentFractionalSDE(nn.Module):
         observation noise (the predictive); ``observed_data["y_context"]`` the context.
         """
         y_context, index = self._check_sequences(y_context, context_times, "y_context", "context_times")
-        _positive_int("num_samples", num_samples)
+        positive_int("num_samples", num_samples)
         start = float(torch.as_tensor(context_times, dtype=torch.float64).reshape(-1)[0])
         future = self._grid_index(future_times, "future_times", start=start)
         if int(future[0]) <= int(index[-1]):
@@ -359,7 +359,7 @@ class LatentFractionalSDE(nn.Module):
     def reconstruct(self, y, times, *, num_samples: int = 100, seed: int = 0) -> Posterior:
         """Posterior paths of each sequence at its own ``times``, decoded (the layout of :meth:`forecast`)."""
         y, index = self._check_sequences(y, times)
-        _positive_int("num_samples", num_samples)
+        positive_int("num_samples", num_samples)
         generator = torch.Generator().manual_seed(seed)
         paths, _, _, _ = self._posterior_paths(y, index, num_samples, generator)
         times = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
@@ -409,8 +409,8 @@ def stochastic_lorenz(num_sequences: int, num_times: int, *, dt: float = 0.05, n
     ``(num_sequences, num_times, 3)`` and ``times = dt * arange(num_times)`` (default dtype; CPU).
     Generate train and test sequences in one call so that they share the normalisation.
     """
-    _positive_int("num_sequences", num_sequences)
-    _positive_int("num_times", num_times)
+    positive_int("num_sequences", num_sequences)
+    positive_int("num_times", num_times)
     for name, value in (("dt", dt), ("max_step", max_step)):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")

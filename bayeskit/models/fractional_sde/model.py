@@ -33,8 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bayeskit._checks import check_finite
-from bayeskit.inference.sgmcmc.engines import _positive_int
+from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM, ou_covariance
 from bayeskit.models.fractional_sde.solvers import METHODS, solve
 from bayeskit.posterior import Posterior
@@ -45,7 +44,7 @@ __all__ = ["FractionalSDE", "OrnsteinUhlenbeckDrift", "ConstantDiffusion", "MLPC
 
 
 # ----------------------------------------------------------------------------- building blocks
-def _register_log(module: nn.Module, name: str, value, learn: bool, argument: str) -> None:
+def register_log(module: nn.Module, name: str, value, learn: bool, argument: str) -> None:
     """Store log(value) as parameter ``name`` (learnt) or as a buffer (fixed); positivity comes free."""
     value = torch.as_tensor(value, dtype=torch.get_default_dtype())
     if not bool((value > 0).all()):
@@ -61,7 +60,7 @@ class OrnsteinUhlenbeckDrift(nn.Module):
 
     def __init__(self, theta=1.0, mean=0.0, *, learn_theta: bool = True, learn_mean: bool = False):
         super().__init__()
-        _register_log(self, "log_theta", theta, learn_theta, "theta")
+        register_log(self, "log_theta", theta, learn_theta, "theta")
         mean = torch.as_tensor(mean, dtype=torch.get_default_dtype())
         if learn_mean:
             self.mean = nn.Parameter(mean)
@@ -81,7 +80,7 @@ class ConstantDiffusion(nn.Module):
 
     def __init__(self, sigma=1.0, *, learn: bool = True):
         super().__init__()
-        _register_log(self, "log_sigma", sigma, learn, "sigma")
+        register_log(self, "log_sigma", sigma, learn, "sigma")
 
     @property
     def sigma(self):
@@ -189,7 +188,7 @@ class MLPControl(nn.Module):
         self.state_dim = state_dim
         self.embedding = nn.Embedding(num_series, embedding_dim)
         inputs = 3 + state_dim * (num_processes + 3) + embedding_dim
-        self.net = _mlp(inputs, hidden, 2 * state_dim, zero_last=True)
+        self.net = mlp(inputs, hidden, 2 * state_dim, zero_last=True)
 
     def forward(self, step, t, x, y, context: ControlContext):
         time = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
@@ -222,7 +221,7 @@ class AffineControl(nn.Module):
         return self.offset[context.series, step] + (self.gain[step] @ state.unsqueeze(-1)).squeeze(-1)
 
 
-def _mlp(inputs: int, hidden: int, outputs: int, *, zero_last: bool = False) -> nn.Sequential:
+def mlp(inputs: int, hidden: int, outputs: int, *, zero_last: bool = False) -> nn.Sequential:
     """Two tanh hidden layers; ``zero_last`` starts the output at zero (a control that starts at the prior)."""
     net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                         nn.Linear(hidden, outputs))
@@ -286,9 +285,9 @@ class FractionalSDE(nn.Module):
             raise TypeError(f"fbm must be a MarkovFBM, got {type(fbm).__name__}")
         if not callable(drift):
             raise TypeError("drift must be callable as drift(t, x)")
-        _positive_int("state_dim", state_dim)
-        _positive_int("lookahead", lookahead)
-        _positive_int("num_series", num_series)
+        positive_int("state_dim", state_dim)
+        positive_int("lookahead", lookahead)
+        positive_int("num_series", num_series)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if not dt > 0:
@@ -302,7 +301,7 @@ class FractionalSDE(nn.Module):
         self.control = control if control is not None else MLPControl(state_dim, K, num_series=num_series)
         self.register_buffer("x0", torch.as_tensor(x0, dtype=torch.get_default_dtype()).expand(state_dim).clone())
         self.x0_scale = None if x0_scale is None else float(x0_scale)
-        _register_log(self, "log_observation_scale", observation_scale, learn_observation_scale, "observation_scale")
+        register_log(self, "log_observation_scale", observation_scale, learn_observation_scale, "observation_scale")
         self._init_initial_posterior()
 
     # ------------------------------------------------------------ initial state
@@ -485,7 +484,7 @@ class FractionalSDE(nn.Module):
         """
         index = self._observation_index(observation_times)
         observations = self._check_observations(observations, index)
-        _positive_int("num_samples", num_samples)
+        positive_int("num_samples", num_samples)
         generator = torch.Generator().manual_seed(seed)
 
         def loss(step):
@@ -514,7 +513,7 @@ class FractionalSDE(nn.Module):
         """
         index = self._observation_index(observation_times)
         observations = self._check_observations(observations, index)
-        _positive_int("num_paths", num_paths)
+        positive_int("num_paths", num_paths)
         series = torch.arange(self.num_series, device=self.x0.device).repeat(num_paths)
         paths = self._simulate(series, float(index[-1]) * self.dt, observations, index,
                                torch.Generator().manual_seed(seed))
@@ -523,7 +522,7 @@ class FractionalSDE(nn.Module):
     @torch.no_grad()
     def prior_paths(self, horizon: float, *, num_paths: int = 256, seed: int = 0) -> Posterior:
         """``num_paths`` prior paths on ``[0, horizon]`` (the same layout as :meth:`posterior_paths`, one series)."""
-        _positive_int("num_paths", num_paths)
+        positive_int("num_paths", num_paths)
         series = torch.zeros(num_paths, dtype=torch.long, device=self.x0.device)
         paths = self._simulate(series, horizon, generator=torch.Generator().manual_seed(seed))
         return self._paths_posterior(paths, num_paths, seed, "prior", None)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as dist
 
-from bayeskit._checks import check_finite, check_support
+from bayeskit._checks import check_finite, check_support, positive
 
 _QUADRATURE_POINTS = 32
 
@@ -26,12 +26,6 @@ def _hermite(mean, var):
     nodes = torch.as_tensor(nodes, dtype=mean.dtype, device=mean.device)
     weights = torch.as_tensor(weights / math.sqrt(math.pi), dtype=mean.dtype, device=mean.device)
     return mean.unsqueeze(-1) + math.sqrt(2.0) * var.clamp_min(0).sqrt().unsqueeze(-1) * nodes, weights
-
-
-def _positive(name, value):
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 class Likelihood(torch.nn.Module):
@@ -68,7 +62,7 @@ class GaussianLikelihood(Likelihood):
 
     def __init__(self, noise: float = 0.1):
         super().__init__()
-        self.log_noise = torch.nn.Parameter(torch.tensor(math.log(_positive("noise", noise))))
+        self.log_noise = torch.nn.Parameter(torch.tensor(math.log(positive("noise", noise))))
 
     @property
     def noise(self):
@@ -99,8 +93,8 @@ class StudentTLikelihood(Likelihood):
 
     def __init__(self, df: float = 4.0, scale: float = 0.1):
         super().__init__()
-        self.log_df = torch.nn.Parameter(torch.tensor(math.log(_positive("df", df))))
-        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(_positive("scale", scale))))
+        self.log_df = torch.nn.Parameter(torch.tensor(math.log(positive("df", df))))
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(positive("scale", scale))))
 
     @property
     def df(self):

@@ -10,8 +10,7 @@ import torch
 from scipy.sparse.linalg import spsolve_triangular
 from torch import distributions as dist
 
-from bayeskit._checks import check_finite, check_same_length
-from bayeskit.inference.sgmcmc.engines import _positive_int
+from bayeskit._checks import check_finite, check_same_length, positive_int
 from bayeskit.models.gp_sic import laplace, ordering
 from bayeskit.models.gp_sic.factors import block_structure, padded_rows, positions, prior_columns, solve_blocks, trim
 from bayeskit.models.gp_sic.kernels import make_kernel
@@ -76,7 +75,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         if variational not in VARIATIONAL:
             raise ValueError(f"variational must be one of {VARIATIONAL}, got {variational!r}")
         if num_global is not None:
-            _positive_int("num_global", num_global)
+            positive_int("num_global", num_global)
         if not (isinstance(jitter, (int, float)) and jitter >= 0):
             raise ValueError(f"jitter must be a non-negative number, got {jitter!r}")
         if lengthscale is None:
@@ -235,7 +234,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         """
         gaussian = isinstance(self.likelihood, GaussianLikelihood)
         iterations = num_iterations if num_iterations is not None else (1 if gaussian else 20)
-        _positive_int("num_iterations", iterations)
+        positive_int("num_iterations", iterations)
         with torch.no_grad():
             u = self.prior_factor().detach().cpu().double().numpy()
             y = self._y_ordered.detach().cpu().double()
@@ -269,13 +268,13 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         estimate and the hyperparameters per step); ``run_kwargs`` go to :meth:`bayeskit.runner.Engine.run`
         (a checkpoint covers one phase: with ``reorder_after``, the second phase writes over the first's).
         """
-        _positive_int("num_epochs", num_epochs)
-        _positive_int("batch_size", batch_size)
+        positive_int("num_epochs", num_epochs)
+        positive_int("batch_size", batch_size)
         if init not in ("laplace", "prior"):
             raise ValueError(f"init must be 'laplace' or 'prior', got {init!r}")
         if lr_drop is not None and not 0 < lr_drop <= 1:
             raise ValueError(f"lr_drop must lie in (0, 1] or be None, got {lr_drop!r}")
-        if reorder_after is not None and not 1 <= _positive_int("reorder_after", reorder_after) < num_epochs:
+        if reorder_after is not None and not 1 <= positive_int("reorder_after", reorder_after) < num_epochs:
             raise ValueError(f"reorder_after must lie in [1, num_epochs), got {reorder_after}")
         if refresh is None:
             refresh = isinstance(self.likelihood, GaussianLikelihood)
@@ -388,7 +387,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         Returns a :class:`~bayeskit.Posterior` with ``samples["f"]`` ``(1, num_samples, n)`` in the user's order
         (dim ``point``), ``observed_data["y"]`` and the inputs as ``observed_data["x"]``.
         """
-        _positive_int("num_samples", num_samples)
+        positive_int("num_samples", num_samples)
         rng = np.random.default_rng(seed)
         factor = laplace.sparse_factor(self._v_values().detach().cpu().double().numpy(), self._v_index.cpu().numpy())
         noise = rng.standard_normal((self.num_data, num_samples))
