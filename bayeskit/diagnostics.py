@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["kernel_stein_discrepancy", "energy_distance", "wasserstein_1d", "sliced_wasserstein",
-           "DistributionalSlicedWasserstein", "weighted_ess", "integrated_absolute_distance", "rhat", "ess"]
+           "DistributionalSlicedWasserstein", "weighted_ess", "kish_ess", "integrated_absolute_distance", "rhat", "ess"]
 
 #: Elements in one (rows x n) block of pairwise terms: bounds the memory of the O(n^2) sums.
 PAIRWISE_BLOCK_ELEMENTS = 2 ** 21
@@ -362,6 +362,14 @@ def weighted_ess(log_weights, dim=-1):
         raise ValueError("log_weights must have at least one dimension")
     if torch.isnan(log_weights).any():
         raise ValueError("log_weights contain NaN")
+    return kish_ess(log_weights, dim)
+
+
+def kish_ess(log_weights: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """:func:`weighted_ess` without the checks, for the engines' inner loops (no device sync).
+
+    NaN where every weight along ``dim`` is zero (all ``-inf``), which never compares as large.
+    """
     return torch.exp(2 * torch.logsumexp(log_weights, dim) - torch.logsumexp(2 * log_weights, dim))
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 
-__all__ = ["parallel_map", "BACKENDS", "TaskContext"]
+__all__ = ["parallel_map", "BACKENDS", "TaskContext", "derived_seed"]
 
 BACKENDS = ("inprocess", "ray")
 
@@ -98,3 +99,17 @@ class TaskContext:
     def __exit__(self, *exc):
         torch.set_num_threads(self.threads)
         torch.set_default_dtype(self.previous_dtype)
+
+
+def derived_seed(base_seed: int, *key: int, bits: int = 63) -> int:
+    """A seed for the stream ``key`` of a run (a task, a shard, a tree node), independent of the others.
+
+    NumPy's ``SeedSequence(base_seed, spawn_key=key)`` hashes the run's seed
+    and the key, so no two tasks share a stream and no task reads a shared
+    RNG: in-process and Ray runs give the same draws. ``bits`` bounds the
+    result (32 for samplers that seed NumPy's legacy RNG, which takes < 2**32).
+    """
+    if not 1 <= bits <= 63:
+        raise ValueError(f"bits must lie in 1..63, got {bits!r}")
+    words = np.random.SeedSequence(base_seed, spawn_key=key).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31 ^ int(words[1])) & ((1 << bits) - 1)

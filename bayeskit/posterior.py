@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bayeskit.resampling import systematic
+
 __all__ = ["Posterior", "load", "weighted_quantile"]
 
 FORMAT = "posterior/1"
@@ -662,12 +664,7 @@ def weighted_quantile(values, weights, probs):
 def systematic_resample(weights, num_draws, seed):
     """Indices of a systematic resample (see :meth:`Posterior.resample`) of normalised ``weights``."""
     generator = torch.Generator().manual_seed(int(seed))
-    offset = torch.rand((), generator=generator, dtype=torch.float64)
-    u = (offset + torch.arange(num_draws, dtype=torch.float64)) / num_draws
-    cumulative = torch.cumsum(weights.double(), 0)
-    cumulative = cumulative / cumulative[-1]  # round-off: the last entry must be exactly one
-    # the first i with C_i >= u_k, i.e. C_{i-1} < u_k <= C_i; zero-weight draws are never hit
-    return torch.searchsorted(cumulative, u).clamp(max=len(weights) - 1)
+    return systematic(weights.double(), num_draws, generator=generator)
 
 
 # ------------------------------------------------------------------- export helpers

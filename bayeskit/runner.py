@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from bayeskit import health
+from bayeskit._checks import positive_int
 from bayeskit.posterior import Posterior
 from bayeskit.target import Target
 
@@ -392,8 +393,7 @@ class Fit(Engine):
 def _check_run_arguments(num_steps, seed, checkpoint_every):
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    positive_int("seed", seed, minimum=0, allow_none=True)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
 

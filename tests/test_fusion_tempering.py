@@ -32,8 +32,19 @@ NUM_SAMPLES = 8000 if FULL else 2000
 K = 4.0
 ESS_CAP = NUM_SAMPLES / 2
 # D&C-MCF here uses the discretised (trapezoid, one step) path integral: it narrows the fused sd by 5-8 %
-# on these models (measured at N = 2000 and 8000), a bias of the estimator, not of the sharding.
-DISCRETISED_SD_SLACK = {"dc_mcf": 0.05}
+# on these models (measured at N = 2000 and 8000), a bias of the estimator, not of the sharding. Consensus
+# MC's Gaussian combination widened it by up to 15% on the Dirichlet at C = 8 (splits 0-2).
+SD_ALLOWANCE = {"dc_mcf": 0.05, "consensus": 0.1}
+# Every cell runs on three random splits of the rows into shards (the split decides how skewed each
+# sub-posterior is). The approximate methods' own error depends on the split: over splits 0-2 (fusion seed
+# 1; measured) D&C-MCF's fused mean was up to 0.20 sd off (discretisation) and Consensus MC's up to 0.50 sd
+# (a Gaussian combination of skewed sub-posteriors: Dirichlet, C = 8), while D&C-GBF, exact, stayed
+# within 0.105 sd everywhere. They get those allowances on the mean, so the tempering check that can fail
+# rests on D&C-GBF in every cell (before the fix: +0.18 to +0.6 sd), on D&C-MCF at C = 8 (+0.34 to +0.59)
+# and on Consensus MC at C = 8 on Gamma-Poisson (+0.59). Seed-tuned passes of the approximate methods on one
+# split were what this file had before (found when the task seeds changed).
+MEAN_ALLOWANCE = {"dc_mcf": 0.1, "consensus": 0.4}
+SPLITS = (0, 1, 2)
 
 
 # ------------------------------------------------------------------ models and closed forms
@@ -162,46 +173,52 @@ def fused_moments(posterior, site):
     return mean, sd, 1 / float(weights.square().sum())
 
 
-def assert_matches(posterior, site, exact, *, sd_slack=0.0):
+def assert_matches(posterior, site, exact, *, sd_slack=0.0, mean_allowance=0.0, where=""):
     mean, sd, ess = fused_moments(posterior, site)
     ess = min(ess, ESS_CAP)
     exact_mean, exact_sd = exact.mean.reshape(-1), exact.stddev.reshape(-1)
     mean_error = ((mean - exact_mean) / exact_sd).abs()
-    assert (mean_error < K / math.sqrt(ess)).all(), \
-        f"fused mean off by {mean_error.tolist()} posterior sd (tolerance {K / math.sqrt(ess):.3f}, ESS {ess:.0f})"
+    tolerance = K / math.sqrt(ess) + mean_allowance
+    assert (mean_error < tolerance).all(), \
+        f"{where}: fused mean off by {mean_error.tolist()} posterior sd (tolerance {tolerance:.3f}, ESS {ess:.0f})"
     ratio = sd / exact_sd
-    assert ((ratio - 1).abs() < K / math.sqrt(2 * ess) + sd_slack).all(), f"fused sd / exact sd = {ratio.tolist()}"
+    assert ((ratio - 1).abs() < K / math.sqrt(2 * ess) + sd_slack).all(), \
+        f"{where}: fused sd / exact sd = {ratio.tolist()}"
 
 
 METHODS = ["gbf", "dc_mcf", "consensus"]
 
 
-def sample_shards(model, data, num_shards):
+def sample_shards(model, data, num_shards, split):
     engine = Fusion(model, num_shards=num_shards, num_samples=NUM_SAMPLES, sampler=grid_sampler)
-    shards = engine.shards(data, seed=0)
-    return engine.sample_subposteriors(data, seed=0), shards, shards[0].target()
+    shards = engine.shards(data, seed=split)
+    return engine.sample_subposteriors(data, seed=split), shards, shards[0].target()
 
 
-@pytest.mark.parametrize("num_shards", [4, 8])
-def test_gamma_poisson_fused_posterior_matches_the_gamma(float64, num_shards):
-    model, y, site, exact = problem("gamma_poisson")
-    subposteriors, shards, target = sample_shards(model, y, num_shards)
+def assert_methods_match(model, data, site, exact, num_shards, split):
+    subposteriors, shards, target = sample_shards(model, data, num_shards, split)
     for method in METHODS:
         fused = Fusion(method=method, tree="balanced", num_samples=NUM_SAMPLES).fuse(
             subposteriors, seed=1, target=target, progress=False)
-        assert_matches(fused, site, exact, sd_slack=DISCRETISED_SD_SLACK.get(method, 0.0))
+        assert_matches(fused, site, exact, sd_slack=SD_ALLOWANCE.get(method, 0.0),
+                       mean_allowance=MEAN_ALLOWANCE.get(method, 0.0), where=f"{method}, split {split}")
+    return subposteriors, shards, target
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("num_shards", [4, 8])
+def test_gamma_poisson_fused_posterior_matches_the_gamma(float64, num_shards, split):
+    model, y, site, exact = problem("gamma_poisson")
+    subposteriors, shards, target = assert_methods_match(model, y, site, exact, num_shards, split)
     fused = Fusion(method="mcf", tree="balanced", num_samples=NUM_SAMPLES).fuse(
         with_closed_form_densities(subposteriors, shards), seed=1, target=target, progress=False)
     assert fused.meta["estimator"] == "exact"
-    assert_matches(fused, site, exact)
+    assert_matches(fused, site, exact, where=f"mcf, split {split}")
 
 
+@pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("num_shards", [4, 8])
 @pytest.mark.parametrize("name", ["beta_binomial", "dirichlet_categorical"])
-def test_unit_interval_and_simplex_fused_posteriors_match_the_closed_form(float64, name, num_shards):
+def test_unit_interval_and_simplex_fused_posteriors_match_the_closed_form(float64, name, num_shards, split):
     model, data, site, exact = problem(name)
-    subposteriors, _, target = sample_shards(model, data, num_shards)
-    for method in METHODS:
-        fused = Fusion(method=method, tree="balanced", num_samples=NUM_SAMPLES).fuse(
-            subposteriors, seed=1, target=target, progress=False)
-        assert_matches(fused, site, exact, sd_slack=DISCRETISED_SD_SLACK.get(method, 0.0))
+    assert_methods_match(model, data, site, exact, num_shards, split)

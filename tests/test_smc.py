@@ -17,9 +17,9 @@ from bayeskit.inference.smc import (
     surrogate_log_likelihood,
     sweep,
 )
-from bayeskit.inference.smc.resampling import RESAMPLING
 from bayeskit.models import LinearGaussianSSM, StochasticVolatility
 from bayeskit.models.ssm import StateSpaceModel
+from bayeskit.resampling import RESAMPLING
 
 pytestmark = pytest.mark.usefixtures("one_thread", "float64")
 

@@ -48,7 +48,7 @@ import torch
 from bayeskit.diagnostics import weighted_ess
 from bayeskit.inference.fusion.bridges import log_discretised_estimate, log_exact_estimate
 from bayeskit.inference.fusion.densities import product_density
-from bayeskit.inference.smc.resampling import inverse_cdf
+from bayeskit.resampling import systematic
 
 __all__ = ["ParticleSet", "NodeResult", "fuse_gbf", "fuse_mcf", "time_horizon_guidance", "mesh_guidance",
            "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
@@ -91,12 +91,9 @@ def cess_fraction(log_weights, log_increments):
 
 
 def resample_indices(log_weights, num, generator):
-    """Systematic resampling from the node's own generator (the SMC engines' schemes draw from the global
-    RNG, which Ray tasks do not share): ``num`` ancestor indices."""
-    weights = _normalised(log_weights)
-    offset = torch.rand((), generator=generator, dtype=weights.dtype, device=weights.device)
-    uniforms = (offset + torch.arange(num, dtype=weights.dtype, device=weights.device)) / num
-    return inverse_cdf(weights, uniforms)
+    """Systematic resampling from the node's own generator (Ray tasks do not share the global RNG): ``num``
+    ancestor indices."""
+    return systematic(_normalised(log_weights), num, generator=generator)
 
 
 def equal_weight_draws(child: ParticleSet, num, generator):

@@ -9,8 +9,8 @@ import torch
 from bayeskit import health
 from bayeskit._checks import fraction, positive_int
 from bayeskit.inference.fusion import core
-from bayeskit.inference.fusion.shards import NUTSSampler, SubPosterior, sample_shard, task_seed
-from bayeskit.parallel import TaskContext, parallel_map
+from bayeskit.inference.fusion.shards import NUTSSampler, SubPosterior, sample_shard
+from bayeskit.parallel import TaskContext, derived_seed, parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import progress_enabled, versions
 from bayeskit.sharding import split_data
@@ -21,6 +21,13 @@ METHODS = ("gbf", "dc_mcf", "mcf", "consensus", "weierstrass")
 _PRECONDITIONERS = ("covariance", "identity")
 _WEIERSTRASS_BUDGET = 4_000_000  # proposals per bandwidth tried
 _WEIERSTRASS_DOUBLINGS = 8
+
+
+
+def _task_seed(seed, *path):
+    """A seed for one task from the run's seed and the task's place (shard, or tree node): no shared RNG.
+    32 bits: Pyro's NUTS seeds NumPy's legacy RNG with it."""
+    return derived_seed(seed, *path, bits=32)
 
 
 class Fusion:
@@ -135,9 +142,10 @@ class Fusion:
     # ------------------------------------------------------------ sub-posteriors
     def shards(self, *model_args, seed=0, **model_kwargs):
         """The data shards :meth:`run` samples, the rows shuffled with ``seed``."""
+        seed = positive_int("seed", seed, minimum=0)
         if self.model is None or self.num_shards is None:
             raise ValueError("run() needs Fusion(model, num_shards=C, ...); fuse() takes ready sub-posteriors")
-        generator = torch.Generator().manual_seed(task_seed(seed, 0)) if self.shuffle else None
+        generator = torch.Generator().manual_seed(_task_seed(seed, 0)) if self.shuffle else None
         return split_data(self.model, model_args, model_kwargs, self.num_shards, generator=generator)
 
     def sample_subposteriors(self, *model_args, seed=0, **model_kwargs) -> list[SubPosterior]:
@@ -145,7 +153,7 @@ class Fusion:
         return self._sample(self.shards(*model_args, seed=seed, **model_kwargs), seed)
 
     def _sample(self, shards, seed):
-        tasks = [(shard, self.sampler, self.num_samples, task_seed(seed, 1, shard.index), torch.get_default_dtype())
+        tasks = [(shard, self.sampler, self.num_samples, _task_seed(seed, 1, shard.index), torch.get_default_dtype())
                  for shard in shards]
         return parallel_map(sample_shard, tasks, backend=self.backend, ray_options=self.ray_options)
 
@@ -156,7 +164,8 @@ class Fusion:
         Returns a weighted :class:`~bayeskit.Posterior` (one chain of
         ``num_samples`` draws) on the model's constrained sites.
         """
-        seed = int(torch.randint(2 ** 31, ()).item()) if seed is None else int(seed)
+        seed = positive_int("seed", seed, minimum=0, allow_none=True)
+        seed = int(torch.randint(2 ** 31, ()).item()) if seed is None else seed
         began = time.perf_counter()
         shards = self.shards(*model_args, seed=seed, **model_kwargs)  # split once: sampling and the target share it
         subposteriors = self._sample(shards, seed)
@@ -175,7 +184,8 @@ class Fusion:
         without it the draws are one site ``theta`` of shape ``(d,)``.
         """
         subposteriors = _check_subposteriors(subposteriors)
-        seed = int(torch.randint(2 ** 31, ()).item()) if seed is None else int(seed)
+        seed = positive_int("seed", seed, minimum=0, allow_none=True)
+        seed = int(torch.randint(2 ** 31, ()).item()) if seed is None else seed
         began = time.perf_counter()
         leaves = [core.ParticleSet(sub.samples, sub.density, sub.log_weights) for sub in subposteriors]
         if self.method in ("consensus", "weierstrass"):
@@ -192,10 +202,10 @@ class Fusion:
 
         samples = [core.equal_weight_draws(leaf, self.num_samples,
                                             torch.Generator(device=leaf.particles.device).manual_seed(
-                                                task_seed(seed, 3, c))) for c, leaf in enumerate(leaves)]
+                                                _task_seed(seed, 3, c))) for c, leaf in enumerate(leaves)]
         if self.method == "consensus":
             return core.ParticleSet(baselines.consensus_monte_carlo(samples), None), {}
-        generator = torch.Generator(device=samples[0].device).manual_seed(task_seed(seed, 4))
+        generator = torch.Generator(device=samples[0].device).manual_seed(_task_seed(seed, 4))
         # The rate of acceptance falls like h^((C - 1) d): from the default bandwidth, double it until
         # the rejection sampler finishes within its budget, and report the bandwidth it used.
         bandwidth = baselines.default_bandwidth(self.num_samples, samples[0].shape[1])
@@ -223,7 +233,7 @@ class Fusion:
             for path, node in level:
                 children = [leaves[child] if isinstance(child, int) else results[path + (i,)]
                             for i, child in enumerate(node)]
-                tasks.append((self._node_settings(), children, task_seed(seed, 2, *path, len(path)),
+                tasks.append((self._node_settings(), children, _task_seed(seed, 2, *path, len(path)),
                               torch.get_default_dtype()))
             outcomes = parallel_map(_fuse_node, tasks, backend=self.backend, ray_options=self.ray_options)
             for (path, _), outcome in zip(level, outcomes):

@@ -21,7 +21,7 @@ from bayeskit.inference.fusion.densities import LogisticDensity, PyroDensity
 from bayeskit.parallel import TaskContext
 from bayeskit.sharding import Shard, has_log_jacobian, scale_prior
 
-__all__ = ["NUTSSampler", "EngineSampler", "SubPosterior", "shard_density", "sample_shard", "task_seed"]
+__all__ = ["NUTSSampler", "EngineSampler", "SubPosterior", "shard_density", "sample_shard"]
 
 
 def shard_density(shard: Shard):
@@ -162,10 +162,4 @@ def sample_shard(task) -> SubPosterior:
                         info={"shard": shard.index, "num_data": shard.num_data})
 
 
-def task_seed(seed: int, *path) -> int:
-    """A seed for one task from the run's seed and the task's place (shard, or tree node): no shared RNG."""
-    value = seed
-    for part in path:
-        value = (value * 1_000_003 + int(part) + 1) % 4_294_967_291  # a prime below 2**32: numpy seeds
-    return value
 

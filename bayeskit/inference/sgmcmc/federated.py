@@ -50,14 +50,13 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from bayeskit._checks import positive, positive_int
 from bayeskit.inference.modes import find_modes
 from bayeskit.inference.sgmcmc.engines import SGMCMC, log_prob_and_score_per_chain
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, make_kernel
-from bayeskit.parallel import BACKENDS, parallel_map
+from bayeskit.parallel import BACKENDS, derived_seed, parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
@@ -297,12 +296,6 @@ def _seeded(seed, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def derived_seed(base_seed: int, *key: int) -> int:
-    """A 63-bit seed for the stream ``key`` of a run, independent of the others (NumPy's SeedSequence)."""
-    words = np.random.SeedSequence(base_seed, spawn_key=key).generate_state(2, dtype=np.uint32)
-    return int(words[0]) << 31 ^ int(words[1])
 
 
 # ============================================================ the federation

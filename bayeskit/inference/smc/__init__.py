@@ -6,7 +6,7 @@ from bayeskit.inference.smc.engines import PaRIS, ParticleFilter, ParticleGibbs
 from bayeskit.inference.smc.functionals import cross_sum, smoothed_states, state_sum
 from bayeskit.inference.smc.learning import fit_ssm
 from bayeskit.inference.smc.proposals import MixtureOfExpertsProposal, Proposal
-from bayeskit.inference.smc.resampling import resample
+from bayeskit.resampling import resample
 
 __all__ = ["ParticleFilter", "PaRIS", "ParticleGibbs", "state_sum", "cross_sum", "smoothed_states", "resample",
            "fit_ssm", "Proposal", "MixtureOfExpertsProposal", "sweep", "SweepState", "backward_trajectory",

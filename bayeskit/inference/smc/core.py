@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bayeskit.inference.smc.resampling import RESAMPLING, inverse_cdf, resample
+from bayeskit.diagnostics import kish_ess
+from bayeskit.resampling import RESAMPLING, inverse_cdf, resample
 
 __all__ = ["SweepState", "initial_state", "forward_step", "sweep", "backward_indices", "backward_trajectory",
            "surrogate_log_likelihood", "BACKWARD_MODES"]
@@ -106,10 +107,6 @@ def _normalise(log_weights):
     return log_weights - total, total.squeeze(-1)
 
 
-def _ess(log_weights):
-    return torch.exp(-torch.logsumexp(2 * log_weights, -1))
-
-
 def _functional_value(functional, t, x_prev, x):
     """``functional(t, x_prev, x)`` as a float tensor ``(R, M, *shape)``, with a clear error otherwise."""
     value = functional(t, x_prev, x)
@@ -130,7 +127,7 @@ def initial_state(model, y0, num_replicates: int, num_particles: int, *, functio
     log_evidence = log_evidence - math.log(num_particles)
     stats = None if functional is None else _functional_value(functional, 0, None, x)
     no = torch.zeros(num_replicates, dtype=torch.bool, device=x.device)
-    state = SweepState(0, x, log_weights, log_evidence, stats, _ess(log_weights), no)
+    state = SweepState(0, x, log_weights, log_evidence, stats, kish_ess(log_weights), no)
     if record:
         state.particles.append(x)
     return state
@@ -174,7 +171,7 @@ def forward_step(model, state: SweepState, y_t: torch.Tensor, *, resampling: str
         indices = backward_indices(model, t, x_prev, log_w_prev, x, num_backward, backward)
     if functional is not None:
         stats = _paris_update(functional, t, state.stats, x_prev, x, indices)
-    new = SweepState(t, x, log_weights, state.log_evidence + log_increment, stats, _ess(log_weights), resampled,
+    new = SweepState(t, x, log_weights, state.log_evidence + log_increment, stats, kish_ess(log_weights), resampled,
                      state.particles, state.backward)
     if record:
         new.particles.append(x)

@@ -7,6 +7,9 @@ import math
 
 import torch
 
+from bayeskit.diagnostics import kish_ess
+from bayeskit.resampling import multinomial
+
 __all__ = ["Proposal", "MixtureOfExpertsProposal"]
 
 
@@ -116,7 +119,7 @@ class MixtureOfExpertsProposal(Proposal):
             return features, x, log_ratio, log_g.clamp_min(torch.finfo(log_g.dtype).min)  # so 0 * log_g is 0
 
         latest = pilot(None)
-        bootstrap_ess, best, pilots = _ess(latest[3]), None, []
+        bootstrap_ess, best, pilots = kish_ess(latest[3]), None, []
         best_ess, temperature = torch.full_like(bootstrap_ess, -math.inf), torch.zeros_like(bootstrap_ess)
         untempered, gates = torch.zeros_like(bootstrap_ess), x_prev.new_zeros(x_prev.shape[0], self.num_experts,
                                                                               x_prev.shape[-1] + 1)
@@ -139,7 +142,7 @@ class MixtureOfExpertsProposal(Proposal):
             current = dict(zip(("beta", "chol", "gates"),
                                self._m_step(features, x, omega, responsibilities, gates, pooled)))
             gates, latest = current["gates"], pilot(current)
-            ess, best = _ess(latest[2] + latest[3]), current if best is None else best  # the untempered target's
+            ess, best = kish_ess(latest[2] + latest[3]), current if best is None else best  # the untempered target's
             better = ess > best_ess  # NaN never wins
             best = {key: torch.where(better.reshape(-1, *[1] * (value.dim() - 1)), current[key], value)
                     for key, value in best.items()}
@@ -250,10 +253,6 @@ def _take(points, index):  # points[r, index[r, j]], (R, M, d)
     return torch.gather(points, 1, index.unsqueeze(-1).expand(-1, -1, points.shape[-1]))
 
 
-def _ess(log_weights):  # per row; NaN (never 'better') when every weight is zero
-    return 1.0 / (torch.softmax(log_weights, -1) ** 2).sum(-1)
-
-
 def _log_softmax(logits):
     """log_softmax over a short last axis (the experts), written out: torch's kernel is slow for it on CPU."""
     top = logits.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
@@ -264,9 +263,7 @@ def _categorical(probabilities, num_draws):
     """``num_draws`` indices per row of ``probabilities`` (R, N) by inverse CDF; a row without mass is uniform."""
     probabilities = torch.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
     probabilities = torch.where(probabilities.sum(-1, keepdim=True) > 0, probabilities, 1.0)
-    cdf = torch.cumsum(probabilities, -1)
-    uniforms = torch.rand(cdf.shape[0], num_draws, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, uniforms, right=True).clamp_max(cdf.shape[-1] - 1)
+    return multinomial(probabilities, num_draws)
 
 
 def _spd_solve(matrix, rhs):  # cholesky_ex: a NaN replicate gives NaN, not an exception for the batch
@@ -278,9 +275,9 @@ def _temper(log_ratio, log_g, lowest, target_ess, num_bisections=30):
     low, high = lowest.clone(), torch.ones_like(lowest)
     for _ in range(num_bisections):
         middle = 0.5 * (low + high)
-        keeps = _ess(log_ratio + middle.unsqueeze(-1) * log_g) >= target_ess
+        keeps = kish_ess(log_ratio + middle.unsqueeze(-1) * log_g) >= target_ess
         low, high = torch.where(keeps, middle, low), torch.where(keeps, high, middle)
-    return torch.where(_ess(log_ratio + log_g) >= target_ess, torch.ones_like(low), low)
+    return torch.where(kish_ess(log_ratio + log_g) >= target_ess, torch.ones_like(low), low)
 
 
 def _kmeans(points, weights, num_clusters, num_lloyd=5):
