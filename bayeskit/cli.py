@@ -225,7 +225,7 @@ def demo_moe(out: Path, *, quick: bool, seed: int, progress: bool):
                          for part in (train, test))
         began = time.perf_counter()
         starts = find_modes(moe, train.x, train.y, num_restarts=16, num_steps=100 if quick else 400, seed=seed,
-                            **fit).starts(4)
+                            progress=progress, **fit).starts(4)
         # A short pilot sets a diagonal mass (its relabelled draws' precision): the posterior is badly scaled.
         pilot = SGHMC(moe, step_size=0.01, num_chains=4, num_warmup=pilot_steps, num_samples=pilot_steps,
                       init=starts).run(train.x, train.y, seed=seed, progress=progress, **fit)
@@ -370,7 +370,7 @@ def demo_smc(out: Path, *, quick: bool, seed: int, progress: bool):
     model = StochasticVolatility(mu=0.0, phi=0.5, sigma=1.0, learn=("mu", "phi", "sigma"))
 
     def log_evidence():
-        post = ParticleFilter(model, num_particles=500).run(y, num_replicates=8, seed=seed, progress=False)
+        post = ParticleFilter(model, num_particles=500, num_chains=8).run(y, seed=seed, progress=False)
         values = torch.tensor(post.meta["log_evidence"])
         return float(values.mean()), float(values.std())
 
@@ -385,9 +385,9 @@ def demo_smc(out: Path, *, quick: bool, seed: int, progress: bool):
     print(f"log-evidence (particle filter, 8 x 500 particles): {before[0]:.1f} +- {before[1]:.1f} at the start, "
           f"{after[0]:.1f} +- {after[1]:.1f} fitted")
     began = time.perf_counter()
-    post = ParticleGibbs(model, num_particles=50).run(y, num_steps=8 if quick else 100, num_replicates=4,
-                                                      seed=seed, progress=progress)
-    kept = post.samples["x"][:, post.meta["burn_in"]:, :, 0]
+    post = ParticleGibbs(model, num_particles=50, num_chains=4).run(y, num_steps=8 if quick else 100, seed=seed,
+                                                                    progress=progress)
+    kept = post.samples["x"][:, post.meta["num_warmup"]:, :, 0]
     volatility = torch.exp(kept / 2).reshape(-1, len(y))
     lower, middle, upper = torch.quantile(volatility, torch.tensor([0.05, 0.5, 0.95], dtype=volatility.dtype), 0)
     rhat = post.summary(var_names=["x"], health=False)["r_hat"]
@@ -519,17 +519,17 @@ def demo_fusion(out: Path, *, quick: bool, seed: int, progress: bool):
     sampler = NUTSSampler(num_warmup=100 if quick else 300, jit_compile=True)
     _print_header(f"Fusion: logistic regression, {len(data.y)} flights (delayed > 15 min) split over "
                   f"{num_shards} shards, each sub-posterior by NUTS")
-    engine = Fusion(logistic_regression, num_shards=num_shards, num_samples=num_samples, sampler=sampler,
+    engine = Fusion(logistic_regression, num_shards=num_shards, num_particles=num_samples, sampler=sampler,
                     method="gbf", tree="balanced")
     began = time.perf_counter()
     subposteriors = engine.sample_subposteriors(data.x, data.y, seed=seed)
     print(f"{num_shards} sub-posteriors sampled in {time.perf_counter() - began:.1f} s")
     target = engine.shards(data.x, data.y, seed=seed)[0].target()
-    reference = Fusion(logistic_regression, num_shards=1, num_samples=num_samples, sampler=sampler) \
+    reference = Fusion(logistic_regression, num_shards=1, num_particles=num_samples, sampler=sampler) \
         .sample_subposteriors(data.x, data.y, seed=seed + 1)[0].samples
     fused = {}
     for label, method in (("D&C-GBF", "gbf"), ("Consensus MC", "consensus")):
-        post = Fusion(method=method, tree="balanced", num_samples=num_samples).fuse(
+        post = Fusion(method=method, tree="balanced", num_particles=num_samples).fuse(
             subposteriors, seed=seed, progress=progress, target=target)
         draws = torch.cat([post.samples["alpha"][0, :, None], post.samples["beta"][0]], -1)
         if post.log_weights is not None:

@@ -120,8 +120,10 @@ class Engine:
     - optionally ``snapshot(state) -> dict``, a cheap copy for recovery.
     """
 
-    #: Shown on the progress bar and stored in ``meta["engine"]``.
+    #: Shown on the progress bar and in messages.
     name = "engine"
+    #: ``meta["engine"]``: the engine's class name unless a private class runs for a public one.
+    engine_name: str | None = None
 
     def __init__(self, model_or_target):
         if not (isinstance(model_or_target, Target) or callable(model_or_target)):
@@ -279,7 +281,7 @@ class Engine:
 
     def _meta(self, target, seed, step, num_steps, elapsed, began) -> dict:
         return {
-            "engine": self.name,
+            "engine": self.engine_name or type(self).__name__,
             "settings": self.settings(),
             "seed": seed,
             "num_steps": num_steps,
@@ -330,7 +332,7 @@ class Fit(Engine):
     lr : float
         Adam's learning rate when ``optimizer`` is not given.
     name : str
-        Shown on the progress bar and stored as ``meta["engine"]``.
+        Shown on the progress bar and stored as ``meta["settings"]["name"]`` (``meta["engine"]`` is "Fit").
     """
 
     def __init__(self, loss, parameters: dict[str, torch.Tensor], *, optimizer=None, lr: float = 1e-3,
@@ -353,7 +355,7 @@ class Fit(Engine):
         return Parameters(self.parameters, self.name)
 
     def settings(self):
-        return {"optimizer": type(self.optimizer).__name__, "lr": self.lr}
+        return {"name": self.name, "optimizer": type(self.optimizer).__name__, "lr": self.lr}
 
     def init_state(self, target, generator):
         return {"step": 0}

@@ -58,14 +58,14 @@ def flat_draws(posterior, num, seed):
 
 def reference_draws(x, y, args):
     began = time.perf_counter()
-    engine = Fusion(logistic_regression, num_shards=1, num_samples=args.reference_draws,
+    engine = Fusion(logistic_regression, num_shards=1, num_particles=args.reference_draws,
                     sampler=NUTSSampler(num_warmup=args.warmup, jit_compile=True))
     draws = engine.sample_subposteriors(x, y, seed=args.seed + 1)[0].samples
     return draws, time.perf_counter() - began
 
 
 def run_shards(x, y, num_shards, reference, args):
-    engine = Fusion(logistic_regression, num_shards=num_shards, num_samples=args.num_samples,
+    engine = Fusion(logistic_regression, num_shards=num_shards, num_particles=args.num_samples,
                     sampler=NUTSSampler(num_warmup=args.warmup, jit_compile=True))
     subposteriors = engine.sample_subposteriors(x, y, seed=args.seed)
     target = engine.shards(x, y, seed=args.seed)[0].target()
@@ -74,7 +74,7 @@ def run_shards(x, y, num_shards, reference, args):
         if label == "GBF fork-join" and num_shards > args.max_fork:
             continue
         began = time.perf_counter()
-        posterior = Fusion(num_samples=args.num_samples, **settings).fuse(subposteriors, seed=args.seed,
+        posterior = Fusion(num_particles=args.num_samples, **settings).fuse(subposteriors, seed=args.seed,
                                                                           progress=False, target=target)
         seconds = time.perf_counter() - began
         iad = float(integrated_absolute_distance(flat_draws(posterior, args.num_samples, args.seed), reference))

@@ -261,15 +261,16 @@ class BayeskitPaRIS:
     def __init__(self, y, num_particles, backward, num_backward=2):
         self.y, self.num_particles, self.backward, self.num_backward = y, num_particles, backward, num_backward
 
-    def run(self, seed, y=None, num_replicates=1):
+    def run(self, seed, y=None, num_chains=1):
         import bayeskit as bk
 
         y = self.y if y is None else y
 
         def go():
             engine = bk.inference.PaRIS(sv_model(), functional, num_particles=self.num_particles,
-                                        num_backward=self.num_backward, backward=self.backward)
-            return engine.run(y, num_replicates=num_replicates, seed=seed, progress=False)
+                                        num_backward=self.num_backward, backward=self.backward,
+                                        num_chains=num_chains)
+            return engine.run(y, seed=seed, progress=False)
 
         post, seconds = _timed(go)
         return {"estimates": np.asarray(post.meta["estimate"], dtype=float), "seconds": seconds,
@@ -330,15 +331,15 @@ class BayeskitFilter:
     def __init__(self, y, num_particles):
         self.y, self.num_particles = y, num_particles
 
-    def run(self, seed, y=None, num_replicates=1):
+    def run(self, seed, y=None, num_chains=1):
         import bayeskit as bk
 
         y = self.y if y is None else y
 
         def go():
             engine = bk.inference.ParticleFilter(sv_model(), num_particles=self.num_particles,
-                                                 resampling="systematic", ess_threshold=0.5)
-            return engine.run(y, num_replicates=num_replicates, seed=seed, progress=False)
+                                                 resampling="systematic", ess_threshold=0.5, num_chains=num_chains)
+            return engine.run(y, seed=seed, progress=False)
 
         post, seconds = _timed(go)
         means = post.trace["filtering_mean"][..., 0].T.numpy().astype(float)  # (R, T)
@@ -528,7 +529,7 @@ def smoothing_benchmark(args, y, log):
                 runs[name].append(out)
                 log(f"smoothing repeat {repeat + 1}: {name}: {out['seconds']:.2f} s, estimate {out['estimates'][0]}")
     # One batch of replicates: its spread is the sd of one run, shared by every method (same algorithm, same N).
-    batch = runners[BK_REJECT].run(seed=10_000, num_replicates=args.batch_replicates)
+    batch = runners[BK_REJECT].run(seed=10_000, num_chains=args.batch_replicates)
     log(f"smoothing batch of {args.batch_replicates}: {batch['seconds']:.2f} s")
     pooled_sd = batch["estimates"].std(0, ddof=1)
     reference_runner = BayeskitPaRIS(y, args.reference_particles, "reject", args.backward_draws)
@@ -585,7 +586,7 @@ def filtering_benchmark(args, y, log):
         for name, runner in runners.items():
             runs[name].append(runner.run(seed=repeat + 1))
     log(f"filtering: {args.filter_repeats} repeats done")
-    batch = runners[BK_FILTER].run(seed=10_000, num_replicates=args.batch_replicates)
+    batch = runners[BK_FILTER].run(seed=10_000, num_chains=args.batch_replicates)
     pooled_log_z_sd = float(np.std(batch["log_evidence"], ddof=1))
     pooled_mean_sd = batch["filtering_means"].std(0, ddof=1)  # (T,)
     runs[BK_FILTER_BATCH] = [{"log_evidence": batch["log_evidence"], "filtering_means": batch["filtering_means"],

@@ -201,7 +201,8 @@ def test_pretraining_and_dswd_bring_the_prior_predictive_towards_the_data(float6
           f"DSWD {float(loss[:10].mean()):.3f} -> {float(loss[-10:].mean()):.3f}")
     assert tuned < 0.5 * standard
     assert loss[-10:].mean() < loss[:10].mean()
-    assert result.meta["engine"] == "DSWD prior" and set(result.samples) == {
+    assert result.meta["engine"] == "Fit" and result.meta["settings"]["name"] == "DSWD prior"
+    assert set(result.samples) == {
         f"{group}.{name}" for group in ("loc", "log_scale") for name in bae.sites}
 
 

@@ -124,6 +124,6 @@ def test_particles_paris_runs_under_numpy_2(float64):
     out = module.ParticlesPaRIS(y.numpy(), num_particles=300).run(seed=0)
     assert out["estimates"].shape == (1, 2) and np.isfinite(out["estimates"]).all()
     assert out["tries_per_backward_draw"] >= 1
-    ours = module.BayeskitPaRIS(y, 300, "exact").run(seed=0, num_replicates=8)["estimates"]
+    ours = module.BayeskitPaRIS(y, 300, "exact").run(seed=0, num_chains=8)["estimates"]
     spread = ours.std(0, ddof=1)
     assert (np.abs(out["estimates"][0] - ours.mean(0)) < 5 * spread * math.sqrt(1 + 1 / 8)).all()

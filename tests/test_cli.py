@@ -50,7 +50,7 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     for name in ("smc_posterior.nc", "smc_volatility.png"):
         assert (out / name).stat().st_size > 0, name
     smc = bayeskit.load(out / "smc_posterior.nc")
-    assert smc.meta["engine"] == "particle_gibbs" and smc.samples["x"].shape == (4, 8, 60, 1)
+    assert smc.meta["engine"] == "ParticleGibbs" and smc.samples["x"].shape == (4, 8, 60, 1)
     for name in ("fsde_posterior.nc", "fsde_paths.png"):
         assert (out / name).stat().st_size > 0, name
     fsde = bayeskit.load(out / "fsde_posterior.nc")
@@ -68,7 +68,7 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     for name in ("fusion_posterior.nc", "fusion_marginals.png"):
         assert (out / name).stat().st_size > 0, name
     fusion = bayeskit.load(out / "fusion_posterior.nc")
-    assert fusion.meta["engine"] == "fusion" and fusion.log_weights.shape == (1, 200)
+    assert fusion.meta["engine"] == "Fusion" and fusion.log_weights.shape == (1, 200)
     # later departures are delayed more often: the fused slope of the scheduled hour is clearly positive
     weights = torch.softmax(fusion.log_weights[0], 0)
     assert float(weights @ fusion.samples["beta"][0, :, 0]) > 0.2

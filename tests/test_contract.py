@@ -293,7 +293,7 @@ def _fusion(method, tree, num_samples=FUSION_SAMPLES):
     first shard's target -- but the sampling is cached per model across the 10 methods and trees.
     """
     def run(model, y, seed):
-        engine = Fusion(model.model, num_shards=NUM_SHARDS, method=method, tree=tree, num_samples=num_samples,
+        engine = Fusion(model.model, num_shards=NUM_SHARDS, method=method, tree=tree, num_particles=num_samples,
                         sampler=IndependenceMetropolis())
         key = (model.name, seed, num_samples)
         if key not in _SUBPOSTERIORS:
@@ -522,8 +522,8 @@ def test_particle_gibbs_matches_the_smoothing_marginals(matrix):
     y = model.simulate(PG_STEPS, seed=1)[1]
     exact_mean, exact_sd = lgssm_smoothing_marginals(PG_A, PG_Q, PG_R, PG_Q, y.numpy())
     began = time.process_time()
-    post = ParticleGibbs(model, num_particles=30).run(y, num_steps=PG_ITERATIONS, num_replicates=PG_REPLICATES,
-                                                     seed=SEED, progress=False)
+    post = ParticleGibbs(model, num_particles=30, num_chains=PG_REPLICATES).run(y, num_steps=PG_ITERATIONS, seed=SEED,
+                                                                                progress=False)
     seconds = time.process_time() - began
     samples = post.samples["x"][:, PG_BURN:, :, 0].double()  # (replicate, iteration, time)
     draws = samples.reshape(-1, PG_STEPS)

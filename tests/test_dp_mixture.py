@@ -84,7 +84,9 @@ def test_map_improves_the_log_joint_of_the_variational_point(data, em_fit):
         return pyro.poutine.trace(pyro.poutine.condition(m.model, data=m.sites)).get_trace(z).log_prob_sum()
 
     assert log_joint(model) > log_joint(em_fit)
-    assert model.fit_result.meta["engine"] == "DP mixture" and len(model.fit_result.trace["loss"]) == 100
+    meta = model.fit_result.meta
+    assert meta["engine"] == "Fit" and meta["settings"]["name"] == "DP mixture"
+    assert len(model.fit_result.trace["loss"]) == 100
 
 
 def test_diagonal_covariances(data):

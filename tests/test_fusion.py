@@ -167,7 +167,7 @@ def _weighted_moments(posterior):
 def test_fused_gaussians_match_the_closed_form_product(float64, method, tree, estimator):
     num = 400 if method == "mcf" else 3000
     subposteriors, mean, covariance = _gaussian_subposteriors(num)
-    posterior = Fusion(method=method, tree=tree, num_samples=num, estimator=estimator).fuse(
+    posterior = Fusion(method=method, tree=tree, num_particles=num, estimator=estimator).fuse(
         subposteriors, seed=0, progress=False)
     fused_mean, fused_covariance, ess = _weighted_moments(posterior)
     sd = covariance.diagonal().sqrt()
@@ -183,16 +183,16 @@ def test_fused_gaussians_match_the_closed_form_product(float64, method, tree, es
 
 def test_consensus_is_exact_for_gaussians_and_weierstrass_runs(float64):
     subposteriors, mean, covariance = _gaussian_subposteriors(3000)
-    consensus = Fusion(method="consensus", num_samples=3000).fuse(subposteriors, seed=0)
+    consensus = Fusion(method="consensus", num_particles=3000).fuse(subposteriors, seed=0)
     fused_mean, fused_covariance, ess = _weighted_moments(consensus)
     assert ((fused_mean - mean).abs() / covariance.diagonal().sqrt()).max() < 5 / math.sqrt(ess)
-    weierstrass = Fusion(method="weierstrass", num_samples=500).fuse(subposteriors, seed=0)
+    weierstrass = Fusion(method="weierstrass", num_particles=500).fuse(subposteriors, seed=0)
     assert weierstrass.meta["bandwidth"] > 0 and weierstrass.meta["approximate"]
 
 
 def test_fuse_is_reproducible_from_its_seed(float64):
     subposteriors, _, _ = _gaussian_subposteriors(500)
-    engine = Fusion(method="gbf", tree="balanced", num_samples=500)
+    engine = Fusion(method="gbf", tree="balanced", num_particles=500)
     first, again = (engine.fuse(subposteriors, seed=4, progress=False) for _ in range(2))
     other = engine.fuse(subposteriors, seed=5, progress=False)
     assert torch.equal(first.samples["theta"], again.samples["theta"])
@@ -219,7 +219,7 @@ def test_shards_temper_the_prior(float64):
 def test_run_on_a_conjugate_model_matches_the_closed_form(float64):
     """A model without bounds: autograd phi, the discretised estimator, labelled approximate."""
     x = 0.7 + torch.randn(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    posterior = Fusion(gaussian_mean_model, num_shards=3, num_samples=800, method="gbf",
+    posterior = Fusion(gaussian_mean_model, num_shards=3, num_particles=800, method="gbf",
                        sampler=NUTSSampler(num_warmup=150)).run(x, seed=0, progress=False)
     mean, sd = float(x.sum() / 61), 1 / math.sqrt(61)
     draws = posterior.samples["theta"][0]
@@ -240,14 +240,14 @@ def test_logistic_regression_fusion_is_close_to_full_data_nuts(float64):
     data = load_flight_delays(dtype=torch.float64).standardized().subset(torch.arange(2000))
     x, y = data.x, data.y
     sampler = NUTSSampler(num_warmup=200, jit_compile=True)
-    reference = Fusion(logistic_regression, num_shards=1, num_samples=1000, sampler=sampler) \
+    reference = Fusion(logistic_regression, num_shards=1, num_particles=1000, sampler=sampler) \
         .sample_subposteriors(x, y, seed=1)[0].samples
-    engine = Fusion(logistic_regression, num_shards=4, num_samples=1000, sampler=sampler, tree="balanced")
+    engine = Fusion(logistic_regression, num_shards=4, num_particles=1000, sampler=sampler, tree="balanced")
     subposteriors = engine.sample_subposteriors(x, y, seed=0)
     target = engine.shards(x, y, seed=0)[0].target()
     iad = {}
     for method in ("gbf", "consensus"):
-        fused = Fusion(method=method, tree="balanced", num_samples=1000).fuse(subposteriors, seed=0, target=target)
+        fused = Fusion(method=method, tree="balanced", num_particles=1000).fuse(subposteriors, seed=0, target=target)
         draws = torch.cat([fused.samples["alpha"][0, :, None], fused.samples["beta"][0]], -1)
         if fused.log_weights is not None:
             assert fused.meta["estimator"] == "exact" and not fused.meta["approximate"]
@@ -263,7 +263,7 @@ def test_engine_sampler_runs_a_bayeskit_engine(float64):
     from bayeskit.inference import SVGD
 
     x = 0.7 + torch.randn(30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    engine = Fusion(gaussian_mean_model, num_shards=2, num_samples=100,
+    engine = Fusion(gaussian_mean_model, num_shards=2, num_particles=100,
                     sampler=EngineSampler(SVGD, num_steps=300, options={"num_particles": 100}))
     subposteriors = engine.sample_subposteriors(x, seed=0)
     for sub, shard in zip(subposteriors, engine.shards(x, seed=0)):
@@ -274,7 +274,7 @@ def test_engine_sampler_runs_a_bayeskit_engine(float64):
 
 def test_ray_backend_gives_the_in_process_result(float64, ray_cluster):
     x = 0.7 + torch.randn(40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    settings = dict(num_shards=4, num_samples=100, method="gbf", tree="balanced",
+    settings = dict(num_shards=4, num_particles=100, method="gbf", tree="balanced",
                     sampler=NUTSSampler(num_warmup=50))
     local = Fusion(gaussian_mean_model, **settings).run(x, seed=3, progress=False)
     remote = Fusion(gaussian_mean_model, backend="ray", **settings).run(x, seed=3, progress=False)
@@ -330,6 +330,6 @@ def test_bad_arguments_are_refused():
         Fusion().fuse([torch.randn(3, 2)])
     no_bounds = [SubPosterior(torch.randn(50, 2), LogDensity(lambda z: -z.square().sum(-1))) for _ in range(2)]
     with pytest.raises(ValueError, match="bounds"):
-        Fusion(method="mcf", num_samples=50).fuse(no_bounds, seed=0)
+        Fusion(method="mcf", num_particles=50).fuse(no_bounds, seed=0)
     with pytest.raises(ValueError, match="non-finite"):
         SubPosterior(torch.tensor([[float("nan"), 0.0]]), LogDensity(lambda z: z.sum(-1)))

@@ -190,7 +190,7 @@ METHODS = ["gbf", "dc_mcf", "consensus"]
 
 
 def sample_shards(model, data, num_shards, split):
-    engine = Fusion(model, num_shards=num_shards, num_samples=NUM_SAMPLES, sampler=grid_sampler)
+    engine = Fusion(model, num_shards=num_shards, num_particles=NUM_SAMPLES, sampler=grid_sampler)
     shards = engine.shards(data, seed=split)
     return engine.sample_subposteriors(data, seed=split), shards, shards[0].target()
 
@@ -198,7 +198,7 @@ def sample_shards(model, data, num_shards, split):
 def assert_methods_match(model, data, site, exact, num_shards, split):
     subposteriors, shards, target = sample_shards(model, data, num_shards, split)
     for method in METHODS:
-        fused = Fusion(method=method, tree="balanced", num_samples=NUM_SAMPLES).fuse(
+        fused = Fusion(method=method, tree="balanced", num_particles=NUM_SAMPLES).fuse(
             subposteriors, seed=1, target=target, progress=False)
         assert_matches(fused, site, exact, sd_slack=SD_ALLOWANCE.get(method, 0.0),
                        mean_allowance=MEAN_ALLOWANCE.get(method, 0.0), where=f"{method}, split {split}")
@@ -210,7 +210,7 @@ def assert_methods_match(model, data, site, exact, num_shards, split):
 def test_gamma_poisson_fused_posterior_matches_the_gamma(float64, num_shards, split):
     model, y, site, exact = problem("gamma_poisson")
     subposteriors, shards, target = assert_methods_match(model, y, site, exact, num_shards, split)
-    fused = Fusion(method="mcf", tree="balanced", num_samples=NUM_SAMPLES).fuse(
+    fused = Fusion(method="mcf", tree="balanced", num_particles=NUM_SAMPLES).fuse(
         with_closed_form_densities(subposteriors, shards), seed=1, target=target, progress=False)
     assert fused.meta["estimator"] == "exact"
     assert_matches(fused, site, exact, where=f"mcf, split {split}")

@@ -120,15 +120,15 @@ def test_paris_with_ten_thousand_particles_on_cuda_matches_the_rts_smoother():
     _, y = model.simulate(100, seed=1)
     truth = model.kalman(y).state_sum()
     model = model.cuda()
-    post = PaRIS(model, state_sum(), num_particles=10_000, backward="exact").run(y.cuda(), num_replicates=4,
-                                                                                seed=0, progress=False)
+    post = PaRIS(model, state_sum(), num_particles=10_000, backward="exact", num_chains=4).run(y.cuda(), seed=0,
+                                                                                                 progress=False)
     assert post.meta["device"].startswith("cuda")
     estimates = torch.tensor(post.meta["estimate"], dtype=torch.float64).reshape(-1)
     assert (estimates - truth).abs().max() < 1.0  # four times the RMSE expected at this N (about 0.25)
     with pytest.raises(ValueError, match="move the model"):
         PaRIS(model, state_sum()).run(y, progress=False)
-    chains = ParticleGibbs(model, state_sum(), num_particles=500).run(y.cuda(), num_steps=20, num_replicates=4,
-                                                                      seed=0, progress=False)
+    chains = ParticleGibbs(model, state_sum(), num_particles=500, num_chains=4).run(y.cuda(), num_steps=20, seed=0,
+                                                                                  progress=False)
     assert abs(float(torch.tensor(chains.meta["estimate"]).mean()) - float(truth)) < 1.0
 
 

@@ -182,7 +182,7 @@ def test_fork_and_join_on_many_subposteriors_is_flagged_and_the_balanced_tree_is
     subposteriors, mean, sd = _gaussian_subposteriors(16, 5, 500, seed=1)
     results = {}
     for tree in ("fork_and_join", "balanced"):
-        engine = Fusion(method="gbf", tree=tree, num_samples=500)
+        engine = Fusion(method="gbf", tree=tree, num_particles=500)
         results[tree] = _findings(lambda: engine.fuse(subposteriors, seed=0, progress=False))
     fork, caught = results["fork_and_join"]
     assert caught and all("balanced" in str(w.message) for w in caught)

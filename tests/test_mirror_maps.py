@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from bayeskit.inference.mirror_maps import (
+from bayeskit.inference.stein.mirror_maps import (
     BoxMap,
     CustomMirrorMap,
     IdentityMap,

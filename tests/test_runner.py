@@ -134,7 +134,8 @@ def test_fit_reaches_the_least_squares_solution_and_records_its_trace():
     exact = torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)
     torch.testing.assert_close(result.samples["weights"][0, 0], exact, atol=1e-4, rtol=0)
     assert result.trace["loss"].shape == (800,) and result.trace["norm"].shape == (800,)
-    assert result.meta["engine"] == "least squares" and result.meta["sample_kind"] == "point"
+    assert result.meta["engine"] == "Fit" and result.meta["settings"]["name"] == "least squares"
+    assert result.meta["sample_kind"] == "point"
 
 
 def test_fit_resumes_from_a_checkpoint_exactly(tmp_path):

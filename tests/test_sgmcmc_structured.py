@@ -161,7 +161,7 @@ def test_groups_by_site_name_on_a_minibatched_pyro_model(kernel):
     assert (post.samples["scale"] > 0).all() and all(torch.isfinite(v).all() for v in post.samples.values())
     settings = post.meta["settings"]
     assert settings["groups"] == ["w0+b0", "w1+b1+scale"] and settings["dropout"] == "beta(1.0, 1.0)"
-    assert post.meta["engine"] == "S-SGMCMC" and post.trace["log_prob"].shape == (10,)
+    assert post.meta["engine"] == "StructuredSGMCMC" and post.trace["log_prob"].shape == (10,)
 
 
 def test_default_is_one_group_per_site():

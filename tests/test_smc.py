@@ -67,7 +67,7 @@ def test_log_evidence_is_unbiased_in_exp(scheme):
     y = data(model, 40)
     exact = float(model.kalman(y).log_likelihood)
     replicates = 4000 if FULL else 1500
-    post = ParticleFilter(model, num_particles=50, resampling=scheme).run(y, num_replicates=replicates, seed=3,
+    post = ParticleFilter(model, num_particles=50, resampling=scheme, num_chains=replicates).run(y, seed=3,
                                                                            progress=False)
     ratio = torch.exp(torch.tensor(post.meta["log_evidence"]) - exact)
     se = ratio.std() / math.sqrt(replicates)
@@ -80,7 +80,7 @@ def test_filtering_means_and_ess_trace_follow_the_kalman_filter():
     model = bivariate_model()
     y = data(model, 30)
     kalman = model.kalman(y)
-    post = ParticleFilter(model, num_particles=2000, ess_threshold=0.7).run(y, num_replicates=8, seed=0,
+    post = ParticleFilter(model, num_particles=2000, ess_threshold=0.7, num_chains=8).run(y, seed=0,
                                                                              progress=False)
     means = post.trace["filtering_mean"].mean(1)
     sd = kalman.filtered_covs.diagonal(dim1=-2, dim2=-1).sqrt()
@@ -98,12 +98,12 @@ def test_filtering_means_and_ess_trace_follow_the_kalman_filter():
 def test_particle_filter_resumes_from_a_checkpoint_exactly(tmp_path):
     model = scalar_model()
     y = data(model, 20)
-    engine = ParticleFilter(model, num_particles=64)
-    whole = engine.run(y, num_replicates=3, seed=5, progress=False)
+    engine = ParticleFilter(model, num_particles=64, num_chains=3)
+    whole = engine.run(y, seed=5, progress=False)
     path = tmp_path / "pf.ckpt"
-    engine.run(y, num_replicates=3, seed=5, progress=False, checkpoint=path, checkpoint_every=5,
+    engine.run(y, seed=5, progress=False, checkpoint=path, checkpoint_every=5,
                callback=lambda step, state, info: step == 10)
-    resumed = engine.run(y, num_replicates=3, seed=5, progress=False, checkpoint=path, resume=True)
+    resumed = engine.run(y, seed=5, progress=False, checkpoint=path, resume=True)
     assert resumed.meta["log_evidence"] == whole.meta["log_evidence"]
 
 
@@ -112,8 +112,8 @@ def paris_errors(model, y, truth, functional, sizes, replicates, backward):
     """Bias, standard error and RMSE of PaRIS estimates over independent replicates, per N."""
     rows = []
     for n in sizes:
-        post = PaRIS(model, functional, num_particles=n, backward=backward).run(
-            y, num_replicates=replicates, seed=n, progress=False)
+        post = PaRIS(model, functional, num_particles=n, backward=backward, num_chains=replicates).run(
+            y, seed=n, progress=False)
         estimates = torch.tensor(post.meta["estimate"]).reshape(replicates, -1)
         error = estimates - truth.reshape(-1)
         rows.append({"N": n, "bias": error.mean(0), "se": error.std(0) / math.sqrt(replicates),
@@ -146,7 +146,7 @@ def test_paris_smoothed_states_match_the_rts_means_in_two_dimensions():
     model = bivariate_model()
     y = data(model, 25)
     kalman = model.kalman(y)
-    post = PaRIS(model, smoothed_states(25), num_particles=300).run(y, num_replicates=16, seed=2, progress=False)
+    post = PaRIS(model, smoothed_states(25), num_particles=300, num_chains=16).run(y, seed=2, progress=False)
     estimates = torch.tensor(post.meta["estimate"])
     se = estimates.std(0) / 4
     assert estimates.shape[1:] == kalman.smoothed_means.shape
@@ -179,7 +179,7 @@ def test_particle_gibbs_draws_trajectories_from_the_smoothing_law():
     model = scalar_model()
     y = data(model, 30)
     kalman = model.kalman(y)
-    post = ParticleGibbs(model, num_particles=30).run(y, num_steps=100, num_replicates=8, seed=0, progress=False)
+    post = ParticleGibbs(model, num_particles=30, num_chains=8).run(y, num_steps=100, seed=0, progress=False)
     draws = post.samples["x"][:, 10:, :, 0].reshape(-1, 30)
     sd = kalman.smoothed_covs[:, 0, 0].sqrt()
     se = sd / math.sqrt(draws.shape[0] / 3)  # allows for autocorrelation of the chains
@@ -202,18 +202,18 @@ def test_ppg_is_less_biased_than_paris_at_equal_cost():
     y = data(model, 50)
     truth = float(model.kalman(y).cross_sum())
     replicates = 4000 if FULL else 1000
-    paris_n, ppg_n, iterations, burn_in = 100, 10, 9, 4
-    paris = PaRIS(model, cross_sum(), num_particles=paris_n).run(y, num_replicates=replicates, seed=0,
+    paris_n, ppg_n, iterations, num_warmup = 100, 10, 9, 4
+    paris = PaRIS(model, cross_sum(), num_particles=paris_n, num_chains=replicates).run(y, seed=0,
                                                                  progress=False)
-    ppg = ParticleGibbs(model, cross_sum(), num_particles=ppg_n, burn_in=burn_in).run(
-        y, num_steps=iterations, num_replicates=replicates, seed=0, progress=False)
+    ppg = ParticleGibbs(model, cross_sum(), num_particles=ppg_n, num_warmup=num_warmup, num_chains=replicates).run(
+        y, num_steps=iterations, seed=0, progress=False)
     rows = {}
     for name, post in (("PaRIS", paris), ("PPG", ppg)):
         errors = torch.tensor(post.meta["estimate"]).reshape(-1) - truth
         rows[name] = (float(errors.mean()), float(errors.std() / math.sqrt(replicates)), float(errors.var()))
     per_iteration = ppg.sample_stats["functional"].reshape(replicates, iterations).mean(0) - truth
     print(f"\nsum x_t-1 x_t = {truth:.3f}; PaRIS N={paris_n}; PPG N={ppg_n}, {iterations} iterations after one "
-          f"PaRIS sweep, averaged after {burn_in}; {replicates} replicates")
+          f"PaRIS sweep, averaged after {num_warmup}; {replicates} replicates")
     for name, (bias, se, variance) in rows.items():
         print(f"  {name:5s} bias {bias:+.4f} +- {se:.4f}  variance {variance:.3f}")
     print("  PPG bias per iteration: " + " ".join(f"{float(b):+.2f}" for b in per_iteration))
@@ -279,7 +279,7 @@ def test_score_climbing_moves_towards_the_maximum_likelihood_estimate():
     mle = exact_mle(y)
     start = {"A": 0.2, "Q": 0.2, "R": 3.0}
     model = LinearGaussianSSM([[start["A"]]], [[1.0]], [[start["Q"]]], [[start["R"]]], learn=("A", "Q", "R"))
-    post = fit_ssm(model, y, method="score_climbing", num_steps=60, num_particles=30, num_replicates=4, lr=0.03,
+    post = fit_ssm(model, y, method="score_climbing", num_steps=60, num_particles=30, num_chains=4, lr=0.03,
                    seed=0, progress=False)
     for name in ("A", "Q", "R"):
         fitted, exact = float(post.samples[name].reshape(-1)[0]), float(mle[name].reshape(-1)[0])
@@ -308,14 +308,14 @@ def test_fit_refuses_a_model_without_learnable_parameters():
 def test_posteriors_export_to_arviz_and_survive_a_netcdf_round_trip(tmp_path):
     model = StochasticVolatility(-1.0, 0.9, 0.4)
     y = data(model, 20)
-    post = ParticleGibbs(model, state_sum(), num_particles=20).run(y, num_steps=12, num_replicates=2, seed=0,
+    post = ParticleGibbs(model, state_sum(), num_particles=20, num_chains=2).run(y, num_steps=12, seed=0,
                                                                    progress=False)
     tree = post.to_arviz()
     assert "x" in tree["posterior"] and tree["posterior"]["x"].dims == ("chain", "draw", "time", "state")
     loaded = bk.load(post.save(tmp_path / "ppg.nc"))
     torch.testing.assert_close(loaded.samples["x"], post.samples["x"])
     assert loaded.meta["estimate"] == post.meta["estimate"]
-    smoother = PaRIS(model, state_sum(), num_particles=50).run(y, num_replicates=2, seed=0, progress=False)
+    smoother = PaRIS(model, state_sum(), num_particles=50, num_chains=2).run(y, seed=0, progress=False)
     loaded = bk.load(smoother.save(tmp_path / "paris.nc"))
     torch.testing.assert_close(loaded.log_weights, smoother.log_weights)
 
@@ -348,14 +348,14 @@ def test_bad_input_is_refused_with_the_argument_named():
         PaRIS(model, state_sum(), backward="fast")
     with pytest.raises(ValueError, match=r"y must have shape \(T, 1\)"):
         ParticleFilter(model).run(torch.zeros(5, 2), progress=False)
-    with pytest.raises(ValueError, match="num_replicates"):
-        ParticleFilter(model).run(torch.zeros(5, 1), num_replicates=0, progress=False)
+    with pytest.raises(ValueError, match="num_chains"):
+        ParticleFilter(model, num_chains=0)
     with pytest.raises(ValueError, match="functional"):
         PaRIS(model, lambda t, xp, x: torch.zeros(3)).run(torch.zeros(5, 1), progress=False)
     with pytest.raises(ValueError, match="transition_log_bound"):
         PaRIS(Unbounded(), state_sum(), backward="reject").run(torch.ones(5, 1), progress=False)
-    with pytest.raises(ValueError, match="burn_in"):
-        ParticleGibbs(model, burn_in=-1)
+    with pytest.raises(ValueError, match="num_warmup"):
+        ParticleGibbs(model, num_warmup=-1)
 
 
 def test_impossible_observations_stop_the_filter_and_name_the_step():

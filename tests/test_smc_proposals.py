@@ -168,7 +168,7 @@ def test_particle_filter_log_evidence_matches_kalman_with_less_variance():
     proposal = MixtureOfExpertsProposal()
     log_z = {}
     for name, chosen in (("bootstrap", None), ("experts", proposal)):
-        posterior = ParticleFilter(model, num_particles=200, proposal=chosen).run(y, num_replicates=100, seed=0,
+        posterior = ParticleFilter(model, num_particles=200, proposal=chosen, num_chains=100).run(y, seed=0,
                                                                                     progress=False)
         log_z[name] = torch.tensor(posterior.meta["log_evidence"], dtype=torch.float64)
     proposal.experts()  # raises unless the filter called adapt()

@@ -202,7 +202,7 @@ def test_deterministic_sites_reach_the_fusion_posterior():
     from bayeskit.inference.fusion.shards import EngineSampler
 
     x = 0.5 + torch.randn(20, generator=torch.Generator().manual_seed(0))
-    post = Fusion(deterministic_model, num_shards=2, num_samples=50, method="consensus",
+    post = Fusion(deterministic_model, num_shards=2, num_particles=50, method="consensus",
                   sampler=EngineSampler(SVGD, num_steps=20, options={"num_particles": 50})).run(
         x, seed=0, progress=False)
     _check_mu(post)

@@ -60,19 +60,19 @@ pd.set_option("display.width", 120)
 
 SIZES = ({"T": 200, "table_N": (50, 200), "table_R": 4, "fit_steps": 8, "fit_N": 50, "profile_N": 100,
           "profile_R": 2, "profile_points": 3, "paris_N": 100, "pg_chains": 2, "pg_N": 50, "pg_steps": 8,
-          "pg_burn_in": 2, "moe_N": 50, "moe_R": 2, "check_N": 200, "check_R": 4} if QUICK
+          "pg_warmup": 2, "moe_N": 50, "moe_R": 2, "check_N": 200, "check_R": 4} if QUICK
          else {"T": None, "table_N": (100, 300, 1000, 3000), "table_R": 20, "fit_steps": 80, "fit_N": 100,
                "profile_N": 300, "profile_R": 8, "profile_points": 5, "paris_N": 400, "pg_chains": 4,
-               "pg_N": 100, "pg_steps": 70, "pg_burn_in": 10, "moe_N": 100, "moe_R": 10, "check_N": 1000,
+               "pg_N": 100, "pg_steps": 70, "pg_warmup": 10, "moe_N": 100, "moe_R": 10, "check_N": 1000,
                "check_R": 20})
 timings, began = {}, time.perf_counter()
 
 
-def log_evidence(model, num_particles, num_replicates, seed=0, **options):
-    """Replicated bootstrap-filter estimates of log p(y): a (num_replicates,) tensor, and the wall time."""
+def log_evidence(model, num_particles, num_chains, seed=0, **options):
+    """Replicated bootstrap-filter estimates of log p(y): a (num_chains,) tensor, and the wall time."""
     begin = time.perf_counter()
-    post = ParticleFilter(model, num_particles=num_particles, **options).run(
-        y, num_replicates=num_replicates, seed=seed, progress=False)
+    post = ParticleFilter(model, num_particles=num_particles, num_chains=num_chains, **options).run(
+        y, seed=seed, progress=False)
     return torch.tensor(post.meta["log_evidence"]), time.perf_counter() - begin
 
 
@@ -105,8 +105,8 @@ plt.close(figure)
 # %% [markdown]
 # ## The log-evidence by particle filtering
 # We start from rough parameters, $\mu = 0$ (a daily sd of 1%, twice the
-# sample's), $\phi = 0.8$, $\sigma = 0.5$. `ParticleFilter.run(y,
-# num_replicates=R)` runs `R` independent bootstrap filters in one batch;
+# sample's), $\phi = 0.8$, $\sigma = 0.5$. `ParticleFilter(model,
+# num_chains=R).run(y)` runs `R` independent bootstrap filters in one batch;
 # `meta["log_evidence"]` holds their estimates of $\log p(y_{0:T-1})$. The
 # estimate of $p(y)$ is unbiased, so its log is biased low, by about half its
 # variance; replicates give its Monte Carlo sd, which falls like $1/\sqrt N$
@@ -248,10 +248,10 @@ print(f"PaRIS ({SIZES['paris_N']} particles, {timings['PaRIS']:.1f} s): smoothed
 # `ParticleGibbs` runs conditional PaRIS sweeps: every iteration draws a new
 # reference trajectory by walking back the backward indices, a Markov chain
 # whose stationary law is the smoothing distribution of the whole path
-# $x_{0:T-1}$. `num_replicates` independent chains run in one batch, so
+# $x_{0:T-1}$. `num_chains` independent chains run in one batch, so
 # r_hat and ESS apply to any function of the path. With a functional the
 # engine also returns the bias-reduced roll-out estimate (the mean of the
-# conditional PaRIS estimates after `burn_in`). We give it `state_sum()`,
+# conditional PaRIS estimates after `num_warmup`). We give it `state_sum()`,
 # $\sum_t x_t$, which costs nothing per particle: `smoothed_states(T)` would
 # carry a length-T statistic per particle through every step (O(T) work per
 # particle per step), which PaRIS above pays once but particle Gibbs would pay
@@ -259,15 +259,15 @@ print(f"PaRIS ({SIZES['paris_N']} particles, {timings['PaRIS']:.1f} s): smoothed
 
 # %%
 begin = time.perf_counter()
-pg = ParticleGibbs(sv, state_sum(), num_particles=SIZES["pg_N"], burn_in=SIZES["pg_burn_in"]).run(
-    y, num_steps=SIZES["pg_steps"], num_replicates=SIZES["pg_chains"], seed=4, progress=False)
+pg = ParticleGibbs(sv, state_sum(), num_particles=SIZES["pg_N"], num_warmup=SIZES["pg_warmup"],
+                   num_chains=SIZES["pg_chains"]).run(y, num_steps=SIZES["pg_steps"], seed=4, progress=False)
 timings["ParticleGibbs"] = time.perf_counter() - begin
-burn_in = pg.meta["burn_in"]
-paths = pg.samples["x"][:, burn_in:, :, 0]  # (chain, draw, T)
+num_warmup = pg.meta["num_warmup"]
+paths = pg.samples["x"][:, num_warmup:, :, 0]  # (chain, draw, T)
 volatility = torch.exp(0.5 * paths).reshape(-1, T)
 band = torch.quantile(volatility, torch.tensor([0.05, 0.5, 0.95]), dim=0)
 rollout = torch.tensor(pg.meta["estimate"])[:, 0] / T  # (chain,): the mean over t of E[x_t | y]
-print(f"ParticleGibbs: {SIZES['pg_chains']} chains x {SIZES['pg_steps']} iterations ({burn_in} burn-in), "
+print(f"ParticleGibbs: {SIZES['pg_chains']} chains x {SIZES['pg_steps']} iterations ({num_warmup} warm-up), "
       f"{SIZES['pg_N']} particles, {timings['ParticleGibbs']:.0f} s; mean update rate "
       f"{pg.trace['update_rate'].mean():.2f} (fraction of times at which the reference moved)")
 print(f"smoothed means of x_t: largest gap between the trajectory mean and PaRIS "
@@ -298,10 +298,10 @@ plt.close(figure)
 
 # %% [markdown]
 # ## Convergence across chains
-# The draws after burn-in of a few $x_t$ through `bayeskit.diagnostics`
+# The draws after warm-up of a few $x_t$ through `bayeskit.diagnostics`
 # (rank-normalised split r_hat and bulk ESS, by arviz-stats); the full
 # ArviZ table, one row per time, comes from `pg.summary(var_names=["x"])`
-# (over all the draws, burn-in included).
+# (over all the draws, warm-up included).
 
 # %%
 times = sorted({0, T // 4, T // 2, 3 * T // 4, T - 1})
@@ -342,7 +342,7 @@ print(f"N = {SIZES['moe_N']}, {SIZES['moe_R']} replicates: bootstrap {boot.mean(
 # %%
 path = pg.save(OUT / "sv_ppg.nc")
 loaded = bk.load(path)
-assert torch.equal(loaded.samples["x"], pg.samples["x"]) and loaded.meta["burn_in"] == burn_in
+assert torch.equal(loaded.samples["x"], pg.samples["x"]) and loaded.meta["num_warmup"] == num_warmup
 print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and read it back: x {tuple(loaded.samples['x'].shape)}, "
       f"trace {sorted(loaded.trace)}")
 print("timings (s):", {name: round(seconds, 1) for name, seconds in timings.items()},

@@ -68,7 +68,7 @@ print(len(data.y), "flights,", f"{float(data.y.mean()):.1%} delayed; covariates"
 
 # %%
 num_shards = SHARD_COUNTS[-1]
-engine = Fusion(logistic_regression, num_shards=num_shards, num_samples=NUM_SAMPLES, sampler=SAMPLER,
+engine = Fusion(logistic_regression, num_shards=num_shards, num_particles=NUM_SAMPLES, sampler=SAMPLER,
                 method="gbf", tree="balanced")
 began = time.perf_counter()
 subposteriors = engine.sample_subposteriors(data.x, data.y, seed=0)
@@ -76,7 +76,7 @@ print(f"{num_shards} sub-posteriors in {time.perf_counter() - began:.1f} s;",
       "shard sizes", sorted({s.info["num_data"] for s in subposteriors}))
 target = engine.shards(data.x, data.y, seed=0)[0].target()  # names and constrains the flat draws
 
-reference = Fusion(logistic_regression, num_shards=1, num_samples=4 * NUM_SAMPLES, sampler=SAMPLER) \
+reference = Fusion(logistic_regression, num_shards=1, num_particles=4 * NUM_SAMPLES, sampler=SAMPLER) \
     .sample_subposteriors(data.x, data.y, seed=1)[0].samples
 print("full-data NUTS reference:", len(reference), "draws")
 
@@ -156,7 +156,7 @@ for label, settings in {"GBF fork-and-join": dict(method="gbf", tree="fork_and_j
                         "Weierstrass": dict(method="weierstrass")}.items():
     if QUICK and label.startswith("D&C-MCF"):
         continue  # its one long step costs seconds even at quick sizes; tests/test_fusion.py covers it
-    variants[label] = Fusion(num_samples=NUM_SAMPLES, **settings).fuse(subposteriors, seed=0, progress=False,
+    variants[label] = Fusion(num_particles=NUM_SAMPLES, **settings).fuse(subposteriors, seed=0, progress=False,
                                                                        target=target)
 for label, post in variants.items():
     print(f"{label:20s} IAD {float(integrated_absolute_distance(unweighted(post), reference)):.3f}  "
@@ -172,10 +172,10 @@ for label, post in variants.items():
 sweep = {}
 for count in SHARD_COUNTS:
     subs = subposteriors if count == num_shards else Fusion(
-        logistic_regression, num_shards=count, num_samples=NUM_SAMPLES, sampler=SAMPLER).sample_subposteriors(
+        logistic_regression, num_shards=count, num_particles=NUM_SAMPLES, sampler=SAMPLER).sample_subposteriors(
         data.x, data.y, seed=0)
     for label, method in (("D&C-GBF", "gbf"), ("Consensus MC", "consensus")):
-        post = Fusion(method=method, tree="balanced", num_samples=NUM_SAMPLES).fuse(subs, seed=0, progress=False,
+        post = Fusion(method=method, tree="balanced", num_particles=NUM_SAMPLES).fuse(subs, seed=0, progress=False,
                                                                                    target=target)
         sweep.setdefault(label, []).append(float(integrated_absolute_distance(unweighted(post), reference)))
 figure, axis = plt.subplots(figsize=(4.5, 3))
@@ -204,9 +204,9 @@ try:
 except ImportError:
     HAVE_RAY = False
 if HAVE_RAY:
-    on_ray = Fusion(logistic_regression, num_shards=4, num_samples=NUM_SAMPLES, sampler=SAMPLER,
+    on_ray = Fusion(logistic_regression, num_shards=4, num_particles=NUM_SAMPLES, sampler=SAMPLER,
                     backend="ray").run(data.x, data.y, seed=0, progress=False)
-    in_process = Fusion(logistic_regression, num_shards=4, num_samples=NUM_SAMPLES,
+    in_process = Fusion(logistic_regression, num_shards=4, num_particles=NUM_SAMPLES,
                         sampler=SAMPLER).run(data.x, data.y, seed=0, progress=False)
     print("Ray equals in-process:", torch.equal(on_ray.samples["beta"], in_process.samples["beta"]))
 

@@ -55,7 +55,7 @@ class Modes:
 
 
 def find_modes(model_or_target, *model_args, num_restarts: int = 32, num_steps: int = 500, lr: float = 0.05,
-               num_points: int | None = None, seed: int = 0, progress: bool = False, **model_kwargs) -> Modes:
+               num_points: int | None = None, seed: int = 0, progress: bool = True, **model_kwargs) -> Modes:
     """Maximise the log posterior density from ``num_restarts`` prior draws with Adam; keep the best.
 
     Parameters
@@ -72,6 +72,8 @@ def find_modes(model_or_target, *model_args, num_restarts: int = 32, num_steps: 
         How many of the best points to return (all finite ones by default).
     seed : int
         Seeds the starting draws and any minibatches.
+    progress : bool
+        A progress bar (off under ``CI``), as for every engine.
     """
     for name, value in [("num_restarts", num_restarts), ("num_steps", num_steps)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

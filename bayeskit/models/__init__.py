@@ -9,6 +9,8 @@ from bayeskit.models.gp_sic import SparseInverseCholeskyGP
 from bayeskit.models.moe import MixtureOfExperts
 from bayeskit.models.ssm import LinearGaussianSSM, NonlinearGrowth, StateSpaceModel, StochasticVolatility
 
-__all__ = ["logistic_regression", "bayesian_mlp", "MixtureOfExperts", "BayesianAutoencoder", "VariationalAutoencoder",
-           "DirichletProcessMixture", "StateSpaceModel", "LinearGaussianSSM", "StochasticVolatility", "NonlinearGrowth",
-           "FractionalSDE", "MarkovFBM", "SparseInverseCholeskyGP"]
+__all__ = [
+    "logistic_regression", "bayesian_mlp", "MixtureOfExperts", "BayesianAutoencoder", "VariationalAutoencoder",
+    "DirichletProcessMixture", "StateSpaceModel", "LinearGaussianSSM", "StochasticVolatility", "NonlinearGrowth",
+    "FractionalSDE", "MarkovFBM", "SparseInverseCholeskyGP",
+]

@@ -22,7 +22,7 @@ import torch
 
 __all__ = ["bayesian_mlp", "mlp_forward", "predict", "layer_sizes", "LIKELIHOODS"]
 
-LIKELIHOODS = ("bernoulli", "categorical", "normal")
+LIKELIHOODS = ("bernoulli", "categorical", "gaussian")
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
@@ -76,9 +76,9 @@ def bayesian_mlp(x: torch.Tensor, y: torch.Tensor | None = None, *, hidden=(50,)
     hidden : sequence of int
         Widths of the hidden layers.
     num_outputs : int, optional
-        Output width: 1 for ``"bernoulli"`` and ``"normal"``; the number of
+        Output width: 1 for ``"bernoulli"`` and ``"gaussian"``; the number of
         classes for ``"categorical"`` (default ``y.max() + 1``).
-    likelihood : "bernoulli", "categorical" or "normal"
+    likelihood : "bernoulli", "categorical" or "gaussian"
     prior_scale : float
         Standard deviation ``s`` of the Gaussian prior on every weight and bias.
     noise_scale : float, optional
@@ -112,7 +112,7 @@ def bayesian_mlp(x: torch.Tensor, y: torch.Tensor | None = None, *, hidden=(50,)
         b = pyro.sample(f"b{layer}", dist.Normal(torch.zeros(fan_out, **options), scale).to_event(1))
         weights.append((w, b))
     noise = None
-    if likelihood == "normal":
+    if likelihood == "gaussian":
         noise = (torch.as_tensor(noise_scale, **options) if noise_scale is not None
                  else pyro.sample("noise", dist.HalfNormal(torch.ones((), **options))))
     with pyro.plate("data", x.shape[0], subsample_size=subsample_size, device=x.device) as index:

@@ -139,6 +139,7 @@ class _VariationalEM(Engine):
     """Coordinate ascent on the evidence lower bound; the state is the responsibilities."""
 
     name = "DP mixture (variational EM)"
+    engine_name = "DirichletProcessMixture"
 
     def __init__(self, x, resp, nu0, alpha, diag):
         super().__init__(_log_rho)

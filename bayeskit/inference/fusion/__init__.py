@@ -15,7 +15,8 @@ from bayeskit.inference.fusion.engine import METHODS, Fusion
 from bayeskit.inference.fusion.shards import EngineSampler, NUTSSampler, SubPosterior
 from bayeskit.sharding import Shard, split_data
 
-__all__ = ["Fusion", "METHODS", "SubPosterior", "Shard", "split_data", "NUTSSampler", "EngineSampler",
-           "ShardDensity", "GaussianDensity", "LogisticDensity", "LogDensity", "PyroDensity",
-           "fuse_gbf", "fuse_mcf", "build_tree", "time_horizon_guidance", "mesh_guidance",
-           "consensus_monte_carlo", "weierstrass"]
+__all__ = [
+    "Fusion", "METHODS", "SubPosterior", "Shard", "split_data", "NUTSSampler", "EngineSampler", "ShardDensity",
+    "GaussianDensity", "LogisticDensity", "LogDensity", "PyroDensity", "fuse_gbf", "fuse_mcf", "build_tree",
+    "time_horizon_guidance", "mesh_guidance", "consensus_monte_carlo", "weierstrass",
+]

@@ -63,8 +63,8 @@ class Fusion:
     tree : str
         ``"fork_and_join"`` (all shards in one node), ``"balanced"`` (pairs,
         level by level) or ``"progressive"`` (one shard at a time).
-    num_samples : int
-        N: draws per sub-posterior and particles at every node.
+    num_particles : int
+        N: particles at every node, and so the draws asked of each sub-posterior's sampler.
     sampler : callable, optional
         ``sampler(shard, num_samples, seed) -> Tensor (num_samples, dim)`` on
         the flat unconstrained vector: :class:`NUTSSampler` (the default, 500
@@ -100,7 +100,7 @@ class Fusion:
 
     name = "fusion"
 
-    def __init__(self, model=None, *, num_shards=None, method="gbf", tree="balanced", num_samples=1000,
+    def __init__(self, model=None, *, num_shards=None, method="gbf", tree="balanced", num_particles=1000,
                  sampler=None, preconditioner="covariance", time_horizon=None, num_mesh_steps=None,
                  estimator="auto", cess0=0.2, cess_step=0.05, ess_threshold=0.5, shuffle=True,
                  backend="inprocess", ray_options=None):
@@ -123,7 +123,7 @@ class Fusion:
         self.model = model
         self.num_shards = None if num_shards is None else positive_int("num_shards", num_shards)
         self.method, self.tree, self.preconditioner, self.estimator = method, tree, preconditioner, estimator
-        self.num_samples = positive_int("num_samples", num_samples)
+        self.num_particles = positive_int("num_particles", num_particles)
         self.sampler = sampler or NUTSSampler()
         self.time_horizon = time_horizon
         self.num_mesh_steps = None if num_mesh_steps is None else positive_int("num_mesh_steps",
@@ -134,7 +134,7 @@ class Fusion:
 
     def settings(self) -> dict:
         return {"method": self.method, "tree": self.tree, "num_shards": self.num_shards,
-                "num_samples": self.num_samples, "preconditioner": self.preconditioner,
+                "num_particles": self.num_particles, "preconditioner": self.preconditioner,
                 "time_horizon": self.time_horizon, "num_mesh_steps": self.num_mesh_steps,
                 "estimator": self.estimator, "cess0": self.cess0, "cess_step": self.cess_step,
                 "ess_threshold": self.ess_threshold, "backend": self.backend, "sampler": repr(self.sampler)}
@@ -153,7 +153,7 @@ class Fusion:
         return self._sample(self.shards(*model_args, seed=seed, **model_kwargs), seed)
 
     def _sample(self, shards, seed):
-        tasks = [(shard, self.sampler, self.num_samples, _task_seed(seed, 1, shard.index), torch.get_default_dtype())
+        tasks = [(shard, self.sampler, self.num_particles, _task_seed(seed, 1, shard.index), torch.get_default_dtype())
                  for shard in shards]
         return parallel_map(sample_shard, tasks, backend=self.backend, ray_options=self.ray_options)
 
@@ -162,7 +162,7 @@ class Fusion:
         """Shard the data, sample the sub-posteriors and fuse them.
 
         Returns a weighted :class:`~bayeskit.Posterior` (one chain of
-        ``num_samples`` draws) on the model's constrained sites.
+        ``num_particles`` draws) on the model's constrained sites.
         """
         seed = positive_int("seed", seed, minimum=0, allow_none=True)
         seed = int(torch.randint(2 ** 31, ()).item()) if seed is None else seed
@@ -200,7 +200,7 @@ class Fusion:
     def _baseline(self, leaves, seed):
         from bayeskit.inference.fusion import baselines
 
-        samples = [core.equal_weight_draws(leaf, self.num_samples,
+        samples = [core.equal_weight_draws(leaf, self.num_particles,
                                             torch.Generator(device=leaf.particles.device).manual_seed(
                                                 _task_seed(seed, 3, c))) for c, leaf in enumerate(leaves)]
         if self.method == "consensus":
@@ -208,10 +208,10 @@ class Fusion:
         generator = torch.Generator(device=samples[0].device).manual_seed(_task_seed(seed, 4))
         # The rate of acceptance falls like h^((C - 1) d): from the default bandwidth, double it until
         # the rejection sampler finishes within its budget, and report the bandwidth it used.
-        bandwidth = baselines.default_bandwidth(self.num_samples, samples[0].shape[1])
+        bandwidth = baselines.default_bandwidth(self.num_particles, samples[0].shape[1])
         for _ in range(_WEIERSTRASS_DOUBLINGS):
             try:
-                draws = baselines.weierstrass(samples, num_samples=self.num_samples, generator=generator,
+                draws = baselines.weierstrass(samples, num_samples=self.num_particles, generator=generator,
                                               bandwidth=bandwidth, max_proposals=_WEIERSTRASS_BUDGET)
                 return core.ParticleSet(draws, None), {"bandwidth": bandwidth}
             except RuntimeError:
@@ -244,7 +244,7 @@ class Fusion:
         return results[()], records
 
     def _node_settings(self):
-        return {"method": self.method, "num_particles": self.num_samples, "horizon": self.time_horizon,
+        return {"method": self.method, "num_particles": self.num_particles, "horizon": self.time_horizon,
                 "num_mesh_steps": self.num_mesh_steps, "preconditioner": self.preconditioner,
                 "estimator": self.estimator, "cess0": self.cess0, "cess_step": self.cess_step,
                 "ess_threshold": self.ess_threshold}
@@ -254,7 +254,7 @@ class Fusion:
                  for path, height, outcome in records]
         estimators = {node["estimator"] for node in nodes}
         approximate = "discretised" in estimators or self.method in ("consensus", "weierstrass")
-        return {"engine": self.name, "settings": self.settings(), "seed": seed, "nodes": nodes,
+        return {"engine": type(self).__name__, "settings": self.settings(), "seed": seed, "nodes": nodes,
                 "estimator": "/".join(sorted(estimators)) or self.method,
                 "approximate": approximate,
                 "approximation": _approximation_note(self.method, estimators),
@@ -270,7 +270,7 @@ def _approximation_note(method, estimators):
     if "discretised" in estimators:
         return ("discretised path integrals (trapezoid rule): biased, because the sub-posterior densities "
                 "have no bounds of phi")
-    return "none: exact path-space estimators (consistent as num_samples grows)"
+    return "none: exact path-space estimators (consistent as num_particles grows)"
 
 
 def _fuse_node(task):

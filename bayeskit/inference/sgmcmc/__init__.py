@@ -15,18 +15,20 @@ breaks the coupling between parameter groups
 from bayeskit.inference.sgmcmc.engines import PSGLD, SGHMC, SGLD, SGMCMC, SGNHT, AdaptiveSGHMC
 from bayeskit.inference.sgmcmc.federated import DSGLD, FSGLD, GaussianSurrogate, scale_prior, subposterior_target
 from bayeskit.inference.sgmcmc.kernels import (
-                                               AdaptiveSGHMCKernel,
-                                               PSGLDKernel,
-                                               SGHMCKernel,
-                                               SGLDKernel,
-                                               SGMCMCState,
-                                               SGNHTKernel,
-                                               make_kernel,
+    AdaptiveSGHMCKernel,
+    PSGLDKernel,
+    SGHMCKernel,
+    SGLDKernel,
+    SGMCMCState,
+    SGNHTKernel,
+    make_kernel,
 )
 from bayeskit.inference.sgmcmc.schedules import ConstantSchedule, CyclicalSchedule, PolynomialDecay
 from bayeskit.inference.sgmcmc.structured import StructuredSGMCMC
 
-__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
-           "GaussianSurrogate", "scale_prior", "subposterior_target", "SGMCMCState", "SGLDKernel", "PSGLDKernel",
-           "SGHMCKernel", "AdaptiveSGHMCKernel", "SGNHTKernel", "make_kernel", "ConstantSchedule", "PolynomialDecay",
-           "CyclicalSchedule"]
+__all__ = [
+    "SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "FSGLD", "DSGLD", "StructuredSGMCMC",
+    "GaussianSurrogate", "scale_prior", "subposterior_target", "SGMCMCState", "SGLDKernel", "PSGLDKernel",
+    "SGHMCKernel", "AdaptiveSGHMCKernel", "SGNHTKernel", "make_kernel", "ConstantSchedule", "PolynomialDecay",
+    "CyclicalSchedule",
+]

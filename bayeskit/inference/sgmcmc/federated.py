@@ -230,7 +230,7 @@ def run_surrogate_task(task: SurrogateTask) -> GaussianSurrogate:
     """
     with _seeded(task.seed, task.target.device):
         modes = find_modes(task.target, num_restarts=task.num_chains, num_steps=SURROGATE_MODE_STEPS,
-                           num_points=1, seed=task.seed)
+                           num_points=1, seed=task.seed, progress=False)
         start = modes.points.expand(task.num_chains, -1).clone()
         return fit_gaussian_surrogate(task.target, task.kernel, initial_position=start, step_size=task.step_size,
                                       num_steps=task.num_steps, covariance=task.covariance,

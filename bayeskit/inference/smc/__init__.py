@@ -8,6 +8,8 @@ from bayeskit.inference.smc.learning import fit_ssm
 from bayeskit.inference.smc.proposals import MixtureOfExpertsProposal, Proposal
 from bayeskit.resampling import resample
 
-__all__ = ["ParticleFilter", "PaRIS", "ParticleGibbs", "state_sum", "cross_sum", "smoothed_states", "resample",
-           "fit_ssm", "Proposal", "MixtureOfExpertsProposal", "sweep", "SweepState", "backward_trajectory",
-           "surrogate_log_likelihood"]
+__all__ = [
+    "ParticleFilter", "PaRIS", "ParticleGibbs", "state_sum", "cross_sum", "smoothed_states", "resample", "fit_ssm",
+    "Proposal", "MixtureOfExpertsProposal", "sweep", "SweepState", "backward_trajectory",
+    "surrogate_log_likelihood",
+]

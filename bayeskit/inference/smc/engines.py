@@ -66,7 +66,7 @@ class ParticleFilter(Engine):
     ``x_0`` always comes from the model's initial law; a guided proposal acts
     from ``t = 1`` on.
 
-    ``run(y, num_replicates=R, seed=...)`` runs one step per observation and
+    ``ParticleFilter(model, num_chains=R).run(y, seed=...)`` runs one step per observation and
     returns a weighted :class:`~bayeskit.Posterior`: ``samples["x"]`` holds the
     final filtering cloud ``(R, N, state_dim)`` (chains are replicates) with
     its ``log_weights``; ``trace`` has one row per time step with
@@ -77,8 +77,8 @@ class ParticleFilter(Engine):
 
     name = "particle_filter"
 
-    def __init__(self, model, *, num_particles: int = 1000, proposal=None, resampling: str = "systematic",
-                 ess_threshold: float = 0.5):
+    def __init__(self, model, *, num_particles: int = 1000, num_chains: int = 1, proposal=None,
+                 resampling: str = "systematic", ess_threshold: float = 0.5):
         check_model(model)
         core.check_settings(num_particles, 1, resampling, ess_threshold, "auto", None)
         if proposal is not None and not callable(getattr(proposal, "propose", None)):
@@ -87,20 +87,18 @@ class ParticleFilter(Engine):
         self.model, self.num_particles, self.proposal = model, num_particles, proposal
         self.resampling, self.ess_threshold = resampling, ess_threshold
         self.functional, self.num_backward, self.backward = None, 1, "auto"
-        self.num_replicates = 1
+        self.num_chains = positive_int("num_chains", num_chains)
 
     def settings(self):
-        return {"num_particles": self.num_particles, "num_replicates": self.num_replicates,
+        return {"num_particles": self.num_particles, "num_chains": self.num_chains,
                 "resampling": self.resampling, "ess_threshold": self.ess_threshold,
                 "proposal": "bootstrap" if self.proposal is None else type(self.proposal).__name__,
                 "model": type(self.model).__name__}
 
-    def run(self, y, *, num_replicates: int = 1, seed: int | None = None, progress: bool = True, callback=None,
+    def run(self, y, *, seed: int | None = None, progress: bool = True, callback=None,
             checkpoint=None, checkpoint_every: int = 100, resume: bool = False) -> Posterior:
-        """Filter ``y`` ``(T, obs_dim)`` with ``num_replicates`` independent particle systems."""
-        positive_int("num_replicates", num_replicates)
+        """Filter ``y`` ``(T, obs_dim)`` with ``num_chains`` independent particle systems."""
         y = observations_for(self.model, y)
-        self.num_replicates = num_replicates
         return super().run(y, num_steps=y.shape[0], seed=seed, progress=progress, callback=callback,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
 
@@ -114,7 +112,7 @@ class ParticleFilter(Engine):
     def step(self, state, target):
         with torch.no_grad():
             if state is None:
-                sweep = core.initial_state(self.model, target.y[0], self.num_replicates, self.num_particles,
+                sweep = core.initial_state(self.model, target.y[0], self.num_chains, self.num_particles,
                                            functional=self.functional)
             else:
                 sweep = core.forward_step(self.model, state, target.y[state.t + 1], resampling=self.resampling,
@@ -167,10 +165,10 @@ class PaRIS(ParticleFilter):
 
     name = "paris"
 
-    def __init__(self, model, functional, *, num_particles: int = 1000, num_backward: int = 2,
+    def __init__(self, model, functional, *, num_particles: int = 1000, num_chains: int = 1, num_backward: int = 2,
                  backward: str = "auto", proposal=None, resampling: str = "systematic", ess_threshold: float = 0.5):
-        super().__init__(model, num_particles=num_particles, proposal=proposal, resampling=resampling,
-                         ess_threshold=ess_threshold)
+        super().__init__(model, num_particles=num_particles, num_chains=num_chains, proposal=proposal,
+                         resampling=resampling, ess_threshold=ess_threshold)
         if functional is None:
             raise TypeError("PaRIS needs a functional(t, x_prev, x); for filtering alone use ParticleFilter")
         core.check_settings(num_particles, num_backward, resampling, ess_threshold, backward, functional)
@@ -189,12 +187,12 @@ class ParticleGibbs(Engine):
     :math:`\Pi_k(h) = \sum_i W_T^i \tau_T^i` and a new reference, drawn by
     walking back the backward indices from a final particle drawn by weight:
     a Markov kernel that leaves the smoothing law invariant. The
-    bias-reduced roll-out estimator averages the iterations after burn-in,
+    bias-reduced roll-out estimator averages the iterations after the first ``num_warmup``,
 
     .. math:: \widehat{\Pi}_{k_0:k}(h) = \frac{1}{k - k_0} \sum_{l = k_0 + 1}^{k} \Pi_l(h),
 
     whose bias decays geometrically in ``k0`` (PaRIS alone is biased at
-    fixed N). ``run(y, num_steps=k)`` runs ``k`` iterations, the first
+    fixed N). ``run(y, num_steps=k)`` runs ``k`` iterations of ``num_chains`` chains in one batch, the first
     reference coming from an unconditional PaRIS sweep. The posterior holds the
     references ``samples["x"]`` ``(R, k, T, state_dim)`` (a Markov chain on
     trajectories, so r_hat and ESS apply), ``sample_stats["functional"]`` the
@@ -205,29 +203,27 @@ class ParticleGibbs(Engine):
 
     name = "particle_gibbs"
 
-    def __init__(self, model, functional=None, *, num_particles: int = 100, num_backward: int = 2,
-                 backward: str = "auto", burn_in: int | None = None):
+    def __init__(self, model, functional=None, *, num_particles: int = 100, num_chains: int = 1,
+                 num_backward: int = 2, backward: str = "auto", num_warmup: int | None = None):
         check_model(model)
         core.check_settings(num_particles, num_backward, "multinomial", 0.5, backward, functional)
-        if burn_in is not None and (not isinstance(burn_in, int) or isinstance(burn_in, bool) or burn_in < 0):
-            raise ValueError(f"burn_in must be a non-negative int or None, got {burn_in!r}")
         super().__init__(model)
         self.model, self.functional, self.num_particles = model, functional, num_particles
-        self.num_backward, self.backward, self.burn_in = num_backward, backward, burn_in
-        self.num_replicates = 1
+        self.num_backward, self.backward = num_backward, backward
+        #: Iterations left out of the roll-out estimate (None: a tenth of them).
+        self.num_warmup = positive_int("num_warmup", num_warmup, minimum=0, allow_none=True)
+        self.num_chains = positive_int("num_chains", num_chains)
 
     def settings(self):
-        return {"num_particles": self.num_particles, "num_backward": self.num_backward,
-                "backward": self.backward, "burn_in": self.burn_in, "num_replicates": self.num_replicates,
+        return {"num_particles": self.num_particles, "num_chains": self.num_chains,
+                "num_backward": self.num_backward, "backward": self.backward, "num_warmup": self.num_warmup,
                 "model": type(self.model).__name__}
 
-    def run(self, y, *, num_steps: int = 100, num_replicates: int = 1, seed: int | None = None,
+    def run(self, y, *, num_steps: int = 100, seed: int | None = None,
             progress: bool = True, callback=None, checkpoint=None, checkpoint_every: int = 100,
             resume: bool = False) -> Posterior:
-        """``num_steps`` Gibbs iterations on ``y`` ``(T, obs_dim)``, ``num_replicates`` chains in one batch."""
-        positive_int("num_replicates", num_replicates)
+        """``num_steps`` Gibbs iterations on ``y`` ``(T, obs_dim)``, ``num_chains`` chains in one batch."""
         y = observations_for(self.model, y)
-        self.num_replicates = num_replicates
         return super().run(y, num_steps=num_steps, seed=seed, progress=progress, callback=callback,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
 
@@ -235,7 +231,7 @@ class ParticleGibbs(Engine):
         return _Observations(self.model, y)
 
     def _sweep(self, y, reference):
-        return core.sweep(self.model, y, self.num_replicates, self.num_particles, functional=self.functional,
+        return core.sweep(self.model, y, self.num_chains, self.num_particles, functional=self.functional,
                           reference=reference, record=True, num_backward=self.num_backward,
                           backward=self.backward)
 
@@ -271,13 +267,13 @@ class ParticleGibbs(Engine):
     def to_posterior(self, state, target, trace, meta):
         draws = state["draws"] or [state["reference"]]
         samples = {"x": torch.stack(draws, 1)}
-        burn_in = self.burn_in if self.burn_in is not None else len(draws) // 10
-        burn_in = min(burn_in, len(draws) - 1)
-        meta = {**meta, "burn_in": burn_in, "sample_kind": "trajectories"}
+        num_warmup = self.num_warmup if self.num_warmup is not None else len(draws) // 10
+        num_warmup = min(num_warmup, len(draws) - 1)
+        meta = {**meta, "num_warmup": num_warmup, "sample_kind": "trajectories"}
         stats = {}
         if state["estimates"]:
             values = torch.stack(state["estimates"], 1)
             stats["functional"] = values
-            meta["estimate"] = values[:, burn_in:].mean(1).tolist()
+            meta["estimate"] = values[:, num_warmup:].mean(1).tolist()
         return Posterior(samples, sample_stats=stats, trace=trace, meta=meta, observed_data={"y": target.y},
                          dims={"x": ["time", "state"]})

@@ -36,7 +36,7 @@ LEARNING_METHODS = ("ppg", "paris", "score_climbing")
 
 
 def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particles: int = 100,
-            num_backward: int = 2, backward: str = "auto", num_replicates: int = 1, optimizer=None,
+            num_backward: int = 2, backward: str = "auto", num_chains: int = 1, optimizer=None,
             lr: float = 0.02, average_from: int | None = None, seed: int | None = None, progress: bool = True,
             callback=None) -> Posterior:
     """Fit the learnable parameters of ``model`` (those named in its ``learn=``) to ``y`` ``(T, obs_dim)``.
@@ -47,7 +47,7 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
         See the module docstring.
     num_particles, num_backward, backward
         Of each sweep, as in :class:`~bayeskit.inference.PaRIS`.
-    num_replicates : int
+    num_chains : int
         Independent particle systems per step whose gradients are averaged.
     optimizer : callable, optional
         ``optimizer(parameters) -> torch.optim.Optimizer``; default Adam with ``lr``.
@@ -65,7 +65,7 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
     if method not in LEARNING_METHODS:
         raise ValueError(f"method must be one of {LEARNING_METHODS}, got {method!r}")
     core.check_settings(num_particles, num_backward, "multinomial", 0.5, backward, None)
-    positive_int("num_replicates", num_replicates)
+    positive_int("num_chains", num_chains)
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no learnable parameters: name them in learn=(...)")
@@ -86,7 +86,7 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
             counted[0] += 1
         conditional = chain["reference"] if method != "paris" else None
         with torch.no_grad():
-            state = core.sweep(model, y, num_replicates, num_particles, reference=conditional, record=True,
+            state = core.sweep(model, y, num_chains, num_particles, reference=conditional, record=True,
                                num_backward=num_backward, backward=backward)
             if method != "paris":
                 chain["reference"] = core.backward_trajectory(state)
@@ -105,5 +105,5 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
             p.copy_(totals[name] / max(counted[0], 1))
     values = {name: value.unsqueeze(0).unsqueeze(0) for name, value in model.parameter_values().items()}
     settings = {"method": method, "num_particles": num_particles, "num_backward": num_backward,
-                "num_replicates": num_replicates, "average_from": average_from, **fitted.meta["settings"]}
+                "num_chains": num_chains, "average_from": average_from, **fitted.meta["settings"]}
     return Posterior(values, trace=fitted.trace, meta={**fitted.meta, "settings": settings})

@@ -9,24 +9,26 @@
 """
 
 from bayeskit.models.fractional_sde.exact import (
-                                                  fbm_covariance,
-                                                  sample_fbm_cholesky,
-                                                  sample_fbm_davies_harte,
-                                                  sample_fou,
+    fbm_covariance,
+    sample_fbm_cholesky,
+    sample_fbm_davies_harte,
+    sample_fou,
 )
 from bayeskit.models.fractional_sde.latent import LatentFractionalSDE, stochastic_lorenz
 from bayeskit.models.fractional_sde.markov import MarkovFBM, approximation_error, optimal_weights, speed_grid
 from bayeskit.models.fractional_sde.model import (
-                                                  AffineControl,
-                                                  ConstantDiffusion,
-                                                  ControlContext,
-                                                  FractionalSDE,
-                                                  MLPControl,
-                                                  OrnsteinUhlenbeckDrift,
+    AffineControl,
+    ConstantDiffusion,
+    ControlContext,
+    FractionalSDE,
+    MLPControl,
+    OrnsteinUhlenbeckDrift,
 )
 from bayeskit.models.fractional_sde.solvers import SDEPaths, solve
 
-__all__ = ["MarkovFBM", "optimal_weights", "approximation_error", "speed_grid", "SDEPaths", "solve",
-           "FractionalSDE", "OrnsteinUhlenbeckDrift", "ConstantDiffusion", "MLPControl", "AffineControl",
-           "ControlContext", "LatentFractionalSDE", "stochastic_lorenz", "fbm_covariance", "sample_fbm_cholesky",
-           "sample_fbm_davies_harte", "sample_fou"]
+__all__ = [
+    "MarkovFBM", "optimal_weights", "approximation_error", "speed_grid", "SDEPaths", "solve", "FractionalSDE",
+    "OrnsteinUhlenbeckDrift", "ConstantDiffusion", "MLPControl", "AffineControl", "ControlContext",
+    "LatentFractionalSDE", "stochastic_lorenz", "fbm_covariance", "sample_fbm_cholesky", "sample_fbm_davies_harte",
+    "sample_fou",
+]

@@ -9,32 +9,23 @@
 
 from bayeskit.models.gp_sic.kernels import StationaryKernel
 from bayeskit.models.gp_sic.likelihoods import (
-                                                BernoulliLikelihood,
-                                                GaussianLikelihood,
-                                                Likelihood,
-                                                PoissonLikelihood,
-                                                StudentTLikelihood,
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    Likelihood,
+    PoissonLikelihood,
+    StudentTLikelihood,
 )
 from bayeskit.models.gp_sic.model import SparseInverseCholeskyGP
 from bayeskit.models.gp_sic.ordering import (
-                                                ancestor_sets,
-                                                global_pattern,
-                                                maximin_order,
-                                                prediction_pattern,
-                                                sparsity_pattern,
+    ancestor_sets,
+    global_pattern,
+    maximin_order,
+    prediction_pattern,
+    sparsity_pattern,
 )
 
 __all__ = [
-                                                "BernoulliLikelihood",
-                                                "GaussianLikelihood",
-                                                "Likelihood",
-                                                "PoissonLikelihood",
-                                                "SparseInverseCholeskyGP",
-                                                "StationaryKernel",
-                                                "StudentTLikelihood",
-                                                "ancestor_sets",
-                                                "global_pattern",
-                                                "maximin_order",
-                                                "prediction_pattern",
-                                                "sparsity_pattern",
+    "BernoulliLikelihood", "GaussianLikelihood", "Likelihood", "PoissonLikelihood", "SparseInverseCholeskyGP",
+    "StationaryKernel", "StudentTLikelihood", "ancestor_sets", "global_pattern", "maximin_order",
+    "prediction_pattern", "sparsity_pattern",
 ]

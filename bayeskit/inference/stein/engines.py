@@ -1,118 +1,26 @@
-"""Stein variational gradient descent.
-
-SVGD (Liu and Wang, 2016, "Stein Variational Gradient Descent: A General
-Purpose Bayesian Inference Algorithm", NeurIPS) moves ``n`` particles along
-the direction that decreases KL(q || p) fastest within the unit ball of a
-reproducing-kernel Hilbert space:
-
-.. math::
-
-    \\phi(x_i) = \\frac{1}{n} \\sum_{j=1}^{n}
-        \\big[ k(x_j, x_i)\\, \\nabla_{x_j} \\log p(x_j) + \\nabla_{x_j} k(x_j, x_i) \\big],
-    \\qquad x_i \\leftarrow x_i + \\epsilon\\, \\phi(x_i).
-
-The first term drives particles to high density, the second repels them
-from each other so that they spread like the posterior.  Particles live in
-the Target's unconstrained space, so constrained sites are handled by the
-Target's bijections.  Any ``torch.optim`` optimizer applies the step
-(Adagrad by default, as in the paper's experiments); ``num_chains``
-independent particle sets run in one batched step.
-
-The functional core is :func:`svgd_direction`, :func:`svgd_init` and
-:func:`svgd_step`; :class:`SVGD` binds hyperparameters and runs them through
-the shared runner.
-"""
+"""The Stein engines: SVGD, MirroredSVGD, SVMD and SVNG bound to a model and run by the shared runner."""
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import torch
 
 from bayeskit._checks import fraction
-from bayeskit.inference.kernels import make_kernel
+from bayeskit.inference.stein.core import (
+    SiteMirrors,
+    SVNGState,
+    mirrored_step,
+    msvgd_direction,
+    svgd_init,
+    svgd_step,
+    svmd_direction,
+    svng_step,
+)
+from bayeskit.inference.stein.kernels import make_kernel
+from bayeskit.inference.stein.optim import make_optimizer
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
-__all__ = ["SVGD", "SVGDState", "svgd_direction", "svgd_init", "svgd_step", "make_optimizer", "MirroredSVGD", "SVMD",
-           "SVNG", "SVNGState", "msvgd_direction", "svmd_direction", "mirrored_step", "svng_step"]
-
-class _RMSprop(torch.optim.RMSprop):
-    """RMSprop with TensorFlow's decay (0.9) and epsilon (1e-7), the setting of the mirrored-Stein paper.
-
-    torch's default decay of 0.99 makes the first steps about three times as
-    long (the average of squared gradients starts at zero), which throws
-    particles far past a nearby boundary.
-    """
-
-    def __init__(self, params, lr):
-        super().__init__(params, lr=lr, alpha=0.9, eps=1e-7)
-
-
-_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
-               "rmsprop": _RMSprop}
-
-
-@dataclass
-class SVGDState:
-    """Particles ``(num_chains, num_particles, dim)`` in unconstrained space and their optimizer."""
-
-    particles: torch.Tensor
-    optimizer: torch.optim.Optimizer
-
-
-def svgd_direction(particles, score, kernel):
-    """The SVGD update direction ``phi`` for particles ``(..., n, d)`` and scores ``(..., n, d)``.
-
-    Returns ``(phi, bandwidth)``; the kernel sum runs within each leading batch.
-    """
-    k, repulsion, bandwidth = kernel(particles)
-    n = particles.shape[-2]
-    return (k @ score + repulsion) / n, bandwidth
-
-
-def make_optimizer(optimizer, lr):
-    """A factory ``params -> torch.optim.Optimizer`` from a name, an Optimizer class or a factory."""
-    if isinstance(optimizer, str):
-        if optimizer.lower() not in _OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(_OPTIMIZERS)}, "
-                             "a torch.optim.Optimizer class or a callable params -> optimizer")
-        optimizer = _OPTIMIZERS[optimizer.lower()]
-    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        cls = optimizer
-        return lambda params: cls(params, lr=lr)
-    if callable(optimizer):
-        return optimizer
-    raise TypeError(f"optimizer must be a name, a torch.optim.Optimizer class or a callable, got {optimizer!r}")
-
-
-def svgd_init(particles, optimizer_factory) -> SVGDState:
-    """Start from ``particles`` ``(num_chains, n, dim)``; the optimizer owns a leaf copy."""
-    leaf = particles.detach().clone().requires_grad_(True)
-    return SVGDState(leaf, optimizer_factory([leaf]))
-
-
-def svgd_step(state: SVGDState, target, kernel) -> tuple[SVGDState, dict]:
-    """One SVGD step: score all particles in one Target call, then let the optimizer ascend ``phi``."""
-    log_prob, score = target.log_prob_and_score(state.particles.detach())
-    phi, bandwidth = svgd_direction(state.particles.detach(), score, kernel)
-    return ascend(state, phi, log_prob, score, bandwidth=bandwidth.mean())
-
-
-def ascend(state, phi, log_prob, score, **info):
-    """Let the optimizer move the particles along ``phi``; return the state and the step's trace entry."""
-    state.optimizer.zero_grad(set_to_none=False)
-    state.particles.grad = -phi  # torch optimizers descend; Stein methods ascend along phi
-    state.optimizer.step()
-    info = {
-        "log_prob": log_prob.mean(),
-        "phi_norm": phi.norm(dim=-1).mean(),
-        **info,
-        "finite": (torch.isfinite(state.particles.detach()).all() & torch.isfinite(score).all()
-                   & torch.isfinite(log_prob).all()),
-    }
-    return state, info
+__all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG"]
 
 
 class SVGD(Engine):
@@ -129,7 +37,7 @@ class SVGD(Engine):
         (compare their means to see whether the runs agree; ``summary()``
         gives particle posteriors statistics only, no r_hat).
     kernel : "rbf", "imq" or a kernel object
-        See :mod:`bayeskit.inference.kernels`; the bandwidth follows the
+        See :mod:`bayeskit.inference.stein.kernels`; the bandwidth follows the
         median heuristic by default.
     optimizer : str, torch.optim.Optimizer class or callable
         ``"adagrad"`` (default), ``"adam"``, ``"sgd"``, ``"rmsprop"``, any
@@ -222,170 +130,12 @@ class SVGD(Engine):
         )
 
 
-# ============================================================================ mirrored Stein samplers
-#
-# Shi, Liu and Mackey (2022), "Sampling with Mirrored Stein Operators", ICLR.
-# Particles live in the dual space eta = grad psi(theta) of a mirror map; the
-# kernel acts on the primal points theta.  Both the mirror maps and the dense
-# metric of SVNG are a "geometry": the inverse Hessian (and, for SVMD, the
-# Hessian) of each particle, applied to vectors laid out (chain, particle, ..., d).
-
-
-class MirrorGeometry:
-    """Per-particle (inverse) Hessians of the sites' mirror maps at dual points ``eta`` ``(C, n, D)``."""
-
-    def __init__(self, mirrors, eta):
-        self.mirrors, self.eta = mirrors, eta
-
-    def _points(self, v):
-        return self.eta.reshape(*self.eta.shape[:2], *([1] * (v.dim() - 3)), self.eta.shape[-1])
-
-    def inverse_hessian(self, v):
-        return self.mirrors.inverse_hessian_apply(self._points(v), v)
-
-    def hessian(self, v):
-        return self.mirrors.hessian_apply(self._points(v), v)
-
-
-class MetricGeometry:
-    """A dense positive-definite metric per particle, ``(C, n, D, D)``, used through its Cholesky factor."""
-
-    def __init__(self, metric):
-        self.metric = metric
-        self.cholesky = torch.linalg.cholesky(metric)
-
-    def _columns(self, v):
-        c, n, d = v.shape[0], v.shape[1], v.shape[-1]
-        return v.reshape(c, n, -1, d).transpose(-1, -2)  # (C, n, D, M)
-
-    def inverse_hessian(self, v):
-        return torch.cholesky_solve(self._columns(v), self.cholesky).transpose(-1, -2).reshape(v.shape)
-
-    def hessian(self, v):
-        return (self.metric @ self._columns(v)).transpose(-1, -2).reshape(v.shape)
-
-
-class SiteMirrors:
-    """The mirror maps of all sites of a dual Target, acting block by block on flat vectors ``(..., D)``."""
-
-    def __init__(self, target):
-        from bayeskit.inference.mirror_maps import MirrorTransform
-
-        self.blocks = []
-        for name, site in target.sites.items():
-            if not isinstance(site.transform, MirrorTransform):
-                raise TypeError(f"site {name!r} of this target is not parameterised by a mirror map")
-            self.blocks.append((site.slice, site.unconstrained_shape, site.transform.mirror))
-        self.names = list(target.sites)
-
-    def _map(self, method, eta, *vectors):
-        out = []
-        for sl, shape, mirror in self.blocks:
-            args = [x[..., sl].reshape(*x.shape[:-1], *shape) for x in (eta, *vectors)]
-            value = getattr(mirror, method)(*args)
-            out.append(value.reshape(*value.shape[:value.dim() - len(shape)], -1))
-        return torch.cat(out, dim=-1)
-
-    def to_primal(self, eta):
-        return self._map("to_primal", eta)
-
-    def inverse_hessian_apply(self, eta, v):
-        return self._map("inverse_hessian_apply", eta, v)
-
-    def hessian_apply(self, eta, v):
-        return self._map("hessian_apply", eta, v)
-
-    def settings(self):
-        return {name: mirror.settings() for name, (_, _, mirror) in zip(self.names, self.blocks)}
-
-
-def msvgd_direction(theta, dual_score, geometry, kernel):
-    r"""The mirrored SVGD direction in the dual space, for primal particles ``theta`` ``(C, n, d)``.
-
-    .. math::
-
-        g_i = \frac1n \sum_j \big[ k(\theta_j, \theta_i)\, s_\eta(\eta_j)
-              + \nabla^2\psi(\theta_j)^{-1} \nabla_{\theta_j} k(\theta_j, \theta_i) \big].
-
-    Returns ``(g, bandwidth)``.
-    """
-    n = theta.shape[-2]
-    k, f_prime, bandwidth = kernel.matrices(theta)
-    # pair[j, i] = grad_{theta_j} k(theta_j, theta_i) = 2 f'_ij (theta_j - theta_i), particle j first
-    # so that its own inverse Hessian applies; then sum over j.
-    pair = 2 * f_prime[..., None] * (theta[..., :, None, :] - theta[..., None, :, :])
-    repulsion = geometry.inverse_hessian(pair).sum(-3)
-    return (k @ dual_score + repulsion) / n, bandwidth
-
-
-def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, jitter=1e-5):
-    r"""The Stein variational mirror descent direction in the dual space.
-
-    The kernel adapts to the mirror map:
-    :math:`K(\theta, \theta') = \frac1n\sum_m A(\theta, \theta_m) A(\theta', \theta_m)\nabla^2\psi(\theta_m)`
-    with :math:`A(\theta, \theta') = \sum_{a \le r} \sqrt{\lambda_a} u_a(\theta) u_a(\theta')`, the
-    truncated square root of the scalar kernel from the eigenpairs of its Gram
-    matrix (:math:`\lambda_a = \mu_a / n`, :math:`u_a(\theta_m) = \sqrt n V_{ma}`, gradients
-    by the Nyström extension), keeping the top ``r`` eigenpairs that cover
-    ``trace_fraction`` of the trace.  Then
-
-    .. math::
-
-        g_k = \frac{1}{n^2}\sum_m A_{km}\,\nabla^2\psi(\theta_m)
-              \sum_l \big[A_{lm}\, s_\eta(\eta_l)
-              + \nabla^2\psi(\theta_l)^{-1}\nabla_{\theta_l} A(\theta_l, \theta_m)\big],
-
-    computed in O(n^2 r d) with O(d) (inverse) Hessian actions.
-    Returns ``(g, bandwidth, num_eigen)``.
-    """
-    n = theta.shape[-2]
-    gram, f_prime, bandwidth = kernel.matrices(theta)
-    if not bool(torch.isfinite(gram).all()):
-        # eigh would fail with a LAPACK error; NaN lets the runner name the step and the site
-        nan = torch.full_like(theta, float("nan"))
-        return nan, bandwidth, torch.zeros(theta.shape[:-2], dtype=torch.long, device=theta.device)
-    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
-    mu, vectors = torch.linalg.eigh(gram + jitter * eye)
-    mu, vectors = mu.flip(-1), vectors.flip(-1)  # largest first
-    covered = mu.cumsum(-1) / mu.sum(-1, keepdim=True)
-    keep = torch.cat([torch.ones_like(covered[..., :1], dtype=torch.bool), covered[..., :-1] < trace_fraction], -1)
-    num_eigen = keep.sum(-1)
-    rank = int(num_eigen.max())  # the eigendecomposition already waited for the device
-    mu, vectors, keep = mu[..., :rank], vectors[..., :rank], keep[..., :rank]
-    sqrt_n = math.sqrt(n)
-    sqrt_lambda = torch.where(keep, (mu.clamp_min(0) / n).sqrt(), torch.zeros_like(mu))
-    u = sqrt_n * vectors  # u_a(theta_m) = u[..., m, a]
-    weighted_u = u * sqrt_lambda[..., None, :]
-    a_matrix = weighted_u @ u.transpose(-1, -2)
-    # Nyström: grad u_a(theta_l) = sqrt(n)/mu_a sum_m 2 f'_lm (theta_l - theta_m) V_ma, shape (l, a, d)
-    inv_mu = torch.where(keep, 1 / mu.clamp_min(torch.finfo(mu.dtype).tiny), torch.zeros_like(mu))
-    fv = f_prime @ vectors
-    grad_u = 2 * sqrt_n * inv_mu[..., None, :, None] * (
-        fv[..., None] * theta[..., :, None, :] - torch.einsum("...lm,...ma,...md->...lad", f_prime, vectors, theta))
-    b = geometry.inverse_hessian(grad_u).sum(-3)  # (a, d): sum_l H_l^{-1} grad u_a(theta_l)
-    q = a_matrix.transpose(-1, -2) @ dual_score + weighted_u @ b
-    return a_matrix @ geometry.hessian(q) / n**2, bandwidth, num_eigen
-
-
-def mirrored_step(state: SVGDState, target, direction) -> tuple[SVGDState, dict]:
-    """One mirrored step on a dual Target: dual scores in one call, then ascend ``direction`` in ``eta``.
-
-    ``direction(theta, dual_score, geometry) -> (g, info)`` is a bound
-    :func:`msvgd_direction` or :func:`svmd_direction`.
-    """
-    eta = state.particles.detach()
-    log_prob, dual_score = target.log_prob_and_score(eta)
-    theta = target.mirrors.to_primal(eta)
-    phi, info = direction(theta, dual_score, MirrorGeometry(target.mirrors, eta))
-    return ascend(state, phi, log_prob, dual_score, **info)
-
-
 class MirroredSVGD(SVGD):
     r"""Mirrored Stein variational gradient descent (MSVGD) for constrained targets.
 
     Shi, Liu and Mackey (2022), "Sampling with Mirrored Stein Operators", ICLR.
     Each particle is a dual point :math:`\eta = \nabla\psi(\theta)` of a mirror
-    map (:mod:`bayeskit.inference.mirror_maps`); the update
+    map (:mod:`bayeskit.inference.stein.mirror_maps`); the update
 
     .. math::
 
@@ -433,13 +183,13 @@ class MirroredSVGD(SVGD):
             raise ValueError(f"kernel_space must be 'primal' or 'dual', got {kernel_space!r}")
         if kernel_space == "primal" and not hasattr(self.kernel, "matrices"):
             raise TypeError("a kernel for the mirrored samplers needs a matrices(x) -> (k, f', h) method "
-                            "(see bayeskit.inference.kernels); RBFKernel and IMQKernel have one")
+                            "(see bayeskit.inference.stein.kernels); RBFKernel and IMQKernel have one")
         self.mirror, self.kernel_space = mirror, kernel_space
         self._mirror_settings = None
 
     def target(self, *model_args, **model_kwargs):
         """The dual Target: the model's density in the mirror maps' coordinates."""
-        from bayeskit.inference.mirror_maps import dual_target
+        from bayeskit.inference.stein.mirror_maps import dual_target
 
         target = dual_target(self.model_or_target, self.mirror, model_args, model_kwargs)
         target.mirrors = SiteMirrors(target)
@@ -528,35 +278,6 @@ class SVMD(MirroredSVGD):
         return phi, {"bandwidth": bandwidth.mean(), "num_eigen": num_eigen.to(theta.dtype).mean()}
 
 
-@dataclass
-class SVNGState(SVGDState):
-    """SVGD's state plus the moving-average metric ``(num_chains, num_particles, dim, dim)`` and its count."""
-
-    metric: torch.Tensor | None = None
-    num_updates: int = 0
-
-
-def svng_step(state: SVNGState, target, kernel, metric_fn, *, damping, trace_fraction, max_decay=0.95):
-    r"""One SVNG step: update the metric, take SVMD's direction with it, map it back with :math:`G^{-1}`.
-
-    ``metric_fn(z) -> (C, n, d, d)`` estimates the metric at the particles;
-    it enters a moving average with weight :math:`\rho_t = \min(1 - 1/t, 0.95)`
-    (the authors' schedule), and ``damping * I`` is added.
-    """
-    z = state.particles.detach()
-    log_prob, score = target.log_prob_and_score(z)
-    estimate = metric_fn(z).to(z)
-    state.num_updates += 1
-    decay = min(1 - 1 / state.num_updates, max_decay)
-    state.metric = estimate if state.metric is None else decay * state.metric + (1 - decay) * estimate
-    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    geometry = MetricGeometry(state.metric + damping * eye)
-    natural_score = geometry.inverse_hessian(score)
-    phi, bandwidth, num_eigen = svmd_direction(z, natural_score, geometry, kernel, trace_fraction=trace_fraction)
-    return ascend(state, geometry.inverse_hessian(phi), log_prob, score, bandwidth=bandwidth.mean(),
-                  num_eigen=num_eigen.to(z.dtype).mean())
-
-
 class SVNG(SVGD):
     r"""Stein variational natural gradient for unconstrained targets.
 
@@ -612,7 +333,8 @@ class SVNG(SVGD):
         if not (isinstance(damping, (int, float)) and damping > 0):
             raise ValueError(f"damping must be a positive number, got {damping!r}")
         if not hasattr(self.kernel, "matrices"):
-            raise TypeError("SVNG's kernel needs a matrices(x) -> (k, f', h) method (see bayeskit.inference.kernels)")
+            raise TypeError("SVNG's kernel needs a matrices(x) -> (k, f', h) method "
+                            "(see bayeskit.inference.stein.kernels)")
         self.metric, self.fisher_samples, self.damping = metric, fisher_samples, float(damping)
         self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
 

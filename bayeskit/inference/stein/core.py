@@ -1,0 +1,241 @@
+"""The Stein family's functional core: update directions and steps on batched particles.
+
+``svgd_direction`` (Liu and Wang 2016), ``msvgd_direction`` and ``svmd_direction``
+(Shi, Liu and Mackey 2022) and the Stein variational natural gradient step
+``svng_step``; the engines in :mod:`bayeskit.inference.stein.engines` bind
+their hyperparameters and run them through the shared runner.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SVGDState", "svgd_direction", "svgd_init", "svgd_step", "ascend", "MirrorGeometry", "MetricGeometry",
+           "SiteMirrors", "msvgd_direction", "svmd_direction", "mirrored_step", "SVNGState", "svng_step"]
+
+
+@dataclass
+class SVGDState:
+    """Particles ``(num_chains, num_particles, dim)`` in unconstrained space and their optimizer."""
+
+    particles: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+
+def svgd_direction(particles, score, kernel):
+    """The SVGD update direction ``phi`` for particles ``(..., n, d)`` and scores ``(..., n, d)``.
+
+    Returns ``(phi, bandwidth)``; the kernel sum runs within each leading batch.
+    """
+    k, repulsion, bandwidth = kernel(particles)
+    n = particles.shape[-2]
+    return (k @ score + repulsion) / n, bandwidth
+
+
+def svgd_init(particles, optimizer_factory) -> SVGDState:
+    """Start from ``particles`` ``(num_chains, n, dim)``; the optimizer owns a leaf copy."""
+    leaf = particles.detach().clone().requires_grad_(True)
+    return SVGDState(leaf, optimizer_factory([leaf]))
+
+
+def svgd_step(state: SVGDState, target, kernel) -> tuple[SVGDState, dict]:
+    """One SVGD step: score all particles in one Target call, then let the optimizer ascend ``phi``."""
+    log_prob, score = target.log_prob_and_score(state.particles.detach())
+    phi, bandwidth = svgd_direction(state.particles.detach(), score, kernel)
+    return ascend(state, phi, log_prob, score, bandwidth=bandwidth.mean())
+
+
+def ascend(state, phi, log_prob, score, **info):
+    """Let the optimizer move the particles along ``phi``; return the state and the step's trace entry."""
+    state.optimizer.zero_grad(set_to_none=False)
+    state.particles.grad = -phi  # torch optimizers descend; Stein methods ascend along phi
+    state.optimizer.step()
+    info = {
+        "log_prob": log_prob.mean(),
+        "phi_norm": phi.norm(dim=-1).mean(),
+        **info,
+        "finite": (torch.isfinite(state.particles.detach()).all() & torch.isfinite(score).all()
+                   & torch.isfinite(log_prob).all()),
+    }
+    return state, info
+
+
+class MirrorGeometry:
+    """Per-particle (inverse) Hessians of the sites' mirror maps at dual points ``eta`` ``(C, n, D)``."""
+
+    def __init__(self, mirrors, eta):
+        self.mirrors, self.eta = mirrors, eta
+
+    def _points(self, v):
+        return self.eta.reshape(*self.eta.shape[:2], *([1] * (v.dim() - 3)), self.eta.shape[-1])
+
+    def inverse_hessian(self, v):
+        return self.mirrors.inverse_hessian_apply(self._points(v), v)
+
+    def hessian(self, v):
+        return self.mirrors.hessian_apply(self._points(v), v)
+
+
+class MetricGeometry:
+    """A dense positive-definite metric per particle, ``(C, n, D, D)``, used through its Cholesky factor."""
+
+    def __init__(self, metric):
+        self.metric = metric
+        self.cholesky = torch.linalg.cholesky(metric)
+
+    def _columns(self, v):
+        c, n, d = v.shape[0], v.shape[1], v.shape[-1]
+        return v.reshape(c, n, -1, d).transpose(-1, -2)  # (C, n, D, M)
+
+    def inverse_hessian(self, v):
+        return torch.cholesky_solve(self._columns(v), self.cholesky).transpose(-1, -2).reshape(v.shape)
+
+    def hessian(self, v):
+        return (self.metric @ self._columns(v)).transpose(-1, -2).reshape(v.shape)
+
+
+class SiteMirrors:
+    """The mirror maps of all sites of a dual Target, acting block by block on flat vectors ``(..., D)``."""
+
+    def __init__(self, target):
+        from bayeskit.inference.stein.mirror_maps import MirrorTransform
+
+        self.blocks = []
+        for name, site in target.sites.items():
+            if not isinstance(site.transform, MirrorTransform):
+                raise TypeError(f"site {name!r} of this target is not parameterised by a mirror map")
+            self.blocks.append((site.slice, site.unconstrained_shape, site.transform.mirror))
+        self.names = list(target.sites)
+
+    def _map(self, method, eta, *vectors):
+        out = []
+        for sl, shape, mirror in self.blocks:
+            args = [x[..., sl].reshape(*x.shape[:-1], *shape) for x in (eta, *vectors)]
+            value = getattr(mirror, method)(*args)
+            out.append(value.reshape(*value.shape[:value.dim() - len(shape)], -1))
+        return torch.cat(out, dim=-1)
+
+    def to_primal(self, eta):
+        return self._map("to_primal", eta)
+
+    def inverse_hessian_apply(self, eta, v):
+        return self._map("inverse_hessian_apply", eta, v)
+
+    def hessian_apply(self, eta, v):
+        return self._map("hessian_apply", eta, v)
+
+    def settings(self):
+        return {name: mirror.settings() for name, (_, _, mirror) in zip(self.names, self.blocks)}
+
+
+def msvgd_direction(theta, dual_score, geometry, kernel):
+    r"""The mirrored SVGD direction in the dual space, for primal particles ``theta`` ``(C, n, d)``.
+
+    .. math::
+
+        g_i = \frac1n \sum_j \big[ k(\theta_j, \theta_i)\, s_\eta(\eta_j)
+              + \nabla^2\psi(\theta_j)^{-1} \nabla_{\theta_j} k(\theta_j, \theta_i) \big].
+
+    Returns ``(g, bandwidth)``.
+    """
+    n = theta.shape[-2]
+    k, f_prime, bandwidth = kernel.matrices(theta)
+    # pair[j, i] = grad_{theta_j} k(theta_j, theta_i) = 2 f'_ij (theta_j - theta_i), particle j first
+    # so that its own inverse Hessian applies; then sum over j.
+    pair = 2 * f_prime[..., None] * (theta[..., :, None, :] - theta[..., None, :, :])
+    repulsion = geometry.inverse_hessian(pair).sum(-3)
+    return (k @ dual_score + repulsion) / n, bandwidth
+
+
+def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, jitter=1e-5):
+    r"""The Stein variational mirror descent direction in the dual space.
+
+    The kernel adapts to the mirror map:
+    :math:`K(\theta, \theta') = \frac1n\sum_m A(\theta, \theta_m) A(\theta', \theta_m)\nabla^2\psi(\theta_m)`
+    with :math:`A(\theta, \theta') = \sum_{a \le r} \sqrt{\lambda_a} u_a(\theta) u_a(\theta')`, the
+    truncated square root of the scalar kernel from the eigenpairs of its Gram
+    matrix (:math:`\lambda_a = \mu_a / n`, :math:`u_a(\theta_m) = \sqrt n V_{ma}`, gradients
+    by the Nyström extension), keeping the top ``r`` eigenpairs that cover
+    ``trace_fraction`` of the trace.  Then
+
+    .. math::
+
+        g_k = \frac{1}{n^2}\sum_m A_{km}\,\nabla^2\psi(\theta_m)
+              \sum_l \big[A_{lm}\, s_\eta(\eta_l)
+              + \nabla^2\psi(\theta_l)^{-1}\nabla_{\theta_l} A(\theta_l, \theta_m)\big],
+
+    computed in O(n^2 r d) with O(d) (inverse) Hessian actions.
+    Returns ``(g, bandwidth, num_eigen)``.
+    """
+    n = theta.shape[-2]
+    gram, f_prime, bandwidth = kernel.matrices(theta)
+    if not bool(torch.isfinite(gram).all()):
+        # eigh would fail with a LAPACK error; NaN lets the runner name the step and the site
+        nan = torch.full_like(theta, float("nan"))
+        return nan, bandwidth, torch.zeros(theta.shape[:-2], dtype=torch.long, device=theta.device)
+    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
+    mu, vectors = torch.linalg.eigh(gram + jitter * eye)
+    mu, vectors = mu.flip(-1), vectors.flip(-1)  # largest first
+    covered = mu.cumsum(-1) / mu.sum(-1, keepdim=True)
+    keep = torch.cat([torch.ones_like(covered[..., :1], dtype=torch.bool), covered[..., :-1] < trace_fraction], -1)
+    num_eigen = keep.sum(-1)
+    rank = int(num_eigen.max())  # the eigendecomposition already waited for the device
+    mu, vectors, keep = mu[..., :rank], vectors[..., :rank], keep[..., :rank]
+    sqrt_n = math.sqrt(n)
+    sqrt_lambda = torch.where(keep, (mu.clamp_min(0) / n).sqrt(), torch.zeros_like(mu))
+    u = sqrt_n * vectors  # u_a(theta_m) = u[..., m, a]
+    weighted_u = u * sqrt_lambda[..., None, :]
+    a_matrix = weighted_u @ u.transpose(-1, -2)
+    # Nyström: grad u_a(theta_l) = sqrt(n)/mu_a sum_m 2 f'_lm (theta_l - theta_m) V_ma, shape (l, a, d)
+    inv_mu = torch.where(keep, 1 / mu.clamp_min(torch.finfo(mu.dtype).tiny), torch.zeros_like(mu))
+    fv = f_prime @ vectors
+    grad_u = 2 * sqrt_n * inv_mu[..., None, :, None] * (
+        fv[..., None] * theta[..., :, None, :] - torch.einsum("...lm,...ma,...md->...lad", f_prime, vectors, theta))
+    b = geometry.inverse_hessian(grad_u).sum(-3)  # (a, d): sum_l H_l^{-1} grad u_a(theta_l)
+    q = a_matrix.transpose(-1, -2) @ dual_score + weighted_u @ b
+    return a_matrix @ geometry.hessian(q) / n**2, bandwidth, num_eigen
+
+
+def mirrored_step(state: SVGDState, target, direction) -> tuple[SVGDState, dict]:
+    """One mirrored step on a dual Target: dual scores in one call, then ascend ``direction`` in ``eta``.
+
+    ``direction(theta, dual_score, geometry) -> (g, info)`` is a bound
+    :func:`msvgd_direction` or :func:`svmd_direction`.
+    """
+    eta = state.particles.detach()
+    log_prob, dual_score = target.log_prob_and_score(eta)
+    theta = target.mirrors.to_primal(eta)
+    phi, info = direction(theta, dual_score, MirrorGeometry(target.mirrors, eta))
+    return ascend(state, phi, log_prob, dual_score, **info)
+
+
+@dataclass
+class SVNGState(SVGDState):
+    """SVGD's state plus the moving-average metric ``(num_chains, num_particles, dim, dim)`` and its count."""
+
+    metric: torch.Tensor | None = None
+    num_updates: int = 0
+
+
+def svng_step(state: SVNGState, target, kernel, metric_fn, *, damping, trace_fraction, max_decay=0.95):
+    r"""One SVNG step: update the metric, take SVMD's direction with it, map it back with :math:`G^{-1}`.
+
+    ``metric_fn(z) -> (C, n, d, d)`` estimates the metric at the particles;
+    it enters a moving average with weight :math:`\rho_t = \min(1 - 1/t, 0.95)`
+    (the authors' schedule), and ``damping * I`` is added.
+    """
+    z = state.particles.detach()
+    log_prob, score = target.log_prob_and_score(z)
+    estimate = metric_fn(z).to(z)
+    state.num_updates += 1
+    decay = min(1 - 1 / state.num_updates, max_decay)
+    state.metric = estimate if state.metric is None else decay * state.metric + (1 - decay) * estimate
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    geometry = MetricGeometry(state.metric + damping * eye)
+    natural_score = geometry.inverse_hessian(score)
+    phi, bandwidth, num_eigen = svmd_direction(z, natural_score, geometry, kernel, trace_fraction=trace_fraction)
+    return ascend(state, geometry.inverse_hessian(phi), log_prob, score, bandwidth=bandwidth.mean(),
+                  num_eigen=num_eigen.to(z.dtype).mean())
