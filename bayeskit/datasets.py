@@ -9,8 +9,8 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "load_fiji_quakes", "load_flight_delays",
-           "load_gbp_usd", "load_radon"]
+__all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "digits_split", "load_fiji_quakes",
+           "load_flight_delays", "load_gbp_usd", "load_radon"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +188,11 @@ def load_fiji_quakes(dtype: torch.dtype | None = None) -> Dataset:
     y = torch.tensor([float(row["depth"]) for row in rows], dtype=dtype)
     return Dataset(x, y, ("longitude", "latitude"),
                    "Harvard PRIM-H project (J. Woodhouse, Dept. of Geophysics); R Core Team, datasets::quakes")
+
+
+def digits_split(seed: int, num_train: int = 200, num_test: int = 300):
+    """Tran et al.'s small-data split of the bundled digits: zeros tune the prior; other digits train and test."""
+    data = load_digits()
+    others = torch.nonzero(data.y != 0).flatten()
+    others = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))]
+    return data.x[data.y == 0], data.x[others[:num_train]], data.x[others[num_train:num_train + num_test]]

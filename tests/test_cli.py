@@ -6,7 +6,8 @@ import sys
 import torch
 
 import bayeskit
-from bayeskit.cli import held_out_metrics, main
+from bayeskit.cli import main
+from bayeskit.demo.svgd import held_out_metrics
 
 
 def run_cli(*args, cwd=None):

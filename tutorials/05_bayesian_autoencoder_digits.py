@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from bayeskit.cli import digits_split
+from bayeskit.datasets import digits_split
 from bayeskit.inference import AdaptiveSGHMC
 from bayeskit.models import BayesianAutoencoder, DirichletProcessMixture, VariationalAutoencoder
 
