@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 
 # Statistical tests run with small sizes in CI; BAYESKIT_FULL=1 runs the full sizes by hand.
 FULL = os.environ.get("BAYESKIT_FULL") == "1"
+#: The repository's root (tests/ mirrors the package in folders, so no test counts its parents).
+REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,8 +45,9 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    # Workers unpickle models defined in test modules by importing them: put tests/ on their path.
-    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    # Workers unpickle models defined in test modules by importing them: put every test folder on their path.
+    folders = sorted({str(test.parent) for test in Path(__file__).parent.rglob("test_*.py")})
+    path = os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray

@@ -3,11 +3,11 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.py"))
+TUTORIALS = sorted((REPO / "tutorials").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])

@@ -4,12 +4,12 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "sgmcmc_vs_peers.py"
+BENCHMARK = REPO / "benchmarks" / "sgmcmc_vs_peers.py"
 
 # Test log predictive density, nats per test row.  Same model, data, initial points, step
 # sizes and number of steps; only the random streams differ.  After the quick run's 300

@@ -5,13 +5,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "smc_vs_particles.py"
+BENCHMARK = REPO / "benchmarks" / "smc_vs_particles.py"
 
 # z: a difference of means over its standard error, the sd of one run pooled from 32 bayeskit replicates
 # (every method runs the same algorithm at the same N). For matching estimates |z| is below 2 in 95% of

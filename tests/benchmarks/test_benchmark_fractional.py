@@ -5,14 +5,14 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 pytest.importorskip("torchsde")
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "fractional_sde.py"
+BENCHMARK = REPO / "benchmarks" / "fractional_sde.py"
 
 # Same increments and same scheme: the paths differ by float64 rounding only (about 1e-14 here).
 PATHWISE_MAX = 1e-8

@@ -2,11 +2,11 @@
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "fusion.py"
+BENCHMARK = REPO / "benchmarks" / "fusion.py"
 
 
 def load_module():

@@ -5,13 +5,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import FULL
+from conftest import FULL, REPO
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "gp_sic_vs_gpytorch.py"
+BENCHMARK = REPO / "benchmarks" / "gp_sic_vs_gpytorch.py"
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # DKLGP's quick-mode RMSE(f) on the Gaussian data is about 0.41 of the zero predictor's (0.34 / 0.82): a fit that
 # learnt nothing gives about 1, one that ignores the data in the mean gives exactly 1.

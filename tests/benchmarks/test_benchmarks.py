@@ -4,12 +4,12 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 pytest.importorskip("numpyro")
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 
 
 @pytest.mark.slow

@@ -5,12 +5,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "mirrored_stein.py"
+BENCHMARK = REPO / "benchmarks" / "mirrored_stein.py"
 
 
 def load_module():
