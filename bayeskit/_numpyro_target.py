@@ -167,7 +167,6 @@ def numpyro_target(cls, model, args, kwargs):
         sites, log_prob_fn, log_prob_and_score_fn=evaluate, init_fn=init_fn, constrain_fn=constrain_torch,
         pointwise_log_likelihood_fn=pointwise if observed else None,
         observed_data={name: torch.from_numpy(np.array(site["value"])).to(dtype) for name, site in observed.items()},
-        dtype=dtype, device="cpu",
+        dtype=dtype, device="cpu", vectorized=True,
         description=f"NumPyro model {getattr(model, '__name__', type(model).__name__)}")
-    target.vectorized = True
     return target

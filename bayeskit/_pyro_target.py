@@ -766,11 +766,9 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         deterministic_fn=deterministic,
         dtype=first.dtype, device=first.device,
         description=f"Pyro model {getattr(model, '__name__', type(model).__name__)}",
+        subsampled=subsampled, vectorized=density.vectorized, compiled=compiled is not None,
+        sampled_fisher=density.sampled_fisher,
     )
-    target.sampled_fisher = density.sampled_fisher
-    target.vectorized = density.vectorized
-    target.subsampled = subsampled
-    target.compiled = compiled is not None
     return target
 
 

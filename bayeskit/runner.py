@@ -279,10 +279,14 @@ class Engine:
             f"last finite state (step {last_good_step}) is on this error's .posterior.",
             step=first_bad, sites=sites, posterior=posterior)
 
+    def target_settings(self, target) -> dict:
+        """Settings that follow from the target (e.g. the mirror map each site got); none by default."""
+        return {}
+
     def _meta(self, target, seed, step, num_steps, elapsed, began) -> dict:
         return {
             "engine": self.engine_name or type(self).__name__,
-            "settings": self.settings(),
+            "settings": {**self.settings(), **self.target_settings(target)},
             "seed": seed,
             "num_steps": num_steps,
             "steps_completed": step,

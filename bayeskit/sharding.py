@@ -180,11 +180,10 @@ def _with_jacobian_share(inner: Target, sites: list[Site], scale: float) -> Targ
     target = Target(inner.sites, log_prob, init_fn=inner.init,
                     pointwise_log_likelihood_fn=inner.pointwise_log_likelihood,  # observed sites: untouched
                     deterministic_fn=deterministic, observed_data=inner.observed_data, dtype=inner.dtype,
-                    device=inner.device, description=inner.description)
-    # what from_pyro reports about the model (minibatching, vectorisation) holds for the tempered target too
-    for name in ("subsampled", "vectorized", "compiled", "sampled_fisher"):
-        if hasattr(inner, name):
-            setattr(target, name, getattr(inner, name))
+                    device=inner.device, description=inner.description,
+                    # what from_pyro found about the model (minibatching, vectorisation) holds when tempered too
+                    subsampled=inner.subsampled, vectorized=inner.vectorized, compiled=inner.compiled,
+                    sampled_fisher=inner.sampled_fisher)
     return target
 
 

@@ -62,11 +62,23 @@ class Target:
         Dtype and device of ``z``.
     description : str
         Short text for ``meta`` and error messages.
+    subsampled : bool
+        Each call scores a fresh minibatch (a Pyro plate with ``subsample_size``):
+        the SG-MCMC engines then call it once per chain, and no full-data
+        pointwise log-likelihood exists.
+    vectorized : bool
+        All points are scored in one model call (else one call per point).
+    compiled : bool
+        The density runs as a compiled (traced) function.
+    sampled_fisher : callable, optional
+        ``(N, dim) -> (N, dim, dim)``: a Monte Carlo Fisher information from data
+        simulated by the model, SVNG's default metric; None where the model cannot simulate.
     """
 
     def __init__(self, sites, log_prob_fn, *, log_prob_and_score_fn=None, init_fn=None,
                  constrain_fn=None, pointwise_log_likelihood_fn=None, observed_data=None,
-                 site_log_prob_fn=None, deterministic_fn=None, dtype=None, device=None, description="target"):
+                 site_log_prob_fn=None, deterministic_fn=None, dtype=None, device=None, description="target",
+                 subsampled=False, vectorized=False, compiled=False, sampled_fisher=None):
         if not sites:
             raise ValueError("a Target needs at least one latent site")
         self.sites: dict[str, Site] = dict(sites)
@@ -75,6 +87,8 @@ class Target:
         self.device = torch.device(device or "cpu")
         self.observed_data = dict(observed_data or {})
         self.description = description
+        self.subsampled, self.vectorized, self.compiled = bool(subsampled), bool(vectorized), bool(compiled)
+        self.sampled_fisher = sampled_fisher
         self._log_prob_fn = log_prob_fn
         self._log_prob_and_score_fn = log_prob_and_score_fn
         self._init_fn = init_fn
@@ -233,12 +247,13 @@ class Target:
     @classmethod
     def from_log_prob(cls, fn: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
                       name: str = "theta", support: constraints.Constraint = constraints.real,
-                      dtype: torch.dtype | None = None, device=None) -> Target:
+                      dtype: torch.dtype | None = None, device=None, subsampled: bool = False) -> Target:
         """Wrap a batched log density ``fn(x)`` with ``x`` of shape ``(..., dim)``.
 
         ``fn`` receives points in the constrained space of ``support`` (real by
         default) and must return shape ``(...)``; the log-Jacobian of
         ``biject_to(support)`` is added so that engines work on ``R^dim``.
+        ``subsampled=True`` says that each call scores a fresh minibatch (see the class).
         """
         if not callable(fn):
             raise TypeError("fn must be callable: (..., dim) tensor -> (...) log density")
@@ -260,7 +275,7 @@ class Target:
             return lp + ldj.reshape(z.shape[0], -1).sum(-1)
 
         return cls(sites, log_prob_fn, dtype=dtype, device=device, description="log_prob function",
-                   site_log_prob_fn=lambda z: {name: log_prob_fn(z)})
+                   site_log_prob_fn=lambda z: {name: log_prob_fn(z)}, vectorized=True, subsampled=subsampled)
 
     @classmethod
     def from_pyro(cls, model: Callable, *args, vectorize: bool | str = "auto", jit_compile: bool = False,

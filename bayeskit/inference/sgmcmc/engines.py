@@ -71,7 +71,7 @@ def log_prob_and_score_per_chain(target, points, share_minibatches=False):
     takes one call for all.  Returns shapes ``(chains, ...)`` and
     ``(chains, ..., dim)``.
     """
-    if share_minibatches or points.shape[0] == 1 or not getattr(target, "subsampled", False):
+    if share_minibatches or points.shape[0] == 1 or not target.subsampled:
         return target.log_prob_and_score(points)
     pairs = [target.log_prob_and_score(points[chain:chain + 1]) for chain in range(points.shape[0])]
     return torch.cat([log_prob for log_prob, _ in pairs]), torch.cat([score for _, score in pairs])
@@ -602,7 +602,7 @@ class SGMCMC(Engine):
 def _pointwise_log_likelihood(target, draws):
     """Full-data pointwise log-likelihood at the draws, unless the model subsamples or it is too large."""
     num_rows = sum(value.numel() for value in target.observed_data.values())
-    if getattr(target, "subsampled", False) or draws.shape[0] * draws.shape[1] * num_rows > MAX_LOG_LIKELIHOOD_SIZE:
+    if target.subsampled or draws.shape[0] * draws.shape[1] * num_rows > MAX_LOG_LIKELIHOOD_SIZE:
         return None
     return target.pointwise_log_likelihood(draws)
 

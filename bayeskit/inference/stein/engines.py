@@ -6,7 +6,6 @@ import torch
 
 from bayeskit._checks import fraction
 from bayeskit.inference.stein.core import (
-    SiteMirrors,
     SVNGState,
     mirrored_step,
     msvgd_direction,
@@ -16,6 +15,7 @@ from bayeskit.inference.stein.core import (
     svng_step,
 )
 from bayeskit.inference.stein.kernels import make_kernel
+from bayeskit.inference.stein.mirror_maps import SiteMirrors, dual_target
 from bayeskit.inference.stein.optim import make_optimizer
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
@@ -185,22 +185,16 @@ class MirroredSVGD(SVGD):
             raise TypeError("a kernel for the mirrored samplers needs a matrices(x) -> (k, f', h) method "
                             "(see bayeskit.inference.stein.kernels); RBFKernel and IMQKernel have one")
         self.mirror, self.kernel_space = mirror, kernel_space
-        self._mirror_settings = None
 
     def target(self, *model_args, **model_kwargs):
         """The dual Target: the model's density in the mirror maps' coordinates."""
-        from bayeskit.inference.stein.mirror_maps import dual_target
-
-        target = dual_target(self.model_or_target, self.mirror, model_args, model_kwargs)
-        target.mirrors = SiteMirrors(target)
-        self._mirror_settings = target.mirrors.settings()
-        return target
+        return dual_target(self.model_or_target, self.mirror, model_args, model_kwargs)
 
     def settings(self):
-        out = {**super().settings(), "kernel_space": self.kernel_space}
-        if self._mirror_settings is not None:
-            out["mirrors"] = self._mirror_settings
-        return out
+        return {**super().settings(), "kernel_space": self.kernel_space}
+
+    def target_settings(self, target):
+        return {"mirrors": SiteMirrors(target).settings()}
 
     def direction(self, theta, dual_score, geometry):
         phi, bandwidth = msvgd_direction(theta, dual_score, geometry, self.kernel)
@@ -346,7 +340,7 @@ class SVNG(SVGD):
     def metric_fn(self, target):
         if callable(self.metric):
             return self.metric
-        sampled = getattr(target, "sampled_fisher", None)
+        sampled = target.sampled_fisher
         if sampled is None:
             raise ValueError("metric='fisher' needs a Pyro model (the Fisher is estimated by simulating its "
                              "observations); for this target pass metric=callable(z) -> (..., d, d)")

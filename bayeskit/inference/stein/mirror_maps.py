@@ -50,7 +50,7 @@ from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
 __all__ = ["MirrorMap", "IdentityMap", "OrthantMap", "BoxMap", "SimplexMap", "CustomMirrorMap",
-           "MirrorTransform", "mirror_for_support", "SUPPORTED_CONSTRAINTS"]
+           "MirrorTransform", "mirror_for_support", "SiteMirrors", "SUPPORTED_CONSTRAINTS"]
 
 #: What :func:`mirror_for_support` accepts, for error messages.
 SUPPORTED_CONSTRAINTS = ("real", "positive / greater_than", "interval / unit_interval", "simplex")
@@ -546,3 +546,35 @@ def _composed_dual_target(target, site_transform):
                   observed_data=target.observed_data, dtype=target.dtype, device=target.device,
                   description=f"{target.description} (mirror coordinates)")
     return dual
+
+
+class SiteMirrors:
+    """The mirror maps of all sites of a dual Target, acting block by block on flat vectors ``(..., D)``."""
+
+    def __init__(self, target):
+        self.blocks = []
+        for name, site in target.sites.items():
+            if not isinstance(site.transform, MirrorTransform):
+                raise TypeError(f"site {name!r} of this target is not parameterised by a mirror map")
+            self.blocks.append((site.slice, site.unconstrained_shape, site.transform.mirror))
+        self.names = list(target.sites)
+
+    def _map(self, method, eta, *vectors):
+        out = []
+        for sl, shape, mirror in self.blocks:
+            args = [x[..., sl].reshape(*x.shape[:-1], *shape) for x in (eta, *vectors)]
+            value = getattr(mirror, method)(*args)
+            out.append(value.reshape(*value.shape[:value.dim() - len(shape)], -1))
+        return torch.cat(out, dim=-1)
+
+    def to_primal(self, eta):
+        return self._map("to_primal", eta)
+
+    def inverse_hessian_apply(self, eta, v):
+        return self._map("inverse_hessian_apply", eta, v)
+
+    def hessian_apply(self, eta, v):
+        return self._map("hessian_apply", eta, v)
+
+    def settings(self):
+        return {name: mirror.settings() for name, (_, _, mirror) in zip(self.names, self.blocks)}

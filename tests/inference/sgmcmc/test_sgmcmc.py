@@ -139,8 +139,8 @@ def test_engines_call_a_subsampling_target_once_per_chain(engine, share):
         calls.append(z.shape[0])
         return -0.5 * (z * z).sum(-1)
 
-    target = Target.from_log_prob(log_prob, 2)
-    target.subsampled = True  # as Target.from_pyro marks a model with a subsampling plate
+    # as Target.from_pyro marks a model with a subsampling plate
+    target = Target.from_log_prob(log_prob, 2, subsampled=True)
     post = engine(target, num_warmup=50, num_samples=5, num_chains=3, share_minibatches=share).run(
         seed=0, progress=False)
     assert post.meta["settings"]["share_minibatches"] is share

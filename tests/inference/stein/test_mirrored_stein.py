@@ -9,8 +9,8 @@ from conftest import FULL
 from bayeskit import Target
 from bayeskit.diagnostics import energy_distance
 from bayeskit.inference import SVGD, SVMD, SVNG, CustomMirrorMap, IMQKernel, MirroredSVGD, RBFKernel
-from bayeskit.inference.stein.core import MirrorGeometry, SiteMirrors, msvgd_direction, svgd_direction, svmd_direction
-from bayeskit.inference.stein.mirror_maps import dual_target
+from bayeskit.inference.stein.core import MirrorGeometry, msvgd_direction, svgd_direction, svmd_direction
+from bayeskit.inference.stein.mirror_maps import SiteMirrors, dual_target
 from bayeskit.models import logistic_regression
 
 
