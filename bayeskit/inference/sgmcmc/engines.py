@@ -291,6 +291,15 @@ def sgnht_step_size_rule(diffusion, noise, omega, temperature):
     return torch.minimum(step_size, HMC_DISCRETISATION / omega)
 
 
+#: The momentum's decay per step that SGHMC's default friction gives when a step size is set.
+DEFAULT_MOMENTUM_DECAY = 0.1
+
+
+def default_friction(step_size: float) -> float:
+    """SGHMC's friction when only ``step_size`` is given: ``step_size * friction`` = :data:`DEFAULT_MOMENTUM_DECAY`."""
+    return DEFAULT_MOMENTUM_DECAY / step_size
+
+
 def hmc_step_size_rule(friction, noise, omega, temperature):
     """SGHMC's/SGNHT's step in ``x``: ``epsilon = min(alpha T / max_i v_i, 0.25 / omega)``.
 
@@ -681,7 +690,7 @@ class SGHMC(SGMCMC):
 
     def make_kernel(self):
         # With step_size=None the unset values are placeholders, replaced by the warm-up's.
-        friction = self.friction or (1.0 if self.step_size is None else 0.1 / self.step_size)
+        friction = self.friction or (1.0 if self.step_size is None else default_friction(self.step_size))
         return SGHMCKernel(temperature=self.temperature, friction=friction,
                            noise_estimate=0.0 if self.noise_estimate is None else self.noise_estimate,
                            mass=1.0 if self.mass is None else self.mass)

@@ -54,7 +54,7 @@ import torch
 
 from bayeskit._checks import positive, positive_int
 from bayeskit.inference.modes import find_modes
-from bayeskit.inference.sgmcmc.engines import SGMCMC, log_prob_and_score_per_chain
+from bayeskit.inference.sgmcmc.engines import SGMCMC, default_friction, log_prob_and_score_per_chain
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, make_kernel
 from bayeskit.parallel import BACKENDS, derived_seed, parallel_map
 from bayeskit.posterior import Posterior
@@ -435,7 +435,10 @@ class FederatedSGMCMC(SGMCMC):
 
     def make_kernel(self):
         if isinstance(self.kernel_spec, str):
-            return make_kernel(self.kernel_spec, temperature=self.temperature)
+            options = {"temperature": self.temperature}
+            if self.kernel_spec.lower() == "sghmc":  # the SGHMC engine's default, not the kernel's bare 1.0
+                options["friction"] = default_friction(self.step_size)
+            return make_kernel(self.kernel_spec, **options)
         return make_kernel(self.kernel_spec)
 
     @property

@@ -241,3 +241,11 @@ def test_bad_surrogates_and_models_are_refused():
                    progress=False)
     with pytest.raises(TypeError, match="need a Pyro model"):
         FSGLD(Target.from_pyro(gaussian_mean_model, torch.randn(3, 2)), step_size=1e-3)
+
+
+def test_fsgld_with_the_sghmc_kernel_takes_the_sghmc_engines_default_friction():
+    from bayeskit.inference import SGHMC
+
+    federated = FSGLD(gaussian_mean_model, step_size=1e-3, kernel="sghmc")
+    alone = SGHMC(gaussian_mean_model, step_size=1e-3)
+    assert federated.kernel.friction == alone.kernel.friction == pytest.approx(0.1 / 1e-3)
