@@ -26,7 +26,7 @@ import torch
 
 from bayeskit.resampling import systematic
 
-__all__ = ["Posterior", "load", "weighted_quantile"]
+__all__ = ["Posterior", "load", "weighted_quantile", "predictive_mixture"]
 
 FORMAT = "posterior/1"
 SAMPLE_DIMS = ("chain", "draw")
@@ -277,6 +277,14 @@ class Posterior:
             return torch.full((self.num_chains, self.num_draws), 1.0 / total, dtype=torch.float64)
         lw = self.log_weights.double()
         return torch.exp(lw - torch.logsumexp(lw.reshape(-1), 0))
+
+    def flat_draws(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The draws with chains pooled, ``{name: (S, *shape)}``, and their normalised log-weights ``(S,)``.
+
+        What every model family's ``predictive(posterior, x)`` mixes over (S = chains x draws).
+        """
+        draws = {name: value.reshape(-1, *value.shape[2:]) for name, value in self.samples.items()}
+        return draws, self.weights.reshape(-1).log()
 
     @property
     def ess(self) -> float:
@@ -821,3 +829,18 @@ def _group_tensors(tree, group, order):
     names += [name for name in dataset.data_vars if name not in names]
     # np.array copies: the tensors own their memory once the file is closed
     return {name: torch.from_numpy(np.array(dataset[name].values)) for name in names}
+
+
+def predictive_mixture(log_weights: torch.Tensor, components: torch.distributions.Distribution):
+    r"""The posterior predictive as a mixture over weighted draws.
+
+    :math:`p(y \mid x, D) \approx \sum_s w_s\, p(y \mid x, \theta_s)`.
+    ``components`` has batch shape ``(..., S)``, one distribution per draw in
+    the last batch dimension, and ``log_weights`` ``(S,)`` are the draws'
+    normalised log-weights (:meth:`Posterior.flat_draws`, in the components'
+    dtype and device). Returns a
+    :class:`torch.distributions.MixtureSameFamily` of batch shape ``(...)``,
+    whose ``log_prob``, ``mean``, ``variance`` and ``sample`` all apply.
+    """
+    logits = log_weights.expand(components.batch_shape)
+    return torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logits), components)

@@ -84,12 +84,9 @@ def test_summary_of_a_file_that_is_not_a_posterior_fails_cleanly(tmp_path):
 
 
 def test_held_out_metrics_by_hand():
-    class Stub:
-        samples = {"alpha": torch.tensor([[0.0, 1.0]]), "beta": torch.tensor([[[1.0], [-1.0]]])}
-        weights = torch.tensor([[0.5, 0.5]])
-
+    post = bayeskit.Posterior({"alpha": torch.tensor([[0.0, 1.0]]), "beta": torch.tensor([[[1.0], [-1.0]]])})
     x, y = torch.tensor([[2.0], [-2.0]]), torch.tensor([1.0, 0.0])
-    accuracy, lpd = held_out_metrics(Stub(), x, y)
+    accuracy, lpd = held_out_metrics(post, x, y)
     p = torch.sigmoid(torch.tensor([[2.0, -2.0], [-1.0, 3.0]]))  # (draws, points)
     like = torch.stack([p[:, 0], 1 - p[:, 1]], dim=1)
     assert abs(lpd - like.mean(0).log().mean().item()) < 1e-6

@@ -14,18 +14,12 @@ __all__ = ["run", "held_out_metrics"]
 
 
 def held_out_metrics(post, x_test, y_test):
-    """Accuracy and mean log predictive density of a logistic regression posterior."""
-    import torch
+    """Accuracy and mean log predictive density of a logistic regression posterior (weighted draws honoured)."""
+    from bayeskit.models.glm import predictive
 
-    alpha = post.samples["alpha"].reshape(-1, 1).to(x_test)
-    beta = post.samples["beta"].reshape(-1, x_test.shape[1]).to(x_test)
-    logits = alpha + beta @ x_test.T  # (draws, n_test)
-    log_lik = torch.distributions.Bernoulli(logits=logits).log_prob(y_test)
-    weights = post.weights.reshape(-1, 1).to(x_test)
-    lpd = torch.logsumexp(log_lik + weights.log(), dim=0).mean()
-    prob = (torch.sigmoid(logits) * weights).sum(0)
-    accuracy = ((prob > 0.5).to(y_test) == y_test).to(x_test).mean()
-    return float(accuracy), float(lpd)
+    predictive = predictive(post, x_test)
+    accuracy = ((predictive.mean > 0.5).to(y_test) == y_test).to(x_test).mean()
+    return float(accuracy), float(predictive.log_prob(y_test).mean())
 
 
 def run(out: Path, *, quick: bool, seed: int, progress: bool):

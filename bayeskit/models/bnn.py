@@ -20,7 +20,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["bayesian_mlp", "mlp_forward", "predict", "layer_sizes", "LIKELIHOODS"]
+from bayeskit.posterior import predictive_mixture
+
+__all__ = ["bayesian_mlp", "mlp_forward", "predict", "predictive", "layer_sizes", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "categorical", "gaussian")
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
@@ -64,6 +66,32 @@ def predict(samples, x: torch.Tensor, activation="relu") -> torch.Tensor:
         raise ValueError("samples must hold the sites w0, b0, w1, b1, ... of a bayesian_mlp posterior")
     weights = [(samples[f"w{i}"].to(x), samples[f"b{i}"].to(x)) for i in range(num_layers)]
     return mlp_forward(x, weights, activation)
+
+
+def predictive(posterior, x: torch.Tensor, *, likelihood: str = "bernoulli", activation="relu",
+               noise_scale: float | None = None) -> torch.distributions.Distribution:
+    r"""The posterior predictive of :func:`bayesian_mlp` at ``x`` ``(B, p)``: batch ``(B,)``.
+
+    :math:`p(y_i \mid x_i, D) \approx \sum_s w_s\, p(y_i \mid f_{\theta_s}(x_i))` over the
+    posterior's (weighted) draws, as a :class:`~torch.distributions.MixtureSameFamily`
+    of Bernoulli (logit output), Categorical (logits) or Gaussian components;
+    ``likelihood``, ``activation`` and ``noise_scale`` as given to :func:`bayesian_mlp`
+    (the Gaussian's sd is the posterior's ``noise`` draws unless ``noise_scale`` was fixed).
+    """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    draws, log_weights = posterior.flat_draws()
+    out = predict(draws, x, activation)  # (S, B, outputs)
+    if likelihood == "bernoulli":
+        components = dist.Bernoulli(logits=out[..., 0].T)
+    elif likelihood == "categorical":
+        components = dist.Categorical(logits=out.movedim(0, 1))
+    else:
+        if noise_scale is None and "noise" not in draws:
+            raise ValueError("a gaussian predictive needs the posterior's 'noise' draws or the fixed noise_scale")
+        sd = torch.as_tensor(noise_scale, dtype=x.dtype) if noise_scale is not None else draws["noise"].to(x)
+        components = dist.Normal(out[..., 0].T, sd.expand(out.shape[0]))
+    return predictive_mixture(log_weights.to(x), components)
 
 
 def bayesian_mlp(x: torch.Tensor, y: torch.Tensor | None = None, *, hidden=(50,), num_outputs: int | None = None,

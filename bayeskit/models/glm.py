@@ -6,7 +6,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["logistic_regression", "logistic_regression_fisher", "linear_predictor"]
+from bayeskit.posterior import predictive_mixture
+
+__all__ = ["logistic_regression", "logistic_regression_fisher", "linear_predictor", "predictive"]
 
 
 def linear_predictor(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -65,3 +67,22 @@ def logistic_regression_fisher(x: torch.Tensor):
         p = torch.sigmoid(z @ design.T)
         return torch.einsum("...n,nd,ne->...de", p * (1 - p), design, design)
     return metric
+
+
+def predictive(posterior, x: torch.Tensor) -> torch.distributions.Distribution:
+    r"""The posterior predictive of :func:`logistic_regression` at ``x`` ``(B, p)``: batch ``(B,)``.
+
+    :math:`p(y_i \mid x_i, D) \approx \sum_s w_s\, \mathrm{Bernoulli}(y_i \mid \sigma(\alpha_s + x_i^\top\beta_s))`
+    over the posterior's draws and their weights (SMC and Fusion posteriors are
+    weighted), as a :class:`~torch.distributions.MixtureSameFamily`: ``mean``
+    is the predictive probability, ``log_prob(y)`` the log predictive density.
+    """
+    draws, log_weights = posterior.flat_draws()
+    missing = [name for name in ("alpha", "beta") if name not in draws]
+    if missing:
+        raise ValueError(f"the posterior lacks the sites {missing} of logistic_regression")
+    alpha, beta = draws["alpha"].to(x), draws["beta"].to(x)
+    if beta.shape[-1] != x.shape[-1]:
+        raise ValueError(f"x has {x.shape[-1]} covariates but the posterior's beta has {beta.shape[-1]}")
+    logits = alpha[:, None] + beta @ x.T  # (S, B)
+    return predictive_mixture(log_weights.to(x), dist.Bernoulli(logits=logits.T))
