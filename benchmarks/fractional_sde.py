@@ -60,7 +60,8 @@ drawn outside the timed call. Everything runs under ``torch.no_grad()``. The rep
   (``MarkovFBM.covariance``). For normal X(T), the sample variance has sd ``v sqrt(2/(n-1))``.
 
     python benchmarks/fractional_sde.py              # 64, 1024, 8192 paths, float64 and float32
-    python benchmarks/fractional_sde.py --quick      # 64 and 512 paths, 50 steps (tests/test_benchmark_fractional.py)
+    python benchmarks/fractional_sde.py --quick      # 64 and 512 paths, 50 steps
+                                                     # (tests/benchmarks/test_benchmark_fractional.py)
     python benchmarks/fractional_sde.py --device cuda
 
 Writes benchmarks/results/fractional_sde{,_quick}.{json,md}.

@@ -80,7 +80,8 @@ untimed run on the first 5 observations, which pays the first-call costs.
 sizes, on a shared 2-core machine, more threads only contend.
 
     python benchmarks/smc_vs_particles.py            # T=500, N=1000: about an hour, 52 minutes of it particles' PaRIS
-    python benchmarks/smc_vs_particles.py --quick    # T=50, N=200, 2 repeats: a smoke run (tests/test_benchmark_smc.py)
+    python benchmarks/smc_vs_particles.py --quick    # T=50, N=200, 2 repeats: a smoke run
+                                                     # (tests/benchmarks/test_benchmark_smc.py)
 
 Writes benchmarks/results/smc_vs_particles{,_quick}.{json,md}.
 """

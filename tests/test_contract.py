@@ -130,9 +130,9 @@ SG_ESS = 100 * SCALE  # reached with room on every row but the Dirichlet (~100-1
 def _batch(y):
     # Full data: each chain scoring its own minibatch costs one model call per chain per step (32 here),
     # which this matrix cannot afford; minibatch noise has its own closed-form tests
-    # (tests/test_sgmcmc_defaults.py, tests/test_sgmcmc.py). The settings and allowances below were
-    # derived for minibatches of a quarter of the rows (V ~ 3 lambda); with full data V = 0, so the
-    # minibatch terms in them are upper bounds.
+    # (tests/inference/sgmcmc/test_sgmcmc_defaults.py, tests/inference/sgmcmc/test_sgmcmc.py). The settings and
+    # allowances below were derived for minibatches of a quarter of the rows (V ~ 3 lambda); with full data
+    # V = 0, so the minibatch terms in them are upper bounds.
     return None
 
 

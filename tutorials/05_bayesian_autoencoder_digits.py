@@ -162,7 +162,8 @@ if nll["BAE, DSWD prior"] < nll["BAE, N(0, 1) prior"]:
     bae, post = tuned, tuned_post
 mean, sd = bae.reconstruct(post, test[:10])
 codes, _ = bae.latent(post, train)
-mixture = DirichletProcessMixture(20).fit(codes, seed=SEED, progress=False)
+mixture = DirichletProcessMixture(20)
+mixture.fit(codes, seed=SEED, progress=False)
 print(f"mixture components with weight > 2%: {int((mixture.weights > 0.02).sum())} of 20")
 generated = bae.generate(post, mixture, 10, seed=SEED)
 

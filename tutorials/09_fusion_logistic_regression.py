@@ -155,7 +155,7 @@ for label, settings in {"GBF fork-and-join": dict(method="gbf", tree="fork_and_j
                         "Consensus MC": dict(method="consensus"),
                         "Weierstrass": dict(method="weierstrass")}.items():
     if QUICK and label.startswith("D&C-MCF"):
-        continue  # its one long step costs seconds even at quick sizes; tests/test_fusion.py covers it
+        continue  # its one long step costs seconds even at quick sizes; tests/inference/fusion/test_fusion.py covers it
     variants[label] = Fusion(num_particles=NUM_SAMPLES, **settings).fuse(subposteriors, seed=0, progress=False,
                                                                        target=target)
 for label, post in variants.items():

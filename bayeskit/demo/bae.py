@@ -38,7 +38,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
 
     zeros, train, test = digits_split(seed)
     print_header(f"Bayesian autoencoders: prior tuned on {len(zeros)} zeros, posterior on {len(train)} images "
-                  f"of the digits 1-9, tested on {len(test)} more")
+                 f"of the digits 1-9, tested on {len(test)} more")
     architecture = {"latent_dim": 8, "hidden": (128,)}
     steps = 300 if quick else 3000
     began = time.perf_counter()
@@ -67,7 +67,8 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
         table = post.summary(var_names=["dec1_b"], health=False)
         print(table.iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
     codes, _ = bae.latent(post, train)
-    mixture = DirichletProcessMixture(20).fit(codes, seed=seed, progress=progress)
+    mixture = DirichletProcessMixture(20)
+    mixture.fit(codes, seed=seed, progress=progress)
     reconstruction, uncertainty = bae.reconstruct(post, test[:10])
     generated = bae.generate(post, mixture, 10, seed=seed)
     _plot_digits([test[:10], reconstruction, uncertainty / uncertainty.max(), generated],

@@ -37,7 +37,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     true_hurst, num_series = 0.7, 8 if quick else 32
     y, times = _simulated_fou(true_hurst, num_series, seed=seed)
     print_header(f"Fractional SDE: {num_series} fOU paths (H = {true_hurst}, theta = 1, sigma = 1, exact RL fBM), "
-                  f"{y.shape[1]} noisy observations each")
+                 f"{y.shape[1]} noisy observations each")
     fbm = MarkovFBM(0.5, kind="II", horizon=2.0, learn_hurst=True)  # the authors' K = 5, gamma_max = 20
     model = FractionalSDE(OrnsteinUhlenbeckDrift(0.5), ConstantDiffusion(0.5), fbm, num_series=num_series,
                           observation_scale=0.05, dt=0.01, method="euler")

@@ -28,7 +28,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     num_shards, num_samples = (4, 200) if quick else (16, 1000)
     sampler = NUTSSampler(num_warmup=100 if quick else 300, jit_compile=True)
     print_header(f"Fusion: logistic regression, {len(data.y)} flights (delayed > 15 min) split over "
-                  f"{num_shards} shards, each sub-posterior by NUTS")
+                 f"{num_shards} shards, each sub-posterior by NUTS")
     engine = Fusion(logistic_regression, num_shards=num_shards, num_particles=num_samples, sampler=sampler,
                     method="gbf", tree="balanced")
     began = time.perf_counter()

@@ -25,7 +25,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     train, test = load_fiji_quakes(dtype=torch.float64).split(0.2, seed=seed)
     depth_mean, depth_sd = train.y.mean(), train.y.std()
     print_header(f"Sparse inverse-Cholesky GP (DKLGP): depth of {len(train.y)} Fiji earthquakes over "
-                  f"(longitude, latitude), {len(test.y)} held out")
+                 f"(longitude, latitude), {len(test.y)} held out")
     gp = SparseInverseCholeskyGP(train.x, (train.y - depth_mean) / depth_sd, rho=3.0, likelihood="student_t")
     began = time.perf_counter()
     fit = gp.fit(num_epochs=3 if quick else 60, lr=0.02, reorder_after=1 if quick else 6, seed=seed,

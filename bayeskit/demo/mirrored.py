@@ -31,7 +31,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
 
     num_steps, num_particles = (100 if quick else 500), 50
     print_header(f"Mirrored Stein: sparse Dirichlet on the 20-simplex, alpha = 0.1 + (90, 5, 5, 0, ...), "
-                  f"{num_particles} particles, {num_steps} steps")
+                 f"{num_particles} particles, {num_steps} steps")
     exact = dist.Dirichlet(alpha)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

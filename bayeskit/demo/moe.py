@@ -24,7 +24,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     train, test = data.split(test_fraction=0.2, seed=seed)
     counties, names = list(data.group_labels["county"]), data.feature_names
     print_header(f"Mixture of experts: log radon in {len(data.y)} Minnesota homes, {len(counties)} counties "
-                  f"({len(train.y)} train / {len(test.y)} test)")
+                 f"({len(train.y)} train / {len(test.y)} test)")
     # Readings are rounded (tied homes): a noise floor keeps experts off zero-sd spikes (see tutorial 04).
     priors = {"intercept_scale": 2.5, "noise_floor": 0.1, "covariate_names": names}
     pilot_steps, warmup, draws = (100, 100, 100) if quick else (500, 1000, 1000)

@@ -29,7 +29,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     engine = SGHMC(bayesian_mlp, step_size=0.02, num_chains=4, num_warmup=100 if quick else 1000,
                    num_samples=100 if quick else 500, thin=2 if quick else 10)
     print_header(f"SGHMC: Bayesian neural network {train.x.shape[1]}-{hidden[0]}-1, breast cancer "
-                  f"({len(train.y)} train / {len(test.y)} test, minibatches of {batch}, {engine.num_chains} chains)")
+                 f"({len(train.y)} train / {len(test.y)} test, minibatches of {batch}, {engine.num_chains} chains)")
     start = time.perf_counter()
     # jit_compile: trace the network's density once and replay it (minibatches still change every step)
     post = engine.run(train.x, train.y, hidden=hidden, subsample_size=batch, seed=seed, progress=progress,

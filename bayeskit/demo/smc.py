@@ -29,7 +29,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     if quick:
         y = y[:60]
     print_header(f"SMC: stochastic volatility of {len(y)} daily GBP/USD log-returns (%), "
-                  f"{series.dates[1]} to {series.dates[len(y)]}")
+                 f"{series.dates[1]} to {series.dates[len(y)]}")
     model = StochasticVolatility(mu=0.0, phi=0.5, sigma=1.0, learn=("mu", "phi", "sigma"))
 
     def log_evidence():

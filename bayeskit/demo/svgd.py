@@ -17,9 +17,9 @@ def held_out_metrics(post, x_test, y_test):
     """Accuracy and mean log predictive density of a logistic regression posterior (weighted draws honoured)."""
     from bayeskit.models.glm import predictive
 
-    predictive = predictive(post, x_test)
-    accuracy = ((predictive.mean > 0.5).to(y_test) == y_test).to(x_test).mean()
-    return float(accuracy), float(predictive.log_prob(y_test).mean())
+    mixture = predictive(post, x_test)
+    accuracy = ((mixture.mean > 0.5).to(y_test) == y_test).to(x_test).mean()
+    return float(accuracy), float(mixture.log_prob(y_test).mean())
 
 
 def run(out: Path, *, quick: bool, seed: int, progress: bool):
@@ -35,7 +35,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     engine = SVGD(logistic_regression, num_particles=50 if quick else 100,
                   dims={"beta": ["feature"]}, coords={"feature": list(data.feature_names)})
     print_header(f"SVGD: logistic regression, breast cancer ({len(train.y)} train / {len(test.y)} test, "
-                  f"{train.x.shape[1]} features)")
+                 f"{train.x.shape[1]} features)")
     start = time.perf_counter()
     post = engine.run(train.x, train.y, num_steps=num_steps, seed=seed, progress=progress)
     seconds = time.perf_counter() - start

@@ -266,7 +266,7 @@ class DirichletProcessMixture:
 
     # -------------------------------------------------------------------- fitting
     def fit(self, z, *, num_steps=2000, lr=0.01, method="em", seed=0, progress=True):
-        """Fit to ``z`` ``(n, d)``, ``n >= 2``; returns ``self``.
+        """Fit to ``z`` ``(n, d)``, ``n >= 2``; returns ``fit_result``, a :class:`~bayeskit.Posterior`.
 
         Variational sweeps (at most ``num_steps``) from k-means++ seeds drawn with ``seed`` stop once
         the expected component sizes move by less than ``1e-4`` points; ``method="map"`` then takes
@@ -297,7 +297,7 @@ class DirichletProcessMixture:
         self.sites = sites
         self.fit_result = Posterior({k: v[None, None] for k, v in sites.items()}, trace=result.trace,
                                     meta=result.meta)
-        return self
+        return self.fit_result
 
     def _sites(self, post, loc, scale):
         """Plug-in values ``E[v], E[mu], E[Lambda]`` of q, back in the data's coordinates."""

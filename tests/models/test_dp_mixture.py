@@ -47,14 +47,19 @@ def data():
 
 @pytest.fixture(scope="module")
 def em_fit(data):
-    return DirichletProcessMixture(10).fit(data[0], seed=0, progress=False)
+    model = DirichletProcessMixture(10)
+    model.fit(data[0], seed=0, progress=False)
+    return model
 
 
 @pytest.mark.parametrize("method", ["em", "map"])
 def test_held_out_density_matches_the_true_mixture(data, em_fit, method):
     z, held_out = data
-    model = em_fit if method == "em" else DirichletProcessMixture(10).fit(z, method="map", num_steps=200,
-                                                                          seed=0, progress=False)
+    if method == "em":
+        model = em_fit
+    else:
+        model = DirichletProcessMixture(10)
+        model.fit(z, method="map", num_steps=200, seed=0, progress=False)
     truth = mixture_logpdf(held_out, WEIGHTS, MEANS, COVS).mean()
     fit = model.log_prob(torch.tensor(held_out)).mean().item()
     assert abs(truth - fit) < 0.05, (truth, fit)
@@ -78,7 +83,9 @@ def test_spare_components_are_pruned_and_the_rest_recovered(em_fit):
 
 def test_map_improves_the_log_joint_of_the_variational_point(data, em_fit):
     z = data[0]
-    model = DirichletProcessMixture(10).fit(z, method="map", num_steps=100, seed=0, progress=False)
+    model = DirichletProcessMixture(10)
+    result = model.fit(z, method="map", num_steps=100, seed=0, progress=False)
+    assert result is model.fit_result  # fit returns a Posterior, as every fit does
 
     def log_joint(m):
         return pyro.poutine.trace(pyro.poutine.condition(m.model, data=m.sites)).get_trace(z).log_prob_sum()
@@ -91,7 +98,8 @@ def test_map_improves_the_log_joint_of_the_variational_point(data, em_fit):
 
 def test_diagonal_covariances(data):
     z, held_out = torch.tensor(draw(600, 2, DIAG_COVS)), draw(4000, 3, DIAG_COVS)
-    model = DirichletProcessMixture(10, covariance="diag").fit(z, seed=0, progress=False)
+    model = DirichletProcessMixture(10, covariance="diag")
+    model.fit(z, seed=0, progress=False)
     truth = mixture_logpdf(held_out, WEIGHTS, MEANS, DIAG_COVS).mean()
     assert abs(truth - model.log_prob(torch.tensor(held_out)).mean().item()) < 0.05
     assert (model.weights > 0.02).sum() == 3
@@ -170,24 +178,28 @@ def test_stick_breaking():
 
 def test_fit_is_deterministic_and_affine_equivariant(data, em_fit):
     z = data[0]
-    again = DirichletProcessMixture(10).fit(z, seed=0, progress=False)
+    again = DirichletProcessMixture(10)
+    again.fit(z, seed=0, progress=False)
     assert torch.equal(again.weights, em_fit.weights) and torch.equal(again.means, em_fit.means)
     shift, scale = torch.tensor([100.0, -3.0]), torch.tensor([1000.0, 0.01])
-    moved = DirichletProcessMixture(10).fit(z * scale + shift, seed=0, progress=False)
+    moved = DirichletProcessMixture(10)
+    moved.fit(z * scale + shift, seed=0, progress=False)
     torch.testing.assert_close(moved.weights, em_fit.weights)
     torch.testing.assert_close((moved.means - shift) / scale, em_fit.means)
     torch.testing.assert_close(moved.log_prob(z * scale + shift) + scale.log().sum(), em_fit.log_prob(z))
 
 
 def test_dtype_follows_the_data(data):
-    model = DirichletProcessMixture(5).fit(data[0].float(), seed=0, progress=False)
+    model = DirichletProcessMixture(5)
+    model.fit(data[0].float(), seed=0, progress=False)
     assert model.weights.dtype == model.means.dtype == model.sample(3, seed=0).dtype == torch.float32
     assert model.log_prob(data[0][:5]).dtype == torch.float32
 
 
 @pytest.mark.gpu
 def test_fits_on_cuda(data, em_fit):
-    model = DirichletProcessMixture(10).fit(data[0].cuda(), seed=0, progress=False)
+    model = DirichletProcessMixture(10)
+    model.fit(data[0].cuda(), seed=0, progress=False)
     assert model.means.is_cuda and model.sample(10, seed=0).is_cuda
     torch.testing.assert_close(model.log_prob(data[0].cuda()).mean().cpu(), em_fit.log_prob(data[0]).mean(),
                                rtol=0, atol=0.02)

@@ -239,7 +239,7 @@ class SVMD(MirroredSVGD):
         0.1; 0.30x with 0.998).
         With 0.998 and ``lr=0.03``, 1,000 steps from Dir(5) put SVMD below the
         floor on 5/5 seeds of the paper's target and on 33 of 36 runs of a
-        family of sparse Dirichlets (``tests/test_mirrored_stein.py``; 500
+        family of sparse Dirichlets (``tests/inference/stein/test_mirrored_stein.py``; 500
         steps leave one seed of the paper's target at 1.35x).  The three
         misses are one target, d = 50 with its two large concentrations only
         3.3 and 2.4: SVMD leaves the 48 tiny coordinates too evenly filled

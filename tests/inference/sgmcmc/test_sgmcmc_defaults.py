@@ -36,7 +36,7 @@ variance larger by ``1 / (1 - B / N)`` (11% at 1,000 rows), which the
 warm-up measures like any other.  Under ``BAYESKIT_FULL=1`` the Pyro model
 (``jit_compile=True``) runs too, at 1,000 and 10,000 rows: the user's path,
 per-chain calls included.  That those calls give each chain its own
-minibatch is checked in CI by ``tests/test_sgmcmc.py``.
+minibatch is checked in CI by ``tests/inference/sgmcmc/test_sgmcmc.py``.
 """
 
 import time

@@ -159,7 +159,8 @@ def test_fit_on_lorenz_lowers_the_held_out_reconstruction_error(lorenz_fit):
     assert trained < 0.15 * baseline
     loss = fit.trace["loss"]
     assert float(loss[-10:].mean()) < 0.2 * float(loss[:10].mean())
-    assert fit.meta["engine"] == "LatentFractionalSDE" and fit.trace["hurst"].shape == (150,)
+    assert fit.meta["engine"] == "Fit" and fit.meta["settings"]["name"] == "LatentFractionalSDE"
+    assert fit.trace["hurst"].shape == (150,)
 
 
 def test_forecast_beats_the_last_value_over_five_frames(lorenz_fit):
