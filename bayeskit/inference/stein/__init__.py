@@ -7,8 +7,8 @@ reproducing-kernel Hilbert space:
 
 .. math::
 
-    \\phi(x_i) = \frac{1}{n} \\sum_{j=1}^{n}
-        \big[ k(x_j, x_i)\\, \nabla_{x_j} \\log p(x_j) + \nabla_{x_j} k(x_j, x_i) \big],
+    \\phi(x_i) = \\frac{1}{n} \\sum_{j=1}^{n}
+        \\big[ k(x_j, x_i)\\, \\nabla_{x_j} \\log p(x_j) + \\nabla_{x_j} k(x_j, x_i) \\big],
     \\qquad x_i \\leftarrow x_i + \\epsilon\\, \\phi(x_i).
 
 The first term drives particles to high density, the second repels them
