@@ -54,8 +54,10 @@ import torch
 
 from bayeskit._checks import positive, positive_int
 from bayeskit.inference.modes import find_modes
-from bayeskit.inference.sgmcmc.engines import SGMCMC, default_friction, log_prob_and_score_per_chain
+from bayeskit.inference.sgmcmc.adaptation import default_friction
+from bayeskit.inference.sgmcmc.engines import SGMCMC
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, make_kernel
+from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 from bayeskit.parallel import BACKENDS, derived_seed, parallel_map
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
@@ -148,7 +150,7 @@ def fit_gaussian_surrogate(target: Target, kernel=None, *, initial_position: tor
     SGLD's discretisation inflates variances by about ``1 / (1 - step_size * lambda / 4)``
     along a direction of precision ``lambda``; keep the step small against the
     target's curvature.  Each chain draws its own minibatches unless
-    ``share_minibatches`` (see :func:`~bayeskit.inference.sgmcmc.engines.log_prob_and_score_per_chain`).
+    ``share_minibatches`` (see :func:`~bayeskit.inference.sgmcmc.scoring.log_prob_and_score_per_chain`).
     Uses torch's global generator (seed it).
     """
     if covariance not in SURROGATE_COVARIANCES:

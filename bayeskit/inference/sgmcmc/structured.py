@@ -57,8 +57,9 @@ from dataclasses import dataclass
 import torch
 
 from bayeskit._checks import positive_int
-from bayeskit.inference.sgmcmc.engines import SGMCMC, SGMCMCRun, log_prob_and_score_per_chain
+from bayeskit.inference.sgmcmc.engines import SGMCMC, SGMCMCRun
 from bayeskit.inference.sgmcmc.kernels import make_kernel
+from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 from bayeskit.target import Target
 
 __all__ = ["StructuredSGMCMC", "StructuredSGMCMCRun", "GroupLayout", "resolve_groups", "draw_contexts",

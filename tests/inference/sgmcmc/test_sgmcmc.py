@@ -23,7 +23,7 @@ from conftest import FULL
 
 from bayeskit import NonFiniteError, Target
 from bayeskit.inference import PSGLD, SGHMC, SGLD, SGNHT, AdaptiveSGHMC, CyclicalSchedule, PolynomialDecay
-from bayeskit.inference.sgmcmc.engines import log_prob_and_score_per_chain
+from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 
 # The mechanics tests run a few dozen steps from prior draws: chains that have not converged yet are
 # flagged, rightly; test_a_chain_that_ran_off_is_flagged checks that warning.

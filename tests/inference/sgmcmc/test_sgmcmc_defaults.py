@@ -225,11 +225,11 @@ def test_defaults_run_a_bayesian_neural_network(name):
 def test_a_diverging_warmup_step_is_undone_and_halved(monkeypatch, tmp_path):
     """With ``omega^2`` pinned at 1 (the diagonal's value) the BNN's travel step diverges; the warm-up undoes
     those steps and halves the step instead of ending the run, and resumes bit-exactly in the middle of it."""
-    import bayeskit.inference.sgmcmc.engines as engines
+    import bayeskit.inference.sgmcmc.adaptation as adaptation
     from bayeskit.datasets import load_breast_cancer
     from bayeskit.models import bayesian_mlp
 
-    monkeypatch.setattr(engines, "_omega2_from", lambda quotients: torch.ones((), dtype=quotients.dtype))
+    monkeypatch.setattr(adaptation, "omega2_from", lambda quotients: torch.ones((), dtype=quotients.dtype))
     train, _ = load_breast_cancer().standardized().split(test_fraction=0.2, seed=0)
     engine = SGLD(bayesian_mlp, num_chains=2, num_warmup=100, num_samples=10)
     options = dict(hidden=(20,), subsample_size=64, seed=0, progress=False, jit_compile=True)
