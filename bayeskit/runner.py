@@ -397,11 +397,9 @@ class Fit(Engine):
 
 
 def _check_run_arguments(num_steps, seed, checkpoint_every):
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    positive_int("num_steps", num_steps)
     positive_int("seed", seed, minimum=0, allow_none=True)
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    positive_int("checkpoint_every", checkpoint_every)
 
 
 def _clone(obj):

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +12,14 @@ matplotlib.use("Agg")
 FULL = os.environ.get("BAYESKIT_FULL") == "1"
 #: The repository's root (tests/ mirrors the package in folders, so no test counts its parents).
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_benchmark(filename, module_name=None):
+    """A script of ``benchmarks/`` loaded as a module (they are scripts, not a package), to test its helpers."""
+    spec = importlib.util.spec_from_file_location(module_name or Path(filename).stem, REPO / "benchmarks" / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bayeskit._checks import positive_int
 from bayeskit.runner import progress_enabled, target_of
 from bayeskit.target import Target
 
@@ -75,9 +76,8 @@ def find_modes(model_or_target, *model_args, num_restarts: int = 32, num_steps: 
     progress : bool
         A progress bar (off under ``CI``), as for every engine.
     """
-    for name, value in [("num_restarts", num_restarts), ("num_steps", num_steps)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    positive_int("num_restarts", num_restarts)
+    positive_int("num_steps", num_steps)
     if num_points is not None and not 1 <= num_points <= num_restarts:
         raise ValueError(f"num_points must lie in 1..num_restarts={num_restarts}, got {num_points!r}")
     if not lr > 0:

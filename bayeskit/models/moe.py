@@ -365,8 +365,8 @@ class MixtureOfExperts:
         missing = [name for name in self.sites if name not in posterior.samples]
         if missing:
             raise ValueError(f"the posterior lacks the sites {missing} of {self!r}; was it sampled from this model?")
-        params = {name: value.reshape(-1, *value.shape[2:]) for name, value in posterior.samples.items()}
-        return self._with_derived(params), posterior.weights.reshape(-1).log()
+        params, log_weights = posterior.flat_draws()
+        return self._with_derived(params), log_weights
 
     def _draws_like(self, posterior, x):
         """:meth:`draws` moved to ``x``'s device and dtype, for evaluating the model at ``x``."""

@@ -1,6 +1,5 @@
 """The fractional-SDE benchmark runs (quick mode), and its torchsde transcription is bayeskit's augmented SDE."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 pytest.importorskip("torchsde")
 
@@ -21,10 +20,7 @@ Z_MAX = 5.0
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("fractional_sde", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fractional_sde.py")
 
 
 @pytest.mark.slow

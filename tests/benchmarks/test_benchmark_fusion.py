@@ -1,19 +1,15 @@
 """The Fusion benchmark runs end to end in quick mode and its table holds what it claims."""
 
-import importlib.util
 import json
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 BENCHMARK = REPO / "benchmarks" / "fusion.py"
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("fusion_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fusion.py", "fusion_benchmark")
 
 
 @pytest.mark.slow

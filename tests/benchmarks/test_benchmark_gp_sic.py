@@ -1,6 +1,5 @@
 """The DKLGP vs GPyTorch SVGP / VNNGP benchmark runs (quick mode), and its metrics are the ones it claims."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import FULL, REPO
+from conftest import FULL, REPO, load_benchmark
 
 BENCHMARK = REPO / "benchmarks" / "gp_sic_vs_gpytorch.py"
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -18,10 +17,7 @@ DKLGP_RMSE_FRACTION = 0.6
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("gp_sic_vs_gpytorch", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gp_sic_vs_gpytorch.py")
 
 
 def test_simulation_kernel_and_metrics():

@@ -1,6 +1,5 @@
 """The mirrored-Stein benchmark runs (quick mode) and reports every row; its helpers are right."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -8,16 +7,13 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 BENCHMARK = REPO / "benchmarks" / "mirrored_stein.py"
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("mirrored_stein", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mirrored_stein.py")
 
 
 @pytest.mark.slow

@@ -1,13 +1,12 @@
 """The SG-MCMC benchmark runs (quick mode), and bayeskit's predictive accuracy matches BlackJAX's and posteriors'."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 BENCHMARK = REPO / "benchmarks" / "sgmcmc_vs_peers.py"
 
@@ -49,9 +48,7 @@ def test_sgmcmc_benchmark_quick_mode(tmp_path):
 
 
 def test_sgmcmc_benchmark_helpers():
-    spec = importlib.util.spec_from_file_location("sgmcmc_vs_peers", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("sgmcmc_vs_peers.py")
     x_train, y_train, x_test, y_test = module.make_data("synthetic", rows=200, features=5)
     assert x_train.shape == (160, 5) and x_test.shape == (40, 5) and set(y_train.tolist()) <= {0.0, 1.0}
     shapes = module.layer_shapes(5, 7)

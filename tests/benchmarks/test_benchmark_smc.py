@@ -1,6 +1,5 @@
 """The SMC benchmark runs (quick mode), and bayeskit's PaRIS and filter estimates agree with particles' and Pyro's."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 BENCHMARK = REPO / "benchmarks" / "smc_vs_particles.py"
 
@@ -21,10 +20,7 @@ Z_MAX = 5.0
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("smc_vs_particles", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("smc_vs_particles.py")
 
 
 @pytest.mark.slow

@@ -1,12 +1,11 @@
 """The benchmark scripts run (quick mode), and bayeskit's answer agrees with NUTS there."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 pytest.importorskip("numpyro")
 BENCHMARKS = REPO / "benchmarks"
@@ -26,8 +25,6 @@ def test_svgd_benchmark_quick_mode(tmp_path):
 
 
 def test_benchmark_module_imports():
-    spec = importlib.util.spec_from_file_location("svgd_vs_peers", BENCHMARKS / "svgd_vs_peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("svgd_vs_peers.py")
     x, y = module.make_data(50, 3)
     assert x.shape == (50, 3) and set(y.tolist()) <= {0.0, 1.0}
