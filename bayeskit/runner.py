@@ -1,8 +1,8 @@
 """The one loop every engine and every ``fit()`` runs through.
 
-An engine supplies the math as a functional core (``init`` and ``step`` over
-a small state of tensors); :class:`Engine.run` adds the bookkeeping once for
-all of them: seeding, a progress bar, the per-step trace, callbacks,
+An engine supplies the math as an :class:`Algorithm` (``init`` and a pure
+``step`` over a small state of tensors) and runs on a :class:`Problem`;
+:func:`run_loop` adds the bookkeeping once for all of them: seeding, a progress bar, the per-step trace, callbacks,
 non-finite detection that names the step and the site, and checkpoints that
 resume to exactly the result of an uninterrupted run.
 """
@@ -14,7 +14,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -25,7 +25,8 @@ from bayeskit.target import Target
 
 CHECKPOINT_FORMAT = "bayeskit-checkpoint/1"
 
-__all__ = ["Engine", "Fit", "NonFiniteError", "progress_enabled", "versions"]
+__all__ = ["Algorithm", "Engine", "Fit", "NonFiniteError", "Parameters", "Problem", "progress_enabled", "run_loop",
+           "versions"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -102,22 +103,235 @@ class _Trace:
         return {name: torch.stack(values) for name, values in self.columns.items() if values}
 
 
-class Engine:
-    """Base class: binds hyperparameters and runs the shared loop.
+class Problem(Protocol):
+    """What a run operates on: a :class:`~bayeskit.Target`, observations, or parameters to optimise.
 
-    Subclasses implement the functional core and the conversions:
+    ``device`` and ``dtype`` place the run, ``description`` names it in
+    ``meta["target"]``, and ``nonfinite_sites(values, scores)`` names the
+    sites whose values or scores are NaN or inf (either may be None).
+    """
 
-    - ``init_state(target, generator) -> State``
-    - ``step(state, target) -> (State, info)`` where ``info`` maps names to
-      0-d tensors recorded in ``Posterior.trace``; ``info["finite"]`` (bool)
-      says whether the new state is finite.
-    - ``state_dict(state) -> dict`` and ``load_state(target, dict) -> State``
-      (tensors and plain Python values only: checkpoints load with
+    device: torch.device
+    dtype: torch.dtype
+    description: str
+
+    def nonfinite_sites(self, values=None, scores=None) -> list[str]: ...
+
+
+class Algorithm(Protocol):
+    """The math of an engine, as a functional core the one loop drives (after BlackJAX and optax).
+
+    - ``init(problem, generator) -> State``: the starting state; ``generator``
+      is a CPU generator seeded with the run's seed.
+    - ``step(state, problem, generator) -> (State, info)``: one step. It
+      returns a new state and leaves its input unchanged; ``info`` maps names
+      to 0-d tensors recorded in ``Posterior.trace``, and ``info["finite"]``
+      (bool) says whether the new state is finite. ``generator`` is the run's
+      random stream on ``problem.device`` (torch's default generator there,
+      seeded and forked from the caller's, saved in checkpoints), so draws made
+      with or without it come from the same stream.
+    - ``state_dict(state) -> dict`` and ``load_state(problem, dict) -> State``:
+      tensors and plain Python values only (checkpoints load with
       ``torch.load(weights_only=True)``).
-    - ``to_posterior(state, target, trace, meta) -> Posterior``
-    - ``finite_values(state, target) -> (z, score)`` used to name culprit sites.
-    - ``settings() -> dict`` of JSON-serialisable hyperparameters.
-    - optionally ``snapshot(state) -> dict``, a cheap copy for recovery.
+    - ``to_posterior(state, problem, trace, meta) -> Posterior``.
+    - ``finite_values(state, problem) -> (values, scores)``: what
+      ``problem.nonfinite_sites`` reads to name the culprit sites.
+    - ``settings(problem) -> dict``: JSON-serialisable hyperparameters, with
+      any that follow from the problem (the mirror map each site got).
+    - ``name``: shown on the progress bar and in messages; ``engine_name``
+      (optional): ``meta["engine"]`` when a private class runs for a public one.
+    """
+
+    name: str
+
+    def init(self, problem, generator): ...
+
+    def step(self, state, problem, generator): ...
+
+    def state_dict(self, state) -> dict: ...
+
+    def load_state(self, problem, saved: dict): ...
+
+    def to_posterior(self, state, problem, trace, meta) -> Posterior: ...
+
+    def finite_values(self, state, problem): ...
+
+    def settings(self, problem) -> dict: ...
+
+
+def run_loop(algorithm: Algorithm, problem: Problem, *, num_steps: int, seed: int | None = None,
+             progress: bool = True, callback: Callable[[int, Any, dict], bool | None] | None = None,
+             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
+             resume: bool = False) -> Posterior:
+    """Run ``algorithm`` on ``problem`` for ``num_steps`` steps and return a :class:`~bayeskit.Posterior`.
+
+    The only loop: every engine, ``Fit``, Fusion, ``find_modes`` and every
+    model's ``fit()`` run through it, so all of them get the same seeding,
+    progress bar, per-step trace, callbacks, checkpoints that resume
+    bit-exactly, stops on non-finite values that name the step and the site,
+    one ``meta`` schema and the health report.
+
+    Parameters
+    ----------
+    num_steps : int
+        Total number of steps (a resumed run continues up to this count).
+    seed : int, optional
+        Seeds every random draw of the run. The same seed gives bit-identical
+        results on CPU. ``None`` draws a seed, recorded in ``meta["seed"]``.
+        The caller's global RNG state is left untouched.
+    progress : bool
+        Show a tqdm progress bar (never under ``CI``).
+    callback : callable, optional
+        ``callback(step, state, info)``; return True to stop early.
+    checkpoint : path, optional
+        File to save the state to every ``checkpoint_every`` steps and at the
+        end. With ``resume=True`` and an existing file, the run continues from
+        it and ends exactly as an uninterrupted run would.
+    """
+    _check_run_arguments(num_steps, seed, checkpoint_every)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+    devices = [problem.device] if problem.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        saved = _load_checkpoint(checkpoint, algorithm.name) if resume else None
+        if saved is None:
+            state = algorithm.init(problem, torch.Generator().manual_seed(seed))
+            start, trace, elapsed = 0, _Trace(), 0.0
+        else:
+            if saved["seed"] != seed:
+                raise ValueError(f"checkpoint {checkpoint} was written with seed {saved['seed']}, "
+                                 f"but this run has seed {seed}; pass seed={saved['seed']} to resume")
+            state = algorithm.load_state(problem, saved["state"])
+            start, trace, elapsed = saved["step"], _Trace(saved["trace"]), saved["wall_time_s"]
+            _set_rng_states(saved["rng"], devices)
+        run = _Run(algorithm, problem, seed=seed, num_steps=num_steps, devices=devices, elapsed=elapsed)
+        return run.loop(state, start, trace, progress=progress, callback=callback, checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every)
+
+
+class _Run:
+    """One call of :func:`run_loop`: the loop and the bookkeeping it needs for messages and ``meta``."""
+
+    def __init__(self, algorithm, problem, *, seed, num_steps, devices, elapsed):
+        self.algorithm, self.problem, self.seed, self.num_steps = algorithm, problem, seed, num_steps
+        self.devices, self.elapsed, self.began = devices, elapsed, time.perf_counter()
+        self.generator = (torch.cuda.default_generators[problem.device.index or 0] if devices
+                          else torch.default_generator)
+
+    def loop(self, state, start, trace, *, progress, callback, checkpoint, checkpoint_every):
+        from tqdm.auto import tqdm
+
+        algorithm, problem = self.algorithm, self.problem
+        # On CPU a finiteness check costs nothing; on a GPU it is a host sync,
+        # so check in windows and keep the last state known to be finite.
+        window = 1 if problem.device.type == "cpu" else 50
+        last_good, last_good_step = self.snapshot(state), start
+        bar = tqdm(total=self.num_steps, initial=start, desc=algorithm.name,
+                   disable=not progress_enabled(progress), dynamic_ncols=True, leave=False)
+        step = start
+        try:
+            for step in range(start + 1, self.num_steps + 1):
+                try:
+                    state, info = algorithm.step(state, problem, self.generator)
+                except (ValueError, RuntimeError) as error:
+                    # Say where it broke: errors from inside the model or torch name no step.
+                    error.args = (f"{algorithm.name} step {step}: {error.args[0] if error.args else error}",
+                                  *error.args[1:])
+                    raise
+                trace.append(info)
+                if step % window == 0 or step == self.num_steps:
+                    self.check_finite(trace, state, last_good, last_good_step, step)
+                    last_good, last_good_step = self.snapshot(state), step
+                if bar.disable is False and (step % 10 == 0 or step == self.num_steps):
+                    bar.set_postfix(_postfix(info), refresh=False)
+                bar.update(1)
+                if checkpoint is not None and (step % checkpoint_every == 0 or step == self.num_steps):
+                    _save_checkpoint(checkpoint, algorithm.name, self.seed, step, algorithm.state_dict(state),
+                                     trace, self.wall_time(), self.devices)
+                if callback is not None and callback(step, state, info):
+                    break
+        finally:
+            bar.close()
+        posterior = algorithm.to_posterior(state, problem, trace.stacked(), self.meta(step))
+        record_particle_spread(posterior, problem)
+        health.report(posterior, stacklevel=5)
+        return posterior
+
+    def snapshot(self, state):
+        """The state to fall back on if a later step is not finite.
+
+        A pure step never changes its input, so the state itself serves; an
+        algorithm whose step updates something in place (see
+        :class:`InPlaceSteps`) supplies ``snapshot`` and ``restore``.
+        """
+        snapshot = getattr(self.algorithm, "snapshot", None)
+        return state if snapshot is None else snapshot(state)
+
+    def check_finite(self, trace, state, last_good, last_good_step, step):
+        flags = trace.columns.get("finite")
+        if flags is None:
+            return
+        window = torch.stack(flags[last_good_step:])  # entry i of the trace is step i + 1
+        if bool(window.all()):
+            return
+        algorithm, problem = self.algorithm, self.problem
+        first_bad = last_good_step + 1 + int((~window).nonzero()[0])
+        sites = problem.nonfinite_sites(*algorithm.finite_values(state, problem))
+        restore = getattr(algorithm, "restore", None)
+        good_state = last_good if restore is None else restore(problem, last_good)
+        good_trace = {k: torch.stack(v[:last_good_step]) for k, v in trace.columns.items() if last_good_step}
+        posterior = algorithm.to_posterior(good_state, problem, good_trace,
+                                           {**self.meta(step), "steps_completed": last_good_step,
+                                            "stopped": "non-finite"})
+        where = f"site(s) {', '.join(repr(s) for s in sites)}" if sites else "the log density"
+        raise NonFiniteError(
+            f"{algorithm.name}: non-finite values at step {first_bad} in {where}. Lower the step size, "
+            "check the model's supports and priors, or start from other points. The posterior of the "
+            f"last finite state (step {last_good_step}) is on this error's .posterior.",
+            step=first_bad, sites=sites, posterior=posterior)
+
+    def wall_time(self) -> float:
+        return self.elapsed + time.perf_counter() - self.began
+
+    def meta(self, step) -> dict:
+        algorithm, problem = self.algorithm, self.problem
+        return {
+            "engine": getattr(algorithm, "engine_name", None) or type(algorithm).__name__,
+            "settings": algorithm.settings(problem),
+            "seed": self.seed,
+            "num_steps": self.num_steps,
+            "steps_completed": step,
+            "wall_time_s": self.wall_time(),
+            "device": str(problem.device),
+            "dtype": str(problem.dtype).replace("torch.", ""),
+            "target": problem.description,
+            "versions": versions(),
+        }
+
+
+class InPlaceSteps:
+    """For an algorithm whose ``step`` updates part of its state in place (``Fit``'s parameters).
+
+    The loop then keeps a deep copy of the last finite state (``snapshot``)
+    and rebuilds a state from it (``restore``) if a later step is not finite.
+    An engine whose state holds a large append-only buffer can override
+    ``snapshot`` to share the buffer instead of copying it.
+    """
+
+    def snapshot(self, state) -> dict:
+        return _clone(self.state_dict(state))
+
+    def restore(self, problem, saved: dict):
+        return self.load_state(problem, saved)
+
+
+class Engine:
+    """Base class of the public engines: binds a model (or Target) and hyperparameters; ``run`` runs the loop.
+
+    A subclass implements the :class:`Algorithm` methods; ``run`` builds the
+    Target from the model's arguments and hands both to :func:`run_loop`.
+    Nothing in ``run`` changes the engine, so one engine serves many runs.
     """
 
     #: Shown on the progress bar and in messages.
@@ -131,171 +345,25 @@ class Engine:
                             f"got {type(model_or_target).__name__}")
         self.model_or_target = model_or_target
 
-    # ------------------------------------------------------------ to implement
-    def init_state(self, target, generator):
-        raise NotImplementedError
-
-    def step(self, state, target):
-        raise NotImplementedError
-
-    def state_dict(self, state) -> dict:
-        raise NotImplementedError
-
-    def load_state(self, target, saved: dict):
-        raise NotImplementedError
-
-    def to_posterior(self, state, target, trace, meta) -> Posterior:
-        raise NotImplementedError
-
-    def finite_values(self, state, target):
-        raise NotImplementedError
-
-    def settings(self) -> dict:
+    def settings(self, problem) -> dict:
         return {}
 
-    def snapshot(self, state) -> dict:
-        """A copy of the state that later steps cannot change, kept to recover from non-finite values.
-
-        The default deep-copies ``state_dict``; an engine whose state holds a
-        large append-only buffer (kept draws) can share it instead.
-        """
-        return _clone(self.state_dict(state))
-
-    # ------------------------------------------------------------------ target
     def target(self, *model_args, **model_kwargs) -> Target:
         """The Target this engine runs on, built from the model and its arguments."""
         return target_of(self.model_or_target, *model_args, **model_kwargs)
 
-    # ---------------------------------------------------------------------- run
     def run(self, *model_args, num_steps: int = 1000, seed: int | None = None, progress: bool = True,
             callback: Callable[[int, Any, dict], bool | None] | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
             resume: bool = False, **model_kwargs) -> Posterior:
         """Run the engine and return a :class:`~bayeskit.Posterior`.
 
-        Parameters
-        ----------
-        *model_args, **model_kwargs
-            Passed to the model (not when the engine was built on a Target).
-        num_steps : int
-            Total number of steps (a resumed run continues up to this count).
-        seed : int, optional
-            Seeds every random draw of the run (initial points, minibatches).
-            The same seed gives bit-identical results on CPU. ``None`` draws a
-            seed, recorded in ``meta["seed"]``. The caller's global RNG state
-            is left untouched.
-        progress : bool
-            Show a tqdm progress bar (never under ``CI``).
-        callback : callable, optional
-            ``callback(step, state, info)``; return True to stop early.
-        checkpoint : path, optional
-            File to save the state to every ``checkpoint_every`` steps and at
-            the end. With ``resume=True`` and an existing file, the run
-            continues from it and ends exactly as an uninterrupted run would.
+        ``*model_args`` and ``**model_kwargs`` go to the model (not when the
+        engine was built on a Target); the rest are :func:`run_loop`'s.
         """
-        _check_run_arguments(num_steps, seed, checkpoint_every)
-        target = self.target(*model_args, **model_kwargs)
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()))
-        devices = [target.device] if target.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            saved = _load_checkpoint(checkpoint, self.name) if resume else None
-            if saved is None:
-                state = self.init_state(target, torch.Generator().manual_seed(seed))
-                start, trace, elapsed = 0, _Trace(), 0.0
-            else:
-                if saved["seed"] != seed:
-                    raise ValueError(f"checkpoint {checkpoint} was written with seed {saved['seed']}, "
-                                     f"but this run has seed {seed}; pass seed={saved['seed']} to resume")
-                state = self.load_state(target, saved["state"])
-                start, trace, elapsed = saved["step"], _Trace(saved["trace"]), saved["wall_time_s"]
-                _set_rng_states(saved["rng"], devices)
-            return self._loop(target, state, start, trace, elapsed, num_steps=num_steps, seed=seed,
-                              progress=progress, callback=callback, checkpoint=checkpoint,
-                              checkpoint_every=checkpoint_every, devices=devices)
-
-    def _loop(self, target, state, start, trace, elapsed, *, num_steps, seed, progress, callback,
-              checkpoint, checkpoint_every, devices):
-        from tqdm.auto import tqdm
-
-        # On CPU a finiteness check costs nothing; on a GPU it is a host sync,
-        # so check in windows and keep the last state known to be finite.
-        window = 1 if target.device.type == "cpu" else 50
-        last_good, last_good_step = self.snapshot(state), start
-        bar = tqdm(total=num_steps, initial=start, desc=self.name, disable=not progress_enabled(progress),
-                   dynamic_ncols=True, leave=False)
-        began, step = time.perf_counter(), start
-        try:
-            for step in range(start + 1, num_steps + 1):
-                try:
-                    state, info = self.step(state, target)
-                except (ValueError, RuntimeError) as error:
-                    # Say where it broke: errors from inside the model or torch name no step.
-                    error.args = (f"{self.name} step {step}: {error.args[0] if error.args else error}",
-                                  *error.args[1:])
-                    raise
-                trace.append(info)
-                if step % window == 0 or step == num_steps:
-                    self._check_finite(trace, state, target, last_good, last_good_step, step,
-                                       # called at once (it only builds meta if the check fails)
-                                       meta=lambda: self._meta(target, seed, step, num_steps, elapsed,  # noqa: B023
-                                                               began))
-                    last_good, last_good_step = self.snapshot(state), step
-                if bar.disable is False and (step % 10 == 0 or step == num_steps):
-                    bar.set_postfix(_postfix(info), refresh=False)
-                bar.update(1)
-                if checkpoint is not None and (step % checkpoint_every == 0 or step == num_steps):
-                    _save_checkpoint(checkpoint, self.name, seed, step, self.state_dict(state), trace,
-                                     elapsed + time.perf_counter() - began, devices)
-                if callback is not None and callback(step, state, info):
-                    break
-        finally:
-            bar.close()
-        meta = self._meta(target, seed, step, num_steps, elapsed, began)
-        posterior = self.to_posterior(state, target, trace.stacked(), meta)
-        record_particle_spread(posterior, target)
-        health.report(posterior, stacklevel=4)
-        return posterior
-
-    def _check_finite(self, trace, state, target, last_good, last_good_step, step, meta):
-        flags = trace.columns.get("finite")
-        if flags is None:
-            return
-        window = torch.stack(flags[last_good_step:])  # entry i of the trace is step i + 1
-        if bool(window.all()):
-            return
-        first_bad = last_good_step + 1 + int((~window).nonzero()[0])
-        z, score = self.finite_values(state, target)
-        sites = target.nonfinite_sites(z, score)
-        good_state = self.load_state(target, last_good)
-        good_trace = {k: torch.stack(v[:last_good_step]) for k, v in trace.columns.items() if last_good_step}
-        posterior = self.to_posterior(good_state, target, good_trace,
-                                      {**meta(), "steps_completed": last_good_step, "stopped": "non-finite"})
-        where = f"site(s) {', '.join(repr(s) for s in sites)}" if sites else "the log density"
-        raise NonFiniteError(
-            f"{self.name}: non-finite values at step {first_bad} in {where}. Lower the step size, "
-            "check the model's supports and priors, or start from other points. The posterior of the "
-            f"last finite state (step {last_good_step}) is on this error's .posterior.",
-            step=first_bad, sites=sites, posterior=posterior)
-
-    def target_settings(self, target) -> dict:
-        """Settings that follow from the target (e.g. the mirror map each site got); none by default."""
-        return {}
-
-    def _meta(self, target, seed, step, num_steps, elapsed, began) -> dict:
-        return {
-            "engine": self.engine_name or type(self).__name__,
-            "settings": {**self.settings(), **self.target_settings(target)},
-            "seed": seed,
-            "num_steps": num_steps,
-            "steps_completed": step,
-            "wall_time_s": elapsed + time.perf_counter() - began,
-            "device": str(target.device),
-            "dtype": str(target.dtype).replace("torch.", ""),
-            "target": target.description,
-            "versions": versions(),
-        }
+        return run_loop(self, self.target(*model_args, **model_kwargs), num_steps=num_steps, seed=seed,
+                        progress=progress, callback=callback, checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every, resume=resume)
 
 
 class Parameters:
@@ -311,7 +379,7 @@ class Parameters:
                 or (value.grad is not None and not bool(torch.isfinite(value.grad).all()))]
 
 
-class Fit(Engine):
+class Fit(InPlaceSteps, Engine):
     """Minimise a loss over parameters on the shared loop: the engine behind the models' ``fit()`` methods.
 
     Each step evaluates ``loss(step)`` (0-based step index), back-propagates
@@ -358,13 +426,13 @@ class Fit(Engine):
             raise TypeError(f"{self.name}.run takes no model arguments: the loss closes over its data")
         return Parameters(self.parameters, self.name)
 
-    def settings(self):
+    def settings(self, problem):
         return {"name": self.name, "optimizer": type(self.optimizer).__name__, "lr": self.lr}
 
-    def init_state(self, target, generator):
+    def init(self, problem, generator):
         return {"step": 0}
 
-    def step(self, state, target):
+    def step(self, state, problem, generator):
         self.optimizer.zero_grad(set_to_none=True)
         value = self.loss(state["step"])
         value, info = value if isinstance(value, tuple) else (value, {})
@@ -372,26 +440,25 @@ class Fit(Engine):
         finite = torch.isfinite(value)
         if bool(finite):  # a NaN gradient step would spoil the last good parameters
             self.optimizer.step()
-        state["step"] += 1
         finite = finite & torch.stack([torch.isfinite(p).all() for p in self.parameters.values()]).all()
-        return state, {"loss": value.detach(), **{k: torch.as_tensor(v).detach() for k, v in info.items()},
-                       "finite": finite}
+        recorded = {k: torch.as_tensor(v).detach() for k, v in info.items()}
+        return {"step": state["step"] + 1}, {"loss": value.detach(), **recorded, "finite": finite}
 
     def state_dict(self, state):
         return {"step": state["step"], "parameters": {k: v.detach() for k, v in self.parameters.items()},
                 "optimizer": self.optimizer.state_dict()}
 
-    def load_state(self, target, saved):
+    def load_state(self, problem, saved):
         with torch.no_grad():
             for key, value in saved["parameters"].items():
                 self.parameters[key].copy_(value)
         self.optimizer.load_state_dict(_clone(saved["optimizer"]))
         return {"step": int(saved["step"])}
 
-    def finite_values(self, state, target):
+    def finite_values(self, state, problem):
         return None, None
 
-    def to_posterior(self, state, target, trace, meta):
+    def to_posterior(self, state, problem, trace, meta):
         values = {key: value.detach().unsqueeze(0).unsqueeze(0) for key, value in self.parameters.items()}
         return Posterior(values, trace=trace, meta={**meta, "sample_kind": "point"})
 

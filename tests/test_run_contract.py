@@ -160,11 +160,11 @@ def test_a_step_leaves_its_input_state_unchanged(name):
     engine, args = make(), arguments()["args"]
     target = engine.target(*args)
     torch.manual_seed(0)
-    state = engine.init_state(target, torch.Generator().manual_seed(0))
+    state = engine.init(target, torch.Generator().manual_seed(0))
     for _ in range(2):  # a state that has been through a step, as the loop passes it on
-        state, _ = engine.step(state, target)
+        state, _ = engine.step(state, target, torch.default_generator)
     before = copy.deepcopy(engine.state_dict(state))
-    engine.step(state, target)
+    engine.step(state, target, torch.default_generator)
     after = engine.state_dict(state)
     assert _equal(before, after), f"{name}.step changed the state it was given"
 

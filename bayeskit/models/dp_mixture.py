@@ -148,17 +148,17 @@ class _VariationalEM(Engine):
     def target(self):
         return Parameters({"responsibilities": self.resp}, self.name)
 
-    def settings(self):
+    def settings(self, problem):
         return {"concentration": self.alpha, "covariance": "diag" if self.diag else "full"}
 
-    def init_state(self, target, generator):
+    def init(self, target, generator):
         return {"resp": self.resp.clone()}
 
     def posterior(self, resp):
         order = torch.argsort(resp.sum(0), descending=True, stable=True)  # big sticks first: a tighter bound
         return _posterior(self.x, resp[:, order], self.nu0, self.alpha, self.diag)
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         log_rho = _log_rho(self.x, self.posterior(state["resp"]), self.diag)
         log_norm = torch.logsumexp(log_rho, -1)
         resp = (log_rho - log_norm[:, None]).exp()

@@ -49,7 +49,7 @@ from bayeskit.inference.sgmcmc.kernels import (
 from bayeskit.inference.sgmcmc.schedules import make_schedule
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain, pointwise_log_likelihood
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine
+from bayeskit.runner import Engine, InPlaceSteps
 
 __all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "SGMCMCRun"]
 
@@ -72,7 +72,7 @@ class SGMCMCRun:
     adaptation: dict | None = None  # the warm-up's estimates when step_size=None (see WarmupAdaptation)
 
 
-class SGMCMC(Engine):
+class SGMCMC(InPlaceSteps, Engine):
     """Base class of the SG-MCMC engines; subclasses choose the kernel.
 
     Parameters
@@ -156,7 +156,7 @@ class SGMCMC(Engine):
     def make_kernel(self):
         raise NotImplementedError
 
-    def settings(self):
+    def settings(self, problem):
         kernel = self.kernel.settings()
         if self.step_size is None:  # the kernel's bound values are placeholders until the warm-up ends
             kernel.update({name: "adapted" for name in self.adapted_settings()})
@@ -269,14 +269,14 @@ class SGMCMC(Engine):
                              f"got {tuple(start.shape)}")
         return start
 
-    def init_state(self, target, generator):
+    def init(self, target, generator):
         position = self._start(target, generator)
         draws = position.new_zeros(self.num_chains, self.plan.num_draws, target.dim)
         return SGMCMCRun(self.kernel.init(position), draws, position.new_zeros(self.num_chains,
                                                                               self.plan.num_draws), 0, 0,
                          {} if self.step_size is None else None)
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         step_size, noise, collect = self.steps[state.step]
         log_prob, score = log_prob_and_score_per_chain(target, state.kernel_state.position, self.share_minibatches)
         if state.adaptation is None:

@@ -447,9 +447,9 @@ class FederatedSGMCMC(SGMCMC):
     def num_rounds(self) -> int:
         return math.ceil(self.plan.num_steps / self.local_steps)
 
-    def settings(self):
+    def settings(self, problem):
         probs = None if self.shard_probs is None else self.shard_probs.tolist()
-        return {**super().settings(), "kernel": getattr(self.kernel, "name", type(self.kernel).__name__),
+        return {**super().settings(problem), "kernel": getattr(self.kernel, "name", type(self.kernel).__name__),
                 "local_steps": self.local_steps, "shard_probs": probs, "backend": self.backend}
 
     # ------------------------------------------------------------ run
@@ -488,7 +488,7 @@ class FederatedSGMCMC(SGMCMC):
         return None
 
     # ------------------------------------------------------------ functional core
-    def init_state(self, federation, generator):
+    def init(self, federation, generator):
         position = self._start(federation.first, generator)
         base_seed = int(torch.randint(0, 2**62, (), generator=generator))
         draws = position.new_zeros(self.num_chains, self.plan.num_draws, federation.dim)
@@ -522,7 +522,7 @@ class FederatedSGMCMC(SGMCMC):
                 derived_seed(state.base_seed, _CLIENT_STREAM, state.round, shard), self.share_minibatches))
         return work
 
-    def step(self, state, federation):
+    def step(self, state, federation, generator):
         """One round: assign chains, run every client's local steps, gather."""
         assignment = self.assign_chains(state, federation)
         work = self.client_rounds(state, federation, assignment)
@@ -679,8 +679,8 @@ class FSGLD(FederatedSGMCMC):
         self.surrogate_chains = positive_int("surrogate_chains",
                                               self.num_chains if surrogate_chains is None else surrogate_chains)
 
-    def settings(self):
-        return {**super().settings(), "surrogate_covariance": self.surrogate_covariance,
+    def settings(self, problem):
+        return {**super().settings(problem), "surrogate_covariance": self.surrogate_covariance,
                 "surrogate_steps": self.surrogate_steps, "surrogate_step_size": self.surrogate_step_size,
                 "surrogate_chains": self.surrogate_chains}
 

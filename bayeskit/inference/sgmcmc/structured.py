@@ -436,9 +436,9 @@ class StructuredSGMCMC(SGMCMC):
             raise TypeError(f"kernel_options {sorted(self.kernel_options)} do not fit kernel "
                             f"{self.kernel_name!r}: {error}") from None
 
-    def settings(self):
+    def settings(self, problem):
         dropout = self.dropout if isinstance(self.dropout, float) else f"beta({self.dropout[1]}, {self.dropout[2]})"
-        return {**super().settings(), "kernel": getattr(self.kernel, "name", type(self.kernel).__name__),
+        return {**super().settings(problem), "kernel": getattr(self.kernel, "name", type(self.kernel).__name__),
                 "groups": None if self.groups is None else [_label(items) for items in self.groups],
                 "buffer_size": self.buffer_size, "buffer_every": self.buffer_every,
                 "share_history": self.share_history,
@@ -453,9 +453,9 @@ class StructuredSGMCMC(SGMCMC):
         return layout
 
     # ------------------------------------------------------------ functional core
-    def init_state(self, target, generator):
+    def init(self, target, generator):
         layout = self._layout(target)
-        run = super().init_state(target, generator)
+        run = super().init(target, generator)
         position = run.kernel_state.position
         buffer = position.new_zeros(self.num_chains, self.buffer_size, target.dim)
         buffer[:, 0] = position  # the history starts with the initial state
@@ -477,7 +477,7 @@ class StructuredSGMCMC(SGMCMC):
                                     dtype=position.dtype)
         return structured_points(position, contexts, group_index, keep_current)
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         step_size, noise, collect = self.steps[state.step]
         position = state.kernel_state.position
         points = self._points(state, position)

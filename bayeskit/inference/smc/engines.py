@@ -11,7 +11,7 @@ from bayeskit._checks import check_series, positive_int
 from bayeskit.inference.smc import core
 from bayeskit.models.ssm import StateSpaceModel
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine
+from bayeskit.runner import Engine, InPlaceSteps
 
 __all__ = ["ParticleFilter", "PaRIS", "ParticleGibbs"]
 
@@ -54,7 +54,7 @@ def _sweep_from(saved: dict) -> core.SweepState | None:
     return None if saved["sweep"] is None else core.SweepState(**saved["sweep"])
 
 
-class ParticleFilter(Engine):
+class ParticleFilter(InPlaceSteps, Engine):
     r"""Particle filter for a :class:`~bayeskit.models.ssm.StateSpaceModel`, many replicates in one batch.
 
     Sequential importance resampling (Gordon, Salmond and Smith 1993) with the
@@ -89,7 +89,7 @@ class ParticleFilter(Engine):
         self.functional, self.num_backward, self.backward = None, 1, "auto"
         self.num_chains = positive_int("num_chains", num_chains)
 
-    def settings(self):
+    def settings(self, problem):
         return {"num_particles": self.num_particles, "num_chains": self.num_chains,
                 "resampling": self.resampling, "ess_threshold": self.ess_threshold,
                 "proposal": "bootstrap" if self.proposal is None else type(self.proposal).__name__,
@@ -106,10 +106,10 @@ class ParticleFilter(Engine):
         return _Observations(self.model, y)
 
     # ------------------------------------------------------------ functional core
-    def init_state(self, target, generator):
+    def init(self, target, generator):
         return None  # the first step processes y_0
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         with torch.no_grad():
             if state is None:
                 sweep = core.initial_state(self.model, target.y[0], self.num_chains, self.num_particles,
@@ -174,11 +174,11 @@ class PaRIS(ParticleFilter):
         core.check_settings(num_particles, num_backward, resampling, ess_threshold, backward, functional)
         self.functional, self.num_backward, self.backward = functional, num_backward, backward
 
-    def settings(self):
-        return {**super().settings(), "num_backward": self.num_backward, "backward": self.backward}
+    def settings(self, problem):
+        return {**super().settings(problem), "num_backward": self.num_backward, "backward": self.backward}
 
 
-class ParticleGibbs(Engine):
+class ParticleGibbs(InPlaceSteps, Engine):
     r"""PaRIS particle Gibbs (PPG; Cardoso, Janati El Idrissi, Le Corff, Moulines and Olsson 2023).
 
     Each iteration runs conditional PaRIS: a particle filter in which the last
@@ -214,7 +214,7 @@ class ParticleGibbs(Engine):
         self.num_warmup = positive_int("num_warmup", num_warmup, minimum=0, allow_none=True)
         self.num_chains = positive_int("num_chains", num_chains)
 
-    def settings(self):
+    def settings(self, problem):
         return {"num_particles": self.num_particles, "num_chains": self.num_chains,
                 "num_backward": self.num_backward, "backward": self.backward, "num_warmup": self.num_warmup,
                 "model": type(self.model).__name__}
@@ -235,12 +235,12 @@ class ParticleGibbs(Engine):
                           reference=reference, record=True, num_backward=self.num_backward,
                           backward=self.backward)
 
-    def init_state(self, target, generator):
+    def init(self, target, generator):
         with torch.no_grad():
             reference = core.backward_trajectory(self._sweep(target.y, None))
         return {"reference": reference, "draws": [], "estimates": []}
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         with torch.no_grad():
             sweep = self._sweep(target.y, state["reference"])
             reference = core.backward_trajectory(sweep)

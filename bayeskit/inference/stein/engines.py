@@ -18,12 +18,12 @@ from bayeskit.inference.stein.kernels import make_kernel
 from bayeskit.inference.stein.mirror_maps import SiteMirrors, dual_target
 from bayeskit.inference.stein.optim import make_optimizer
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine
+from bayeskit.runner import Engine, InPlaceSteps
 
 __all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG"]
 
 
-class SVGD(Engine):
+class SVGD(InPlaceSteps, Engine):
     """Stein variational gradient descent on a Pyro model or a Target.
 
     Parameters
@@ -77,13 +77,13 @@ class SVGD(Engine):
         self.initial_values = init
         self.dims, self.coords = dims, coords
 
-    def settings(self):
+    def settings(self, problem):
         kernel = self.kernel.settings() if hasattr(self.kernel, "settings") else {"kernel": repr(self.kernel)}
         return {"num_particles": self.num_particles, "num_chains": self.num_chains,
                 "optimizer": self.optimizer_name, "lr": self.lr, **kernel}
 
     # functional core, bound
-    def init_state(self, target, generator):
+    def init(self, target, generator):
         shape = (self.num_chains, self.num_particles, target.dim)
         if self.initial_values is None:
             return svgd_init(target.init(shape[0] * shape[1], generator).reshape(shape), self.optimizer_factory)
@@ -96,7 +96,7 @@ class SVGD(Engine):
             raise ValueError("init has values outside the sites' supports (non-finite in unconstrained space)")
         return svgd_init(points.expand(shape), self.optimizer_factory)
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         return svgd_step(state, target, self.kernel)
 
     def finite_values(self, state, target):
@@ -190,17 +190,15 @@ class MirroredSVGD(SVGD):
         """The dual Target: the model's density in the mirror maps' coordinates."""
         return dual_target(self.model_or_target, self.mirror, model_args, model_kwargs)
 
-    def settings(self):
-        return {**super().settings(), "kernel_space": self.kernel_space}
-
-    def target_settings(self, target):
-        return {"mirrors": SiteMirrors(target).settings()}
+    def settings(self, problem):
+        return {**super().settings(problem), "kernel_space": self.kernel_space,
+                "mirrors": SiteMirrors(problem).settings()}
 
     def direction(self, theta, dual_score, geometry):
         phi, bandwidth = msvgd_direction(theta, dual_score, geometry, self.kernel)
         return phi, {"bandwidth": bandwidth.mean()}
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         if self.kernel_space == "dual":
             return svgd_step(state, target, self.kernel)  # SVGD on eta with the dual score
         return mirrored_step(state, target, self.direction)
@@ -263,8 +261,8 @@ class SVMD(MirroredSVGD):
                          kernel=kernel, optimizer=optimizer, lr=lr, init=init, dims=dims, coords=coords)
         self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
 
-    def settings(self):
-        return {**super().settings(), "trace_fraction": self.trace_fraction}
+    def settings(self, problem):
+        return {**super().settings(problem), "trace_fraction": self.trace_fraction}
 
     def direction(self, theta, dual_score, geometry):
         phi, bandwidth, num_eigen = svmd_direction(theta, dual_score, geometry, self.kernel,
@@ -332,9 +330,9 @@ class SVNG(SVGD):
         self.metric, self.fisher_samples, self.damping = metric, fisher_samples, float(damping)
         self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
 
-    def settings(self):
+    def settings(self, problem):
         metric = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "callable")
-        return {**super().settings(), "metric": metric, "fisher_samples": self.fisher_samples,
+        return {**super().settings(problem), "metric": metric, "fisher_samples": self.fisher_samples,
                 "damping": self.damping, "trace_fraction": self.trace_fraction}
 
     def metric_fn(self, target):
@@ -350,11 +348,11 @@ class SVNG(SVGD):
             return sampled(flat, self.fisher_samples).reshape(*z.shape, z.shape[-1])
         return fisher
 
-    def init_state(self, target, generator):
-        base = super().init_state(target, generator)
+    def init(self, target, generator):
+        base = super().init(target, generator)
         return SVNGState(base.particles, base.optimizer)
 
-    def step(self, state, target):
+    def step(self, state, target, generator):
         return svng_step(state, target, self.kernel, self.metric_fn(target), damping=self.damping,
                          trace_fraction=self.trace_fraction)
 

@@ -170,7 +170,7 @@ def test_explicit_settings_are_kept_and_defaults_are_recorded():
     x, y = regression_data(500)
     explicit = SGHMC(regression, step_size=0.01, num_warmup=20, num_samples=10, num_chains=2)
     assert explicit.kernel.friction == pytest.approx(10.0) and explicit.kernel.mass == 1.0
-    assert explicit.settings()["step_size"] == 0.01
+    assert explicit.settings(None)["step_size"] == 0.01
     post = SGHMC(regression, mass=500.0, num_warmup=60, num_samples=10, num_chains=2).run(
         x, y, 50, seed=0, progress=False)
     adapted = post.meta["adapted"]
