@@ -9,6 +9,8 @@ from importlib import resources
 
 import torch
 
+from bayeskit.parallel import resolve_seed
+
 __all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "digits_split", "load_fiji_quakes",
            "load_flight_delays", "load_gbp_usd", "load_radon"]
 
@@ -32,11 +34,11 @@ class Dataset:
         """Covariates centred and scaled to unit standard deviation."""
         return replace(self, x=(self.x - self.x.mean(0)) / self.x.std(0))
 
-    def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """A random train/test split, reproducible from ``seed``."""
+    def split(self, test_fraction: float = 0.2, seed: int | None = None) -> tuple[Dataset, Dataset]:
+        """A random train/test split, reproducible from ``seed`` (None draws one from torch's global RNG)."""
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-        order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(resolve_seed(seed)))
         n_test = int(round(test_fraction * len(self.y)))
         return self.subset(order[n_test:]), self.subset(order[:n_test])
 

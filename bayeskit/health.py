@@ -1,7 +1,7 @@
 """The health report: what in a result not to trust, by parameter, with a fix.
 
-Every engine's run ends with :func:`check`, through the shared runner (and
-Fusion's own end of run). Each finding is one :class:`HealthWarning` and one
+Every engine's run, every fit, Fusion and ``find_modes`` end with :func:`check`,
+through the one loop (:func:`bayeskit.runner.run_loop`). Each finding is one :class:`HealthWarning` and one
 entry of ``posterior.meta["health"]``; :meth:`bayeskit.Posterior.health`
 returns them and :meth:`bayeskit.Posterior.summary` prints them. What is
 checked depends on what the result holds:
@@ -45,6 +45,8 @@ runs use (change an entry to change them for the session).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -117,13 +119,29 @@ def check(posterior, **thresholds) -> list[Finding]:
     return findings
 
 
-def report(posterior, *, stacklevel: int = 2) -> list[Finding]:
-    """Check ``posterior``, store the findings in ``meta["health"]`` and warn once for each."""
+def report(posterior, *, stacklevel: int | None = None) -> list[Finding]:
+    """Check ``posterior``, store the findings in ``meta["health"]`` and warn once for each.
+
+    The warnings point at the user's line: the first frame outside bayeskit
+    (an engine's ``run``, a model's ``fit`` and Fusion reach the loop through
+    different depths), unless ``stacklevel`` (as for :func:`warnings.warn`, from the caller) is given.
+    """
     findings = check(posterior)
     posterior.meta["health"] = [finding.to_dict() for finding in findings]
+    level = _first_frame_outside_the_package() if stacklevel is None else stacklevel + 1
     for finding in findings:
-        warnings.warn(finding.message, HealthWarning, stacklevel=stacklevel + 1)
+        warnings.warn(finding.message, HealthWarning, stacklevel=level)
     return findings
+
+
+def _first_frame_outside_the_package() -> int:
+    """The ``stacklevel``, for a ``warnings.warn`` in the caller of this function, of the first frame whose
+    code is not in bayeskit."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2  # 1: the caller's warnings.warn line itself
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def particle_spread(z: torch.Tensor, scores: torch.Tensor) -> list[float]:

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-__all__ = ["parallel_map", "BACKENDS", "TaskContext", "derived_seed"]
+from bayeskit._checks import positive_int
+
+__all__ = ["parallel_map", "BACKENDS", "TaskContext", "derived_seed", "resolve_seed", "step_generator"]
 
 BACKENDS = ("inprocess", "ray")
 
@@ -101,6 +103,16 @@ class TaskContext:
         torch.set_default_dtype(self.previous_dtype)
 
 
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` checked, or, for None, a seed drawn from torch's global RNG (so ``torch.manual_seed`` fixes it).
+
+    What every public ``seed=None`` means: the call draws a seed and records it
+    (``meta["seed"]`` of what it returns), so any result can be reproduced.
+    """
+    positive_int("seed", seed, minimum=0, allow_none=True)
+    return int(torch.randint(0, 2**31 - 1, ())) if seed is None else int(seed)
+
+
 def derived_seed(base_seed: int, *key: int, bits: int = 63) -> int:
     """A seed for the stream ``key`` of a run (a task, a shard, a tree node), independent of the others.
 
@@ -113,3 +125,13 @@ def derived_seed(base_seed: int, *key: int, bits: int = 63) -> int:
         raise ValueError(f"bits must lie in 1..63, got {bits!r}")
     words = np.random.SeedSequence(base_seed, spawn_key=key).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31 ^ int(words[1])) & ((1 << bits) - 1)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for one step of a run, a function of ``(seed, step)`` only.
+
+    A loss that draws its minibatch or Monte Carlo noise from it makes a fit
+    reproducible and lets a checkpointed run resume exactly (a generator
+    created once and advanced step by step would restart from the seed).
+    """
+    return torch.Generator().manual_seed(derived_seed(seed, step))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bayeskit.parallel import resolve_seed
 from bayeskit.resampling import systematic
 
 __all__ = ["Posterior", "load", "weighted_quantile", "predictive_mixture"]
@@ -492,7 +493,7 @@ class Posterior:
         return labels
 
     # ------------------------------------------------------------ resampling
-    def resample(self, num_draws: int | None = None, seed: int = 0) -> Posterior:
+    def resample(self, num_draws: int | None = None, seed: int | None = None) -> Posterior:
         r"""An unweighted one-chain posterior by systematic resampling.
 
         Draw index :math:`i` is taken for each
@@ -509,9 +510,11 @@ class Posterior:
         ----------
         num_draws : int, optional
             ``K``; all ``chain * draw`` by default.
-        seed : int
-            Seeds the single uniform ``U`` (a ``torch.Generator``), so the result is reproducible.
+        seed : int, optional
+            Seeds the single uniform ``U`` (a ``torch.Generator``), so the result is reproducible;
+            None draws a seed, recorded in ``meta["resampled"]["seed"]``.
         """
+        seed = resolve_seed(seed)
         total = self.num_chains * self.num_draws
         num_draws = total if num_draws is None else num_draws
         if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:

@@ -20,6 +20,7 @@ import torch
 
 from bayeskit import health
 from bayeskit._checks import positive_int
+from bayeskit.parallel import resolve_seed
 from bayeskit.posterior import Posterior
 from bayeskit.target import Target
 
@@ -189,8 +190,7 @@ def run_loop(algorithm: Algorithm, problem: Problem, *, num_steps: int, seed: in
         it and ends exactly as an uninterrupted run would.
     """
     _check_run_arguments(num_steps, seed, checkpoint_every)
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()))
+    seed = resolve_seed(seed)
     devices = [problem.device] if problem.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -255,7 +255,7 @@ class _Run:
             bar.close()
         posterior = algorithm.to_posterior(state, problem, trace.stacked(), self.meta(step))
         record_particle_spread(posterior, problem)
-        health.report(posterior, stacklevel=5)
+        health.report(posterior)
         return posterior
 
     def snapshot(self, state):
@@ -311,12 +311,12 @@ class _Run:
 
 
 class InPlaceSteps:
-    """For an algorithm whose ``step`` updates part of its state in place (``Fit``'s parameters).
+    """For an algorithm whose ``step`` updates something in place: ``Fit``, whose loss trains the
+    parameters of the user's (or the model's) modules where they live.
 
     The loop then keeps a deep copy of the last finite state (``snapshot``)
     and rebuilds a state from it (``restore``) if a later step is not finite.
-    An engine whose state holds a large append-only buffer can override
-    ``snapshot`` to share the buffer instead of copying it.
+    Every engine's step is pure and needs neither.
     """
 
     def snapshot(self, state) -> dict:
@@ -367,19 +367,21 @@ class Engine:
 
 
 class Parameters:
-    """What the shared loop needs of a Target, for a run that optimises parameters instead."""
+    """The :class:`Problem` of a run that optimises named parameters instead of sampling a Target."""
 
     def __init__(self, parameters: dict[str, torch.Tensor], description: str):
         first = next(iter(parameters.values()))
         self.parameters, self.device, self.dtype, self.description = parameters, first.device, first.dtype, description
 
-    def nonfinite_sites(self, z=None, score=None) -> list[str]:
-        return [name for name, value in self.parameters.items()
+    def nonfinite_sites(self, values=None, scores=None) -> list[str]:
+        """Names whose value (``values``, a dict, or else the live parameters) or gradient is not finite."""
+        values = self.parameters if values is None else values
+        return [name for name, value in values.items()
                 if not bool(torch.isfinite(value).all())
                 or (value.grad is not None and not bool(torch.isfinite(value.grad).all()))]
 
 
-class Fit(InPlaceSteps, Engine):
+class Fit(InPlaceSteps):
     """Minimise a loss over parameters on the shared loop: the engine behind the models' ``fit()`` methods.
 
     Each step evaluates ``loss(step)`` (0-based step index), back-propagates
@@ -405,10 +407,17 @@ class Fit(InPlaceSteps, Engine):
         Adam's learning rate when ``optimizer`` is not given.
     name : str
         Shown on the progress bar and stored as ``meta["settings"]["name"]`` (``meta["engine"]`` is "Fit").
+    carry : dict of str to object, optional
+        What else ``loss`` updates from step to step (a running average, an
+        inner optimiser, a reference trajectory): objects with
+        ``state_dict()`` and ``load_state_dict(dict)``, such as an
+        ``nn.Module`` or a ``torch.optim.Optimizer``. They are saved in
+        checkpoints with the parameters, so a resumed fit ends exactly as an
+        uninterrupted one.
     """
 
     def __init__(self, loss, parameters: dict[str, torch.Tensor], *, optimizer=None, lr: float = 1e-3,
-                 name: str = "fit"):
+                 name: str = "fit", carry: dict | None = None):
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         if not isinstance(parameters, dict) or not parameters:
@@ -416,15 +425,22 @@ class Fit(InPlaceSteps, Engine):
         for key, value in parameters.items():
             if not (torch.is_tensor(value) and value.is_leaf and value.requires_grad):
                 raise ValueError(f"parameter {key!r} must be a leaf tensor with requires_grad=True")
-        self.loss, self.parameters, self.name = loss, parameters, name
+        carry = dict(carry or {})
+        for key, value in carry.items():
+            if not (callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))):
+                raise TypeError(f"carry[{key!r}] needs state_dict() and load_state_dict(); got {type(value).__name__}")
+        self.loss, self.parameters, self.name, self.carry = loss, parameters, name, carry
         self.optimizer = (optimizer or (lambda params: torch.optim.Adam(params, lr=lr)))(list(parameters.values()))
         self.lr = lr if optimizer is None else None
-        super().__init__(loss)
 
-    def target(self, *model_args, **model_kwargs):
-        if model_args or model_kwargs:
-            raise TypeError(f"{self.name}.run takes no model arguments: the loss closes over its data")
-        return Parameters(self.parameters, self.name)
+    def run(self, *, num_steps: int = 1000, seed: int | None = None, progress: bool = True,
+            callback: Callable[[int, Any, dict], bool | None] | None = None,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
+            resume: bool = False) -> Posterior:
+        """Take ``num_steps`` optimiser steps on the one loop (:func:`run_loop`'s arguments)."""
+        return run_loop(self, Parameters(self.parameters, self.name), num_steps=num_steps, seed=seed,
+                        progress=progress, callback=callback, checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every, resume=resume)
 
     def settings(self, problem):
         return {"name": self.name, "optimizer": type(self.optimizer).__name__, "lr": self.lr}
@@ -446,13 +462,16 @@ class Fit(InPlaceSteps, Engine):
 
     def state_dict(self, state):
         return {"step": state["step"], "parameters": {k: v.detach() for k, v in self.parameters.items()},
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(),
+                "carry": {key: value.state_dict() for key, value in self.carry.items()}}
 
     def load_state(self, problem, saved):
         with torch.no_grad():
             for key, value in saved["parameters"].items():
                 self.parameters[key].copy_(value)
         self.optimizer.load_state_dict(_clone(saved["optimizer"]))
+        for key, value in saved["carry"].items():
+            self.carry[key].load_state_dict(_clone(value))
         return {"step": int(saved["step"])}
 
     def finite_values(self, state, problem):

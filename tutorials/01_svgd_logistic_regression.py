@@ -28,7 +28,7 @@ from bayeskit.diagnostics import kernel_stein_discrepancy
 from bayeskit.models import logistic_regression
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
-OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
+OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bayeskit-tutorial-"))
 OUT.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]

@@ -38,7 +38,7 @@ from bayeskit.models import bayesian_mlp, logistic_regression
 from bayeskit.models.bnn import predict
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
-OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
+OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bayeskit-tutorial-"))
 OUT.mkdir(parents=True, exist_ok=True)
 # Each step is a few small matrix products (at most 455 x 50). At this size torch's
 # intra-op threads gain nothing, and on a machine busy with other processes they

@@ -39,7 +39,7 @@ from bayeskit.diagnostics import energy_distance
 from bayeskit.inference import SVGD, SVMD, MirroredSVGD
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
-OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
+OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bayeskit-tutorial-"))
 OUT.mkdir(parents=True, exist_ok=True)
 # 50 particles in 20 dimensions make small tensors: on a busy machine extra
 # intra-op threads cost more than they gain.

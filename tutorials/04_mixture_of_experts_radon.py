@@ -41,7 +41,7 @@ from bayeskit.inference import SGHMC, find_modes
 from bayeskit.models import MixtureOfExperts
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
-OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
+OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bayeskit-tutorial-"))
 OUT.mkdir(parents=True, exist_ok=True)
 # The models are small (at most 735 rows, 2 experts, 4 chains): extra intra-op
 # threads cost more than they gain, above all on a busy machine.
@@ -386,7 +386,7 @@ for floor_value, floor_name, axis in zip([0.0, 1.0], ["basement", "first floor"]
     axis.scatter(raw.x[at_floor, 1], data.y[at_floor], s=4, color="0.6", label="homes")
     for name, moe in models.items():
         groups = {"county": torch.full((len(grid),), -1)} if moe.level_sizes else None
-        predictive = moe.predictive(posteriors[name], rows, groups=groups)
+        predictive = moe.predictive(posteriors[name], rows, groups=groups, seed=0)
         mean, sd = predictive.mean, predictive.variance.sqrt()
         line, = axis.plot(grid, mean, label=name + (" (new county)" if groups else ""))
         axis.fill_between(grid, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)

@@ -51,7 +51,7 @@ from bayeskit.inference.smc import MixtureOfExpertsProposal, fit_ssm, smoothed_s
 from bayeskit.models import StochasticVolatility
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
-OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
+OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bayeskit-tutorial-"))
 OUT.mkdir(parents=True, exist_ok=True)
 # Tiny per-step tensor ops (one scalar state, at most a few thousand
 # particles): the thread pool costs more than it saves on small machines.

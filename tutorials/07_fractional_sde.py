@@ -63,7 +63,7 @@ from bayeskit.models.fractional_sde import (
 from bayeskit.models.fractional_sde.linear import fou_covariance, fou_log_likelihood, gaussian_conditional
 
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
-OUT = Path(os.environ.get("BAYESKIT_OUT", tempfile.mkdtemp(prefix="bayeskit-tutorial-")))
+OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bayeskit-tutorial-"))
 OUT.mkdir(parents=True, exist_ok=True)
 # A Python loop over time steps of small tensor operations: one thread is fastest on a small machine.
 torch.set_num_threads(1)

@@ -36,7 +36,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
                          for part in (train, test))
         began = time.perf_counter()
         starts = find_modes(moe, train.x, train.y, num_restarts=16, num_steps=100 if quick else 400, seed=seed,
-                            progress=progress, **fit).starts(4)
+                            progress=progress, **fit).starts(4, seed=seed)
         # A short pilot sets a diagonal mass (its relabelled draws' precision): the posterior is badly scaled.
         pilot = SGHMC(moe, step_size=0.01, num_chains=4, num_warmup=pilot_steps, num_samples=pilot_steps,
                       init=starts).run(train.x, train.y, seed=seed, progress=progress, **fit)

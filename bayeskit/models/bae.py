@@ -46,6 +46,8 @@ import torch.nn.functional as F
 
 from bayeskit._checks import check_finite, check_support, positive_int
 from bayeskit.diagnostics import DistributionalSlicedWasserstein
+from bayeskit.parallel import derived_seed, resolve_seed
+from bayeskit.posterior import predictive_mixture
 from bayeskit.runner import Fit
 
 __all__ = ["BayesianAutoencoder", "VariationalAutoencoder", "LIKELIHOODS"]
@@ -333,17 +335,21 @@ class BayesianAutoencoder(_Autoencoder):
                     num, *shape, dtype=self.prior_loc[name].dtype, device=self.prior_loc[name].device)
                 for name, shape in self.sites.items()}
 
-    def pretrain(self, x, *, num_steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                 progress: bool = True):
+    def pretrain(self, x, *, num_steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
+                 seed: int | None = None, progress: bool = True, callback=None, checkpoint=None,
+                 checkpoint_every: int = 100, resume: bool = False):
         """Fit a plain autoencoder by least squares and centre the prior on its weights.
 
         Minimises the mean squared error between the images and the mean of
         the likelihood at their reconstruction, by Adam on the shared loop
         (:class:`~bayeskit.runner.Fit`); Tran et al. start the prior means
-        there.  Returns the fit's result (``trace["loss"]``).
+        there.  Returns the fit's result (``trace["loss"]``).  ``seed`` (None
+        draws one, recorded in ``meta["seed"]``), ``progress``, ``callback``
+        and the checkpoint arguments are those of :func:`bayeskit.runner.run_loop`.
         """
         x = _check_images(x, self.input_shape, self.likelihood)
         positive_int("num_steps", num_steps)
+        seed = resolve_seed(seed)
         weights = {name: value.to(x).requires_grad_() for name, value in
                    self._point_weights(torch.Generator().manual_seed(seed)).items()}
         batches = _batches(x, batch_size, num_steps, seed)
@@ -354,7 +360,9 @@ class BayesianAutoencoder(_Autoencoder):
             mean = self.observation(self.decode(self.encode(images, single), single)).mean
             return ((mean.squeeze(0) - images) ** 2).mean()
 
-        result = Fit(loss, weights, lr=lr, name="pretrain").run(num_steps=num_steps, seed=seed, progress=progress)
+        result = Fit(loss, weights, lr=lr, name="pretrain").run(
+            num_steps=num_steps, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume)
         with torch.no_grad():
             for name, value in weights.items():
                 self.prior_loc[name].copy_(value)
@@ -363,7 +371,8 @@ class BayesianAutoencoder(_Autoencoder):
     def fit_prior(self, x, *, num_steps: int = 1000, batch_size: int = 64, num_prior_draws: int = 32,
                   num_projections: int = 200, transform_steps: int = 10, diversity: float = 100.0,
                   lr: float = 1e-3, initial_scale: float = math.exp(-3), pretrain_steps: int = 2000,
-                  seed: int = 0, progress: bool = True):
+                  seed: int | None = None, progress: bool = True, callback=None, checkpoint=None,
+                  checkpoint_every: int = 100, resume: bool = False):
         """Learn the prior's means and scales by minimising DSWD to the images ``x``.
 
         Tran et al.'s procedure: pretrain an autoencoder (``pretrain_steps``,
@@ -381,9 +390,14 @@ class BayesianAutoencoder(_Autoencoder):
         Tran et al. use 1000 directions and 30 steps, five to fifteen times
         the cost per batch of these defaults.
         ``x`` should be data set aside for this, not the training set.
-        Returns the result of the fit (``trace["loss"]`` is the DSWD).
+        Returns the result of the fit (``trace["loss"]`` is the DSWD).  ``seed``
+        (None draws one, recorded in ``meta["seed"]``) seeds both phases;
+        ``callback`` and the checkpoint arguments (:func:`bayeskit.runner.run_loop`)
+        apply to the prior's fit, which a resumed run reaches by repeating the
+        (deterministic) pretraining.
         """
         x = _check_images(x, self.input_shape, self.likelihood)
+        seed = resolve_seed(seed)
         for name, value in (("num_steps", num_steps), ("num_prior_draws", num_prior_draws),
                             ("batch_size", batch_size)):
             positive_int(name, value)
@@ -396,8 +410,10 @@ class BayesianAutoencoder(_Autoencoder):
         with torch.no_grad():
             for value in self.prior_log_scale.values():
                 value.fill_(math.log(initial_scale))
-        distance = DistributionalSlicedWasserstein(math.prod(self.input_shape), num_projections=num_projections,
-                                                   diversity=diversity, num_steps=transform_steps)
+        with torch.random.fork_rng():  # the direction network's initial weights, from the seed too
+            torch.manual_seed(derived_seed(seed, 1))
+            distance = DistributionalSlicedWasserstein(math.prod(self.input_shape), num_projections=num_projections,
+                                                       diversity=diversity, num_steps=transform_steps)
         batches = _batches(x, batch_size, num_steps, seed + 1)
 
         def loss(step):
@@ -409,7 +425,11 @@ class BayesianAutoencoder(_Autoencoder):
 
         parameters = {f"{group}.{name}": value for group, values in
                       (("loc", self.prior_loc), ("log_scale", self.prior_log_scale)) for name, value in values.items()}
-        return Fit(loss, parameters, lr=lr, name="DSWD prior").run(num_steps=num_steps, seed=seed, progress=progress)
+        # the direction network and its optimiser learn along with the prior: checkpoints keep them too
+        carry = {"directions": distance.transform, "directions_optimizer": distance.optimizer}
+        return Fit(loss, parameters, lr=lr, name="DSWD prior", carry=carry).run(
+            num_steps=num_steps, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume)
 
     # -------------------------------------------------------------- posterior summaries
     def weights_of(self, posterior) -> dict[str, torch.Tensor]:
@@ -423,10 +443,19 @@ class BayesianAutoencoder(_Autoencoder):
 
     def _thinned_weights(self, posterior, x, max_draws):
         """The posterior's weight draws, thinned evenly to at most ``max_draws``, on ``x``'s device and dtype."""
+        return self._thinned_draws(posterior, x, max_draws)[0]
+
+    def _thinned_draws(self, posterior, x, max_draws):
+        """:meth:`_thinned_weights` and the kept draws' normalised log-weights ``(S,)`` (equal for a dict)."""
         weights = self.weights_of(posterior)
         num = next(iter(weights.values())).shape[0]
         keep = torch.linspace(0, num - 1, min(num, max_draws)).round().long() if max_draws else torch.arange(num)
-        return {name: value[keep].to(x) for name, value in weights.items()}
+        if callable(getattr(posterior, "flat_draws", None)):
+            log_w = posterior.flat_draws()[1][keep]
+            log_w = log_w - torch.logsumexp(log_w, 0)
+        else:
+            log_w = torch.full((keep.numel(),), -math.log(keep.numel()), dtype=torch.float64)
+        return {name: value[keep].to(x) for name, value in weights.items()}, log_w.to(x)
 
     def _outputs(self, posterior, x, max_draws):
         weights = self._thinned_weights(posterior, x, max_draws)
@@ -450,18 +479,37 @@ class BayesianAutoencoder(_Autoencoder):
         x = _check_images(x, self.input_shape, self.likelihood)
         return _mean_and_sd(self.encode(x, self._thinned_weights(posterior, x, max_draws)))
 
+    def predictive(self, posterior, x, *, max_draws: int | None = None) -> torch.distributions.Distribution:
+        r"""The posterior predictive of the reconstruction of each image ``x`` ``(n, *input_shape)``.
+
+        .. math:: p(\tilde x_i \mid x_i, D) \approx \sum_s w_s\, p\big(\tilde x_i \mid f_{w_s}(x_i)\big),
+
+        the likelihood at each posterior weight draw's reconstruction of :math:`x_i`, mixed with the
+        draws' normalised weights :math:`w_s` (equal for a ``samples`` dict or an unweighted posterior).
+        ``posterior`` is a :class:`~bayeskit.Posterior` or its ``samples`` dict; ``max_draws`` thins
+        the draws evenly (their weights renormalised) to bound the cost.
+
+        Returns a :class:`~torch.distributions.MixtureSameFamily` of batch shape ``(n,)`` and event
+        shape ``input_shape``: each component is the joint likelihood of a whole image (its pixels
+        depend on each other through the shared weights, so a mixture per pixel would be a different
+        law). ``log_prob(x)`` is :meth:`log_likelihood`; ``mean`` the model-averaged reconstruction.
+        """
+        x = _check_images(x, self.input_shape, self.likelihood)
+        weights, log_w = self._thinned_draws(posterior, x, max_draws)
+        outputs = self.decode(self.encode(x, weights), weights)  # (S, n, *input_shape)
+        return predictive_mixture(log_w, self.observation(outputs.movedim(0, 1)))
+
     @torch.no_grad()
     def log_likelihood(self, posterior, x, *, max_draws: int | None = None):
         """Log predictive density of each image's reconstruction, averaged over the posterior: ``(n,)``.
 
-        .. math:: \\log \\frac1S \\sum_s p\\big(x_i \\mid f_{w_s}(x_i)\\big),
+        .. math:: \\log \\sum_s w_s\\, p\\big(x_i \\mid f_{w_s}(x_i)\\big),
 
-        the Bayesian-model-averaged reconstruction likelihood; its negative
-        mean over held-out images is the test NLL that Tran et al. report.
+        with the draws' normalised weights :math:`w_s` (:math:`1/S` when unweighted), i.e.
+        ``predictive(posterior, x).log_prob(x)``: the Bayesian-model-averaged reconstruction
+        likelihood; its negative mean over held-out images is the test NLL that Tran et al. report.
         """
-        x = _check_images(x, self.input_shape, self.likelihood)
-        log_p = self.observation(self._outputs(posterior, x, max_draws)).log_prob(x)
-        return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
+        return self.predictive(posterior, x, max_draws=max_draws).log_prob(x)
 
     @torch.no_grad()
     def generate(self, posterior, mixture, num: int, *, seed: int | None = None):
@@ -473,9 +521,10 @@ class BayesianAutoencoder(_Autoencoder):
         likelihood's means ``(num, *input_shape)``.
         """
         positive_int("num", num)
+        seed = resolve_seed(seed)  # one seed for both draws: None must not pair fresh codes with fixed decoders
         codes = mixture.sample(num, seed=seed)
         weights = self.weights_of(posterior)
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        generator = torch.Generator().manual_seed(seed)
         pick = torch.randint(next(iter(weights.values())).shape[0], (num,), generator=generator)
         # one draw per image: each image gets its own decoder, batched as P = num sets of one code
         chosen = {name: value[pick].to(codes) for name, value in weights.items()}
@@ -516,24 +565,56 @@ class VariationalAutoencoder(_Autoencoder):
         kl = 0.5 * (loc**2 + log_var.exp() - 1 - log_var).sum(-1)
         return log_p - kl
 
-    def fit(self, x, *, num_steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-            progress: bool = True):
-        """Maximise the mean ELBO over minibatches; returns the fit's result (``trace["loss"]`` = -ELBO)."""
+    def fit(self, x, *, num_steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int | None = None,
+            progress: bool = True, callback=None, checkpoint=None, checkpoint_every: int = 100,
+            resume: bool = False):
+        """Maximise the mean ELBO over minibatches; returns the fit's result (``trace["loss"]`` = -ELBO).
+
+        ``seed`` (None draws one, recorded in ``meta["seed"]``), ``progress``,
+        ``callback`` and the checkpoint arguments are those of :func:`bayeskit.runner.run_loop`.
+        """
         x = _check_images(x, self.input_shape, self.likelihood)
         positive_int("num_steps", num_steps)
+        seed = resolve_seed(seed)
         self.to(dtype=x.dtype, device=x.device)
         with torch.no_grad():  # reproducible start
             for name, value in self._point_weights(torch.Generator().manual_seed(seed)).items():
                 self.weights[name].copy_(value)
         batches = _batches(x, batch_size, num_steps, seed)
         return Fit(lambda step: -self.elbo(x[batches[step]]).mean(), dict(self.weights), lr=lr,
-                   name="VAE").run(num_steps=num_steps, seed=seed, progress=progress)
+                   name="VAE").run(num_steps=num_steps, seed=seed, progress=progress, callback=callback,
+                                   checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
 
     @torch.no_grad()
     def reconstruct(self, x):
         """The likelihood's mean at the reconstruction from the posterior mean code, ``(n, *input_shape)``."""
         x = _check_images(x, self.input_shape, self.likelihood)
         return self.observation(self.decode(self.code(x)[0].unsqueeze(0), self._weights()).squeeze(0)).mean
+
+    def predictive(self, x, *, num_codes: int = 32, seed: int | None = None) -> torch.distributions.Distribution:
+        r"""The predictive of the reconstruction of each image ``x`` ``(n, *input_shape)`` under :math:`q(z \mid x)`.
+
+        .. math:: p(\tilde x_i \mid x_i) \approx \frac1M \sum_{m=1}^M p\big(\tilde x_i \mid \mathrm{dec}(z_{im})\big),
+            \qquad z_{im} \sim q(z \mid x_i),
+
+        with ``num_codes`` = M codes per image drawn with ``seed`` (None draws one through
+        :func:`bayeskit.parallel.resolve_seed`). The decoder's weights are point estimates (a fit,
+        not a posterior), so this mixes over the codes' approximate posterior only, where
+        :meth:`BayesianAutoencoder.predictive` mixes over weight draws: the counterpart of the
+        Bayesian autoencoder's reconstruction predictive, not the marginal likelihood :math:`p(x)`
+        (which would weight each code by :math:`p(z)/q(z \mid x)`). Batch shape ``(n,)``, event
+        shape ``input_shape``, as there.
+        """
+        x = _check_images(x, self.input_shape, self.likelihood)
+        num_codes = positive_int("num_codes", num_codes)
+        generator = torch.Generator().manual_seed(resolve_seed(seed))
+        loc, log_var = self.code(x)
+        noise = torch.randn(num_codes, *loc.shape, generator=generator, dtype=loc.dtype).to(loc.device)
+        z = loc + (0.5 * log_var).exp() * noise  # (M, n, latent)
+        outputs = self.decode(z.reshape(1, -1, z.shape[-1]), self._weights())  # one weight set: P = 1
+        outputs = outputs.reshape(num_codes, *x.shape).movedim(0, 1)  # (n, M, *input_shape)
+        log_w = torch.full((num_codes,), -math.log(num_codes), dtype=x.dtype, device=x.device)
+        return predictive_mixture(log_w, self.observation(outputs))
 
     @torch.no_grad()
     def log_likelihood(self, x):

@@ -49,8 +49,9 @@ import torch
 from pyro.distributions.transforms import transform_to
 
 from bayeskit._checks import check_finite, positive_int
+from bayeskit.parallel import resolve_seed
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine, Fit, Parameters
+from bayeskit.runner import Fit, Parameters, run_loop
 
 __all__ = ["DirichletProcessMixture", "stick_breaking"]
 
@@ -135,24 +136,29 @@ def _log_rho(x, post, diag):
     return (log_w[:, None] + log_normal).T
 
 
-class _VariationalEM(Engine):
-    """Coordinate ascent on the evidence lower bound; the state is the responsibilities."""
+def _until_settled(callback):
+    """Stop the sweeps once the expected component sizes move by less than 1e-4 points, or when
+    the user's ``callback`` says so."""
+    def stop(step, state, info):
+        return bool(info["change"] < 1e-4) or bool(callback is not None and callback(step, state, info))
+    return stop
+
+
+class _VariationalEM:
+    """Coordinate ascent on the evidence lower bound, an Algorithm of the one loop; the state is the
+    responsibilities, and the problem holds their starting values."""
 
     name = "DP mixture (variational EM)"
     engine_name = "DirichletProcessMixture"
 
-    def __init__(self, x, resp, nu0, alpha, diag):
-        super().__init__(_log_rho)
-        self.x, self.resp, self.nu0, self.alpha, self.diag = x, resp, nu0, alpha, diag
-
-    def target(self):
-        return Parameters({"responsibilities": self.resp}, self.name)
+    def __init__(self, x, nu0, alpha, diag):
+        self.x, self.nu0, self.alpha, self.diag = x, nu0, alpha, diag
 
     def settings(self, problem):
         return {"concentration": self.alpha, "covariance": "diag" if self.diag else "full"}
 
-    def init(self, target, generator):
-        return {"resp": self.resp.clone()}
+    def init(self, problem, generator):
+        return {"resp": problem.parameters["responsibilities"]}
 
     def posterior(self, resp):
         order = torch.argsort(resp.sum(0), descending=True, stable=True)  # big sticks first: a tighter bound
@@ -163,7 +169,6 @@ class _VariationalEM(Engine):
         log_norm = torch.logsumexp(log_rho, -1)
         resp = (log_rho - log_norm[:, None]).exp()
         change = (resp.sum(0).sort().values - state["resp"].sum(0).sort().values).abs().max()
-        self.resp.copy_(resp)
         return {"resp": resp}, {"loss": -log_norm.mean(), "change": change, "finite": torch.isfinite(log_norm).all()}
 
     def state_dict(self, state):
@@ -173,7 +178,7 @@ class _VariationalEM(Engine):
         return {"resp": saved["resp"].clone()}
 
     def finite_values(self, state, target):
-        return None, None
+        return {"responsibilities": state["resp"]}, None
 
     def to_posterior(self, state, target, trace, meta):
         return Posterior({"responsibilities": state["resp"][None, None]}, trace=trace,
@@ -265,14 +270,19 @@ class DirichletProcessMixture:
             pyro.sample("z", dist.MixtureSameFamily(dist.Categorical(probs=stick_breaking(v)), components), obs=z)
 
     # -------------------------------------------------------------------- fitting
-    def fit(self, z, *, num_steps=2000, lr=0.01, method="em", seed=0, progress=True):
+    def fit(self, z, *, num_steps=2000, lr=0.01, method="em", seed=None, progress=True, callback=None,
+            checkpoint=None, checkpoint_every=100, resume=False):
         """Fit to ``z`` ``(n, d)``, ``n >= 2``; returns ``fit_result``, a :class:`~bayeskit.Posterior`.
 
         Variational sweeps (at most ``num_steps``) from k-means++ seeds drawn with ``seed`` stop once
         the expected component sizes move by less than ``1e-4`` points; ``method="map"`` then takes
         ``num_steps`` Adam steps of size ``lr`` on the negative log joint per point (``lr`` is unused
-        by ``"em"``).  Deterministic given ``seed``.  ``fit_result`` holds the fitted sites and the
-        trace (``loss``: per point, the E-step's bound for ``"em"``, ``-log p(z, sites)`` for ``"map"``).
+        by ``"em"``).  Deterministic given ``seed`` (None draws one, recorded in ``meta["seed"]``).
+        ``fit_result`` holds the fitted sites and the trace (``loss``: per point, the E-step's bound
+        for ``"em"``, ``-log p(z, sites)`` for ``"map"``).  ``progress``, ``callback`` and the
+        checkpoint arguments are those of :func:`bayeskit.runner.run_loop`; they apply to the sweeps
+        for ``"em"`` and to the Adam steps for ``"map"`` (whose resumed run repeats the deterministic
+        sweeps first).
         """
         z = _check_points(z)
         if z.shape[0] < 2:
@@ -281,19 +291,23 @@ class DirichletProcessMixture:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
-        positive_int("seed", seed, minimum=0), positive_int("num_steps", num_steps, minimum=1)
+        positive_int("num_steps", num_steps, minimum=1)
+        seed = resolve_seed(seed)
         self.prior = None  # a refit takes its priors from the new data
         loc, scale = self.prior = self._prior(z)
         x = (z - loc) / scale  # standardised: m_0 = 0, Psi_0 = I
         generator = torch.Generator(device=z.device).manual_seed(seed)
         seeds = _kmeanspp(x, self.num_components, generator)
         resp = torch.nn.functional.one_hot(torch.cdist(x, x[seeds]).argmin(-1), self.num_components).to(z.dtype)
-        engine = _VariationalEM(x, resp, self._nu0(z.shape[1]), self.concentration, self.covariance == "diag")
-        result = engine.run(num_steps=num_steps, seed=seed, progress=progress,
-                            callback=lambda step, state, info: bool(info["change"] < 1e-4))
-        sites = self._sites(engine.posterior(result.samples["responsibilities"][0, 0]), loc, scale)
+        sweeps = _VariationalEM(x, self._nu0(z.shape[1]), self.concentration, self.covariance == "diag")
+        user = dict(callback=callback, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+        em_run = {**user, "callback": _until_settled(callback)} if method == "em" else {
+            "callback": _until_settled(None)}
+        result = run_loop(sweeps, Parameters({"responsibilities": resp}, sweeps.name), num_steps=num_steps,
+                          seed=seed, progress=progress, **em_run)
+        sites = self._sites(sweeps.posterior(result.samples["responsibilities"][0, 0]), loc, scale)
         if method == "map":
-            result, sites = self._fit_map(z, sites, num_steps, lr, seed, progress)
+            result, sites = self._fit_map(z, sites, num_steps, lr, dict(seed=seed, progress=progress, **user))
         self.sites = sites
         self.fit_result = Posterior({k: v[None, None] for k, v in sites.items()}, trace=result.trace,
                                     meta=result.meta)
@@ -312,7 +326,7 @@ class DirichletProcessMixture:
             sites["v"] = post["a"] / (post["a"] + post["b"])
         return sites
 
-    def _fit_map(self, z, init, num_steps, lr, seed, progress):
+    def _fit_map(self, z, init, num_steps, lr, run):
         """Adam on ``-log p(z, v, mu, Lambda) / n`` through the Pyro model, over unconstrained values
         mapped onto each site's support by ``transform_to`` (as ``AutoDelta`` does)."""
         nodes = pyro.poutine.trace(pyro.poutine.condition(self.model, data=init)).get_trace(z).nodes
@@ -326,7 +340,7 @@ class DirichletProcessMixture:
             trace = pyro.poutine.trace(pyro.poutine.condition(self.model, data=sites())).get_trace(z)
             return -trace.log_prob_sum() / z.shape[0]
 
-        result = Fit(loss, params, lr=lr, name="DP mixture").run(num_steps=num_steps, seed=seed, progress=progress)
+        result = Fit(loss, params, lr=lr, name="DP mixture").run(num_steps=num_steps, **run)
         return result, {name: value.detach() for name, value in sites().items()}
 
     # ---------------------------------------------------------------- the fitted mixture

@@ -49,6 +49,7 @@ from pyro.distributions import constraints
 from pyro.distributions.transforms import OrderedTransform
 
 from bayeskit import health
+from bayeskit.parallel import resolve_seed
 
 __all__ = ["MixtureOfExperts", "nest", "FAMILIES", "PRIORS"]
 
@@ -388,18 +389,19 @@ class MixtureOfExperts:
         return _replace_samples(posterior, {name: params[name] for name in ("gate_coef", "expert_coef")
                                             if name in params})
 
-    def predictive(self, posterior, x: torch.Tensor, *, groups: Mapping | None = None, seed: int = 0):
+    def predictive(self, posterior, x: torch.Tensor, *, groups: Mapping | None = None, seed: int | None = None):
         r"""The posterior predictive distribution of ``y`` at ``x``, one per row: batch ``(B,)``.
 
         A mixture over posterior draws and experts, :math:`p(y \mid x, D) \approx
         \sum_s w_s \sum_k \pi_k(x; \theta_s) f_k(y \mid x; \theta_s)`, as a
         :class:`~torch.distributions.MixtureSameFamily` whose ``log_prob``,
         ``mean``, ``variance`` and ``sample`` all apply. Group id -1 marks a new
-        group (random effects from their prior, drawn with ``seed``).
+        group (random effects from their prior, drawn with ``seed``; None draws
+        them from torch's global RNG).
         """
         groups = self._check_data(x, None, groups, allow_new_groups=True)
         params, log_w = self._draws_like(posterior, x)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(resolve_seed(seed))
         logits = self.gate_logits(params, x, groups, generator=generator).log_softmax(-1)  # (S, B, K)
         eta = _linear(x, params["expert_intercept"], params["expert_coef"])
         num_draws, rows = eta.shape[:2]
@@ -413,12 +415,12 @@ class MixtureOfExperts:
         components = self._family_distribution(by_row(eta), scale)
         return dist.MixtureSameFamily(dist.Categorical(logits=weights), components)
 
-    def log_predictive_density(self, posterior, x, y, *, groups=None, seed: int = 0) -> torch.Tensor:
+    def log_predictive_density(self, posterior, x, y, *, groups=None, seed: int | None = None) -> torch.Tensor:
         """Pointwise log posterior predictive density ``log p(y_i | x_i, D)``, ``(B,)``."""
         self._check_data(x, y, groups, allow_new_groups=True)  # predictive() does not see y
         return self.predictive(posterior, x, groups=groups, seed=seed).log_prob(y)
 
-    def responsibilities(self, posterior, x, y, *, groups=None, seed: int = 0) -> torch.Tensor:
+    def responsibilities(self, posterior, x, y, *, groups=None, seed: int | None = None) -> torch.Tensor:
         r"""Posterior mean of each row's expert probabilities :math:`P(k_i = k \mid y_i, x_i, \theta)`, ``(B, K)``.
 
         Averaging over draws is only meaningful once labels agree across
@@ -426,7 +428,7 @@ class MixtureOfExperts:
         """
         groups = self._check_data(x, y, groups, allow_new_groups=True)
         params, log_w = self._draws_like(posterior, x)
-        mixture = self.mixture(params, x, groups, generator=torch.Generator().manual_seed(seed))
+        mixture = self.mixture(params, x, groups, generator=torch.Generator().manual_seed(resolve_seed(seed)))
         joint = mixture.mixture_distribution.logits + mixture.component_distribution.log_prob(y[:, None])
         per_draw = joint.softmax(-1)  # (S, B, K)
         return (per_draw * log_w.exp()[:, None, None]).sum(0)

@@ -26,7 +26,9 @@ from collections.abc import Iterable
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from bayeskit._checks import check_series
+from bayeskit._checks import check_series, positive_int
+from bayeskit.parallel import resolve_seed
+from bayeskit.posterior import predictive_mixture
 
 __all__ = ["StateSpaceModel", "LinearGaussianSSM", "StochasticVolatility", "NonlinearGrowth", "KalmanResult"]
 
@@ -102,6 +104,91 @@ class StateSpaceModel(torch.nn.Module):
             x = torch.stack(states)
             y = torch.stack([self.observation(t, x[t]).sample() for t in range(num_steps)])
         return x, y
+
+    def predictive(self, posterior, steps: int = 1, *, seed: int | None = None,
+                   last_time: int | None = None) -> Distribution:
+        r"""The posterior predictive of the observation ``steps`` ahead, a mixture over the posterior's states.
+
+        After the observations :math:`y_{0:T-1}`, with the posterior's (weighted) draws
+        :math:`x^s_{T-1}` of the last state and their normalised weights :math:`w_s`,
+
+        .. math::
+
+            p(y_{T-1+k} \mid y_{0:T-1}) \approx \sum_s w_s\, g_{T-1+k}\big(\tilde x^s_{T-1+k}, y_{T-1+k}\big),
+            \qquad \tilde x^s_{T-1} = x^s_{T-1},\quad
+            \tilde x^s_{t} \sim q_{t}(\tilde x^s_{t-1}, \cdot),
+
+        one forward path per draw, drawn with ``seed`` (None draws one through
+        :func:`bayeskit.parallel.resolve_seed`; the same seed gives the same paths, so the
+        horizons of calls with one seed share them). :class:`LinearGaussianSSM` marginalises
+        the path exactly instead (``seed`` is then unused).
+
+        Parameters
+        ----------
+        posterior : Posterior
+            With ``samples["x"]``: the final filtering cloud ``(chain, draw, state_dim)`` of
+            :class:`~bayeskit.inference.smc.ParticleFilter` or ``PaRIS`` (weighted), or
+            trajectories ``(chain, draw, T, state_dim)`` of ``ParticleGibbs`` (every draw,
+            warm-up included), whose last time is used.
+        steps : int
+            The horizon :math:`k \geq 1`: 1 is the next observation :math:`y_T`.
+        last_time : int, optional
+            The time index :math:`T - 1` of the posterior's last state; None reads it from
+            ``observed_data["y"]`` (a filtering cloud) or the trajectories' length. Time
+            enters models whose laws depend on ``t`` (e.g. :class:`NonlinearGrowth`).
+
+        Returns
+        -------
+        torch.distributions.MixtureSameFamily
+            Batch shape ``()`` and event shape ``(obs_dim,)``: ``mean``, ``variance``,
+            ``log_prob(y)`` and ``sample`` all apply.
+        """
+        steps = positive_int("steps", steps)
+        x, log_weights, last_time = self._last_states(posterior, last_time)
+        return predictive_mixture(log_weights, self.forecast_observation(last_time, x, steps, seed=seed))
+
+    def forecast_observation(self, last_time: int, x: torch.Tensor, steps: int, *,
+                             seed: int | None = None) -> Distribution:
+        r"""The law of :math:`y_{t+k}` given one forward path from each state ``x`` ``(S, state_dim)`` at ``t``.
+
+        Batch shape ``(S,)``; what :meth:`predictive` mixes. Draws :math:`x_{t+1}, \dots,
+        x_{t+k}` from the transitions under ``seed`` and returns :math:`g_{t+k}(x_{t+k}, \cdot)`;
+        a subclass with a closed form overrides it.
+        """
+        seed = resolve_seed(seed)  # outside the fork: an unseeded call advances the global RNG
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for t in range(last_time + 1, last_time + steps + 1):
+                x = self.transition(t, x).sample()
+        return self.observation(last_time + steps, x)
+
+    def _last_states(self, posterior, last_time):
+        """The posterior's last states ``(S, state_dim)``, their log-weights ``(S,)`` and the last time index."""
+        if not callable(getattr(posterior, "flat_draws", None)):
+            raise TypeError(f"posterior must be a bayeskit Posterior, got {type(posterior).__name__}")
+        draws, log_weights = posterior.flat_draws()
+        if "x" not in draws:
+            raise ValueError(f"the posterior lacks the site 'x' (the states that ParticleFilter, PaRIS and "
+                             f"ParticleGibbs return); it has {sorted(draws)}")
+        x = draws["x"]
+        if x.dim() not in (2, 3) or x.shape[-1] != self.state_dim:
+            raise ValueError(f"samples['x'] must be (chain, draw, {self.state_dim}) states or (chain, draw, T, "
+                             f"{self.state_dim}) trajectories for this model, got "
+                             f"{tuple(posterior.samples['x'].shape)}")
+        if last_time is None:
+            if x.dim() == 3:
+                last_time = x.shape[1] - 1
+            elif "y" in posterior.observed_data:
+                last_time = posterior.observed_data["y"].shape[0] - 1
+            else:
+                raise ValueError("the posterior's states carry no time: pass last_time, the time index of the "
+                                 "last observation they were filtered on")
+        last_time = positive_int("last_time", last_time, minimum=0)
+        if x.dim() == 3:
+            x = x[:, -1]
+        tensors = [*self.parameters(), *self.buffers()]
+        like = tensors[0] if tensors else torch.zeros(())
+        return x.to(like), log_weights.to(like), last_time
 
     def log_joint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p(x_{0:T-1}, y_{0:T-1})` for trajectories ``x`` ``(..., T, state_dim)``."""
@@ -184,6 +271,20 @@ class LinearGaussianSSM(StateSpaceModel):
     def transition_log_bound(self, t):
         diagonal = torch.diagonal(self.Q).abs()
         return -0.5 * self.state_dim * math.log(2 * math.pi) - diagonal.log().sum()
+
+    def forecast_observation(self, last_time, x, steps, *, seed=None):
+        r"""Exactly :math:`y_{t+k} \mid x_t = x \sim N(C A^k x,\ C \Sigma_k C^\top + R)`, batch ``(S,)``.
+
+        :math:`\Sigma_k = \sum_{j<k} A^j Q A^{j\top}` (:math:`\Sigma_1 = Q`,
+        :math:`\Sigma_{k+1} = A \Sigma_k A^\top + Q`): the forward path is marginalised, so
+        ``seed`` is unused and :meth:`predictive` is a mixture of Gaussians, one per draw.
+        """
+        A, C = self.A, self.C
+        mean, cov = x, torch.zeros_like(A)
+        for _ in range(steps):
+            mean, cov = mean @ A.mT, A @ cov @ A.mT + self.covariance("Q")
+        covariance = C @ cov @ C.mT + self.covariance("R")
+        return MultivariateNormal(mean @ C.mT, covariance_matrix=0.5 * (covariance + covariance.mT))
 
     def parameter_values(self):
         return {"A": self.A.detach().clone(), "C": self.C.detach().clone(), "Q": self.covariance("Q").detach(),

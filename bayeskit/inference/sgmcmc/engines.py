@@ -49,30 +49,91 @@ from bayeskit.inference.sgmcmc.kernels import (
 from bayeskit.inference.sgmcmc.schedules import make_schedule
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain, pointwise_log_likelihood
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine, InPlaceSteps
+from bayeskit.runner import Engine
 
-__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "SGMCMCRun"]
+__all__ = ["SGMCMC", "SGLD", "PSGLD", "SGHMC", "AdaptiveSGHMC", "SGNHT", "SGMCMCRun", "DrawLog"]
+
+#: Pieces a :class:`DrawLog` keeps loose before joining them into one tensor.
+DRAW_LOG_PIECES = 128
 
 
+@dataclass(frozen=True, eq=False)
+class DrawLog:
+    """Kept draws as a persistent log: :meth:`append` returns a new log and leaves this one as it was.
 
-@dataclass
+    Why this structure: a step must not change the state it is given, and a
+    run keeps up to ~10^5 draws of up to ~10^4 numbers; writing them into a
+    preallocated buffer changes the old state, and copying the buffer per
+    step is quadratic.  Here a new piece ``(chains, k, ...)`` (a view of the
+    new position: no copy, since tensors are never written in place) joins
+    ``loose``, a tuple that grows by concatenation, and every
+    :data:`DRAW_LOG_PIECES` pieces are concatenated into one tensor of
+    ``joined``.  Per kept draw that costs a tuple copy of at most 128
+    pointers, ``len(joined)`` pointers every 128 draws (6 per draw at 10^5
+    draws) and one extra copy of the draw's numbers; checkpoints save the
+    tensors as they are (no copy), ``n / 128`` of them rather than ``n``.  A
+    cons-list would be O(1) per draw but as deep as it is long, and pickling
+    and ``copy.deepcopy`` recurse through it.  ``joined`` starts with an empty
+    ``(chains, 0, ...)`` tensor, so the log knows its shape before any draw.
+    """
+
+    joined: tuple[torch.Tensor, ...]
+    loose: tuple[torch.Tensor, ...] = ()
+    length: int = 0
+
+    @classmethod
+    def empty(cls, like: torch.Tensor) -> DrawLog:
+        """A log for draws shaped like ``like`` ``(chains, ...)``."""
+        return cls((like.new_zeros(like.shape[0], 0, *like.shape[1:]),))
+
+    @classmethod
+    def from_saved(cls, saved, num_collected: int, *, device=None, dtype=None) -> DrawLog:
+        """The log a checkpoint's :meth:`pieces` stand for (or a whole buffer, of which ``num_collected``
+        draws count), moved to ``device`` and ``dtype`` where given."""
+        pieces = [saved[:, :int(num_collected)]] if torch.is_tensor(saved) else saved
+        pieces = tuple(piece.to(device=device, dtype=dtype) for piece in pieces)
+        return cls(pieces, (), sum(piece.shape[1] for piece in pieces))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def append(self, piece: torch.Tensor) -> DrawLog:
+        """This log with ``piece`` ``(chains, k, ...)`` (``k`` draws) added at the end."""
+        loose = (*self.loose, piece)
+        if len(loose) < DRAW_LOG_PIECES:
+            return DrawLog(self.joined, loose, self.length + piece.shape[1])
+        return DrawLog((*self.joined, torch.cat(loose, 1)), (), self.length + piece.shape[1])
+
+    def pieces(self) -> list[torch.Tensor]:
+        """The log's tensors in order (what checkpoints save: no copy of the draws)."""
+        return [*self.joined, *self.loose]
+
+    def stacked(self) -> torch.Tensor:
+        """All draws, ``(chains, n, ...)``."""
+        return torch.cat(self.pieces(), 1)
+
+
+@dataclass(frozen=True)
 class SGMCMCRun:
     """An engine's state: the kernel state, the draws kept so far and the step count.
 
-    ``draws`` is ``(chains, num_draws, dim)`` in unconstrained space, filled
-    up to ``num_collected``; ``draw_log_prob`` the stochastic log density
-    seen at each kept draw.
+    ``draws`` holds ``(chains, dim)`` draws in unconstrained space and
+    ``draw_log_prob`` the stochastic log density seen at each, both as
+    :class:`DrawLog` s; ``adaptation`` the warm-up's estimates when ``step_size=None``.
     """
 
     kernel_state: SGMCMCState
-    draws: torch.Tensor
-    draw_log_prob: torch.Tensor
-    num_collected: int
+    draws: DrawLog
+    draw_log_prob: DrawLog
     step: int
-    adaptation: dict | None = None  # the warm-up's estimates when step_size=None (see WarmupAdaptation)
+    adaptation: dict | None = None
+
+    @property
+    def num_collected(self) -> int:
+        return len(self.draws)
 
 
-class SGMCMC(InPlaceSteps, Engine):
+class SGMCMC(Engine):
     """Base class of the SG-MCMC engines; subclasses choose the kernel.
 
     Parameters
@@ -151,9 +212,20 @@ class SGMCMC(InPlaceSteps, Engine):
         self.steps = list(zip(self.plan.step_sizes.tolist(), self.plan.noise.tolist(), self.plan.collect.tolist()))
         self.initial_position = init
         self.dims, self.coords = dims, coords
-        self.kernel = self.make_kernel()
+
+    @property
+    def kernel(self):
+        """The kernel with this engine's hyperparameters (see :meth:`make_kernel`)."""
+        return self.make_kernel()
 
     def make_kernel(self):
+        """The kernel object, built from the engine's settings on each use.
+
+        Built on use rather than in ``__init__``, so that a subclass may set
+        its hyperparameters after ``super().__init__()`` (and calls
+        ``make_kernel()`` at the end of its own ``__init__`` to refuse bad ones
+        there); a kernel is a small frozen dataclass, cheap to build per step.
+        """
         raise NotImplementedError
 
     def settings(self, problem):
@@ -197,8 +269,8 @@ class SGMCMC(InPlaceSteps, Engine):
         Returns the new kernel state, the adaptation, the step and the
         log density of the point moved from.
         """
-        adaptation = state.adaptation
-        position = state.kernel_state.position
+        adaptation, kernel_state = state.adaptation, state.kernel_state
+        position = kernel_state.position
         if not adaptation:
             adaptation = start_adaptation(target, position, score, self.share_minibatches)
         elif "previous_position" in adaptation:
@@ -211,7 +283,7 @@ class SGMCMC(InPlaceSteps, Engine):
                 position = torch.where(back, adaptation["previous_position"], position)
                 score = torch.where(back, adaptation["previous_score"], score)
                 log_prob = torch.where(diverged, previous, log_prob)
-                state.kernel_state = replace(state.kernel_state, position=position)
+                kernel_state = replace(kernel_state, position=position)
                 adaptation = {**adaptation, "backoff": 0.5 * adaptation["backoff"]}
         adaptation = observe(adaptation, target, position, score, self.share_minibatches)
         steps_done = state.step + 1
@@ -220,15 +292,15 @@ class SGMCMC(InPlaceSteps, Engine):
             iterations = WINDOW_POWER_ITERATIONS if steps_done in self.windows else 1
             adaptation = refresh_omega2(adaptation, target, position, iterations, self.share_minibatches)
             if steps_done in self.windows:
-                adaptation["backoff"] = torch.ones_like(adaptation["backoff"])
+                adaptation = {**adaptation, "backoff": torch.ones_like(adaptation["backoff"])}
             if steps_done >= self.windows[min(1, len(self.windows) - 1)]:
                 _, noise_x, omega = scaled_estimates(adaptation, adaptation["curvature"])
-                adaptation["step_size"] = sgld_step_size_rule(noise_x, omega, self.temperature)
+                adaptation = {**adaptation, "step_size": sgld_step_size_rule(noise_x, omega, self.temperature)}
             else:
-                adaptation["step_size"] = travel_step(adaptation["omega2"])
+                adaptation = {**adaptation, "step_size": travel_step(adaptation["omega2"])}
         mass = adaptation["curvature"]
         step_size = multiplier * adaptation["step_size"] * adaptation["backoff"]
-        kernel_state = sgld_step(state.kernel_state, score, step_size, temperature=self.temperature, noise=noise,
+        kernel_state = sgld_step(kernel_state, score, step_size, temperature=self.temperature, noise=noise,
                                  mass=mass, noise_estimate=adaptation["noise"] / mass)
         if steps_done == self.windows[-1]:
             adaptation = {name: value for name, value in adaptation.items() if not name.startswith("previous_")}
@@ -271,48 +343,50 @@ class SGMCMC(InPlaceSteps, Engine):
 
     def init(self, target, generator):
         position = self._start(target, generator)
-        draws = position.new_zeros(self.num_chains, self.plan.num_draws, target.dim)
-        return SGMCMCRun(self.kernel.init(position), draws, position.new_zeros(self.num_chains,
-                                                                              self.plan.num_draws), 0, 0,
+        return SGMCMCRun(self.kernel.init(position), DrawLog.empty(position), DrawLog.empty(position[:, 0]), 0,
                          {} if self.step_size is None else None)
 
     def step(self, state, target, generator):
         step_size, noise, collect = self.steps[state.step]
+        kernel = self.kernel
         log_prob, score = log_prob_and_score_per_chain(target, state.kernel_state.position, self.share_minibatches)
         if state.adaptation is None:
-            kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise,
-                                            **self.kernel_options(state))
-            return state, self.record(state, kernel_state, log_prob, collect)
+            kernel_state = kernel.step(state.kernel_state, score, step_size, noise=noise,
+                                       **self.kernel_step_options(state))
+            return self.record(state, kernel_state, log_prob, collect)
+        adaptation = state.adaptation
         if state.step < self.windows[-1]:
-            kernel_state, state.adaptation, step_size, log_prob = self._adaptive_step(state, target, log_prob,
-                                                                                       score, step_size, noise)
+            kernel_state, adaptation, step_size, log_prob = self._adaptive_step(state, target, log_prob, score,
+                                                                                step_size, noise)
         else:  # the frozen kernel: a fixed SG-MCMC sampler from here on
-            tuned = {name[len("tuned_"):]: value for name, value in state.adaptation.items()
-                     if name.startswith("tuned_")}
-            step_size = step_size * state.adaptation["step_size"]
-            kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise, **tuned)
-        return state, {**self.record(state, kernel_state, log_prob, collect), "step_size": step_size}
+            tuned = {name[len("tuned_"):]: value for name, value in adaptation.items() if name.startswith("tuned_")}
+            step_size = step_size * adaptation["step_size"]
+            kernel_state = kernel.step(state.kernel_state, score, step_size, noise=noise, **tuned)
+        new, info = self.record(state, kernel_state, log_prob, collect, adaptation=adaptation)
+        return new, {**info, "step_size": step_size}
 
-    def kernel_options(self, state) -> dict:
-        """Extra keyword arguments of this step's kernel update (none, unless an engine adapts)."""
+    def kernel_step_options(self, state) -> dict:
+        """Extra keyword arguments of this step's kernel update (none, unless an engine adapts).
+
+        (Not ``kernel_options``: that is :class:`StructuredSGMCMC`'s attribute, the named kernel's settings.)"""
         return {}
 
-    def record(self, state, kernel_state, log_prob, collect) -> dict:
-        """Keep the new state as a draw if the plan says so, count the step, return its trace entry.
+    def record(self, state, kernel_state, log_prob, collect, **changes):
+        """The next state, with the new position kept as a draw if the plan says so, and its trace entry.
 
-        The stored density is the one seen at the pre-step point, one step
-        stale but free; it is a minibatch estimate when the model subsamples.
+        ``changes`` replace further fields of the state (a subclass's).  The
+        stored density is the one seen at the pre-step point, one step stale
+        but free; it is a minibatch estimate when the model subsamples.
         """
         if collect:
-            state.draws[:, state.num_collected] = kernel_state.position
-            state.draw_log_prob[:, state.num_collected] = log_prob
-            state.num_collected += 1
-        state.kernel_state, state.step = kernel_state, state.step + 1
+            changes.update(draws=state.draws.append(kernel_state.position.unsqueeze(1)),
+                           draw_log_prob=state.draw_log_prob.append(log_prob.unsqueeze(1)))
+        new = replace(state, kernel_state=kernel_state, step=state.step + 1, **changes)
         # A non-finite score or density makes the new position non-finite: one sum checks all three.
         info = {"log_prob": log_prob.mean(), "finite": torch.isfinite(kernel_state.position.sum())}
         if kernel_state.thermostat is not None:
             info["thermostat"] = kernel_state.thermostat.mean()
-        return info
+        return new, info
 
     def finite_values(self, state, target):
         position = state.kernel_state.position
@@ -321,18 +395,12 @@ class SGMCMC(InPlaceSteps, Engine):
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, state):
-        saved = {"kernel": state.kernel_state.tensors(), "draws": state.draws,
-                 "draw_log_prob": state.draw_log_prob, "num_collected": state.num_collected, "step": state.step}
+        saved = {"kernel": state.kernel_state.tensors(), "draws": state.draws.pieces(),
+                 "draw_log_prob": state.draw_log_prob.pieces(), "num_collected": state.num_collected,
+                 "step": state.step}
         if state.adaptation is not None:
             saved["adaptation"] = state.adaptation
         return saved
-
-    def snapshot(self, state):
-        # Kept draws are written once and never changed, so the buffer is
-        # shared rather than copied every step; num_collected marks what counts.
-        # (The adaptation's tensors are replaced, never written in place: sharing them is safe too.)
-        return {**self.state_dict(state), "kernel": {name: value.clone()
-                                                     for name, value in state.kernel_state.tensors().items()}}
 
     def load_state(self, target, saved):
         kernel_state = SGMCMCState(**{name: value.to(device=target.device, dtype=target.dtype)
@@ -341,9 +409,11 @@ class SGMCMC(InPlaceSteps, Engine):
         if adaptation is not None:
             adaptation = {name: value.to(device=target.device, dtype=target.dtype)
                           for name, value in adaptation.items()}
-        return SGMCMCRun(kernel_state, saved["draws"].to(device=target.device, dtype=target.dtype),
-                         saved["draw_log_prob"].to(device=target.device, dtype=target.dtype),
-                         int(saved["num_collected"]), int(saved["step"]), adaptation)
+        like = {"device": target.device, "dtype": target.dtype}
+        num_collected = saved["num_collected"]
+        return SGMCMCRun(kernel_state, DrawLog.from_saved(saved["draws"], num_collected, **like),
+                         DrawLog.from_saved(saved["draw_log_prob"], num_collected, **like), int(saved["step"]),
+                         adaptation)
 
     # ------------------------------------------------------------ export
     def to_posterior(self, state, target, trace, meta):
@@ -354,8 +424,7 @@ class SGMCMC(InPlaceSteps, Engine):
         if "log_prob" in trace and "step_size" not in trace:  # the plan's; no need to record them per step
             trace = {**trace, "step_size": self.plan.step_sizes[:len(trace["log_prob"])]}
         if state.num_collected:
-            draws = state.draws[:, :state.num_collected]
-            log_prob = state.draw_log_prob[:, :state.num_collected]
+            draws, log_prob = state.draws.stacked(), state.draw_log_prob.stacked()
         else:  # stopped before the first kept draw: export the current point, and say so
             draws = state.kernel_state.position.unsqueeze(1)
             log_prob = target.log_prob(draws).detach()
@@ -409,8 +478,9 @@ class PSGLD(SGMCMC):
     name = "pSGLD"
 
     def __init__(self, model_or_target, *, alpha=0.99, eps=1e-5, **kwargs):
-        self.alpha, self.eps = alpha, eps
         super().__init__(model_or_target, **kwargs)
+        self.alpha, self.eps = alpha, eps
+        self.make_kernel()  # refuse bad hyperparameters now
 
     def make_kernel(self):
         return PSGLDKernel(temperature=self.temperature, alpha=self.alpha, eps=self.eps)
@@ -437,8 +507,9 @@ class SGHMC(SGMCMC):
     adapts_step_size = True
 
     def __init__(self, model_or_target, *, friction=None, noise_estimate=None, mass=None, **kwargs):
-        self.friction, self.noise_estimate, self.mass = friction, noise_estimate, mass
         super().__init__(model_or_target, **kwargs)
+        self.friction, self.noise_estimate, self.mass = friction, noise_estimate, mass
+        self.make_kernel()  # refuse bad hyperparameters now
 
     def make_kernel(self):
         # With step_size=None the unset values are placeholders, replaced by the warm-up's.
@@ -490,13 +561,14 @@ class AdaptiveSGHMC(SGMCMC):
     adapts_step_size = True
 
     def __init__(self, model_or_target, *, momentum_decay=0.05, **kwargs):
-        self.momentum_decay = momentum_decay
         super().__init__(model_or_target, **kwargs)
+        self.momentum_decay = momentum_decay
+        self.make_kernel()  # refuse bad hyperparameters now
 
     def make_kernel(self):
         return AdaptiveSGHMCKernel(temperature=self.temperature, momentum_decay=self.momentum_decay)
 
-    def kernel_options(self, state):
+    def kernel_step_options(self, state):
         return {"adapt": state.step < self.num_warmup}  # the mass learns during burn-in only
 
     def adapted_settings(self):
@@ -535,8 +607,9 @@ class SGNHT(SGMCMC):
     adapts_step_size = True
 
     def __init__(self, model_or_target, *, diffusion=None, mass=None, **kwargs):
-        self.diffusion, self.mass = diffusion, mass
         super().__init__(model_or_target, **kwargs)
+        self.diffusion, self.mass = diffusion, mass
+        self.make_kernel()  # refuse bad hyperparameters now
 
     def make_kernel(self):
         diffusion = self.diffusion or (1.0 if self.step_size is None else 0.1 / self.step_size)

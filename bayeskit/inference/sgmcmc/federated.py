@@ -48,14 +48,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from bayeskit._checks import positive, positive_int
 from bayeskit.inference.modes import find_modes
 from bayeskit.inference.sgmcmc.adaptation import default_friction
-from bayeskit.inference.sgmcmc.engines import SGMCMC
+from bayeskit.inference.sgmcmc.engines import SGMCMC, DrawLog
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, make_kernel
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 from bayeskit.parallel import BACKENDS, derived_seed, parallel_map
@@ -364,23 +364,27 @@ def _check_shard_probs(shard_probs):
 
 
 # ============================================================ the engines
-@dataclass
+@dataclass(frozen=True)
 class FederatedRun:
     """The engine's state between rounds.
 
-    ``draws`` is ``(chains, num_draws, dim)`` unconstrained, filled up to
-    ``num_collected``; ``draw_shard`` the shard each draw was made on;
+    ``draws`` holds the kept ``(chains, dim)`` draws, unconstrained, and
+    ``draw_shard`` the shard each was made on, as :class:`DrawLog` s (each
+    round appends its draws: a step never changes the state it is given);
     ``base_seed`` the root of every per-(round, shard) seed; ``round`` the
     rounds done.
     """
 
     kernel_state: SGMCMCState
-    draws: torch.Tensor
-    draw_shard: torch.Tensor
-    num_collected: int
+    draws: DrawLog
+    draw_shard: DrawLog
     round: int
     base_seed: int
-    surrogates: list[GaussianSurrogate] | None
+    surrogates: tuple[GaussianSurrogate, ...] | None
+
+    @property
+    def num_collected(self) -> int:
+        return len(self.draws)
 
 
 class FederatedSGMCMC(SGMCMC):
@@ -427,8 +431,9 @@ class FederatedSGMCMC(SGMCMC):
         if isinstance(model, Target) or not callable(model):
             raise TypeError("federated engines need a Pyro model (a callable), whose prior they split between "
                             f"shards; got {type(model).__name__}")
-        self.kernel_spec = kernel
         super().__init__(model, step_size=step_size, **sgmcmc_options)
+        self.kernel_spec = kernel
+        self.make_kernel()  # refuse a bad kernel now
         self.local_steps = positive_int("local_steps", local_steps)
         self.shard_probs = _check_shard_probs(shard_probs)
         if backend not in BACKENDS:
@@ -491,10 +496,10 @@ class FederatedSGMCMC(SGMCMC):
     def init(self, federation, generator):
         position = self._start(federation.first, generator)
         base_seed = int(torch.randint(0, 2**62, (), generator=generator))
-        draws = position.new_zeros(self.num_chains, self.plan.num_draws, federation.dim)
-        draw_shard = torch.full((self.num_chains, self.plan.num_draws), -1, dtype=torch.long)
         surrogates = self.surrogates_for(federation, base_seed)
-        return FederatedRun(self.kernel.init(position), draws, draw_shard, 0, 0, base_seed, surrogates)
+        no_shards = torch.zeros(self.num_chains, dtype=torch.long)
+        return FederatedRun(self.kernel.init(position), DrawLog.empty(position), DrawLog.empty(no_shards), 0,
+                            base_seed, None if surrogates is None else tuple(surrogates))
 
     def surrogates_for(self, federation, base_seed):
         """The Gaussian surrogates ``q_s`` the engine uses (None: DSGLD needs none)."""
@@ -528,29 +533,27 @@ class FederatedSGMCMC(SGMCMC):
         work = self.client_rounds(state, federation, assignment)
         results = parallel_map(run_client_round, work, backend=self.backend, ray_options=self.ray_options)
         rows = [(assignment == shard).nonzero().squeeze(1) for shard in torch.unique(assignment).tolist()]
-        state.kernel_state = _gather_chains([r.kernel_state for r in results], rows, self.num_chains)
+        kernel_state = _gather_chains([r.kernel_state for r in results], rows, self.num_chains)
+        draws, draw_shard = state.draws, state.draw_shard
         num_kept = results[0].draws.shape[1]
         if num_kept:
-            kept = slice(state.num_collected, state.num_collected + num_kept)
-            for chains, result in zip(rows, results):
-                state.draws[chains, kept] = result.draws.to(state.draws)
-            state.draw_shard[:, kept] = assignment.unsqueeze(1)
-            state.num_collected += num_kept
+            draws = draws.append(_in_rows([r.draws for r in results], rows, self.num_chains))
+            draw_shard = draw_shard.append(assignment.unsqueeze(1).expand(-1, num_kept))
         first_step = state.round * self.local_steps
-        state.round += 1
-        position = state.kernel_state.position
+        new = replace(state, kernel_state=kernel_state, draws=draws, draw_shard=draw_shard, round=state.round + 1)
         info = {"log_prob": torch.stack([r.log_prob for r in results]).mean(),
                 "step_size": self.plan.step_sizes[first_step].clone(),
-                "finite": torch.isfinite(position).all()}
-        return state, info
+                "finite": torch.isfinite(kernel_state.position).all()}
+        return new, info
 
     def finite_values(self, state, federation):
         return state.kernel_state.position, None
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, state):
-        saved = {"kernel": state.kernel_state.tensors(), "draws": state.draws, "draw_shard": state.draw_shard,
-                 "num_collected": state.num_collected, "round": state.round, "base_seed": state.base_seed}
+        saved = {"kernel": state.kernel_state.tensors(), "draws": state.draws.pieces(),
+                 "draw_shard": state.draw_shard.pieces(), "num_collected": state.num_collected,
+                 "round": state.round, "base_seed": state.base_seed}
         if state.surrogates is not None:
             saved["surrogate_means"] = torch.stack([s.mean for s in state.surrogates])
             saved["surrogate_precisions"] = torch.stack([s.precision for s in state.surrogates])
@@ -560,19 +563,20 @@ class FederatedSGMCMC(SGMCMC):
         like = {"device": federation.device, "dtype": federation.dtype}
         surrogates = None
         if "surrogate_means" in saved:
-            surrogates = [GaussianSurrogate(m.to(**like), p.to(**like))
-                          for m, p in zip(saved["surrogate_means"], saved["surrogate_precisions"])]
+            surrogates = tuple(GaussianSurrogate(m.to(**like), p.to(**like))
+                               for m, p in zip(saved["surrogate_means"], saved["surrogate_precisions"]))
+        num_collected = saved["num_collected"]
         return FederatedRun(SGMCMCState(**{k: v.to(**like) for k, v in saved["kernel"].items()}),
-                            saved["draws"].to(**like), saved["draw_shard"].clone(), int(saved["num_collected"]),
-                            int(saved["round"]), int(saved["base_seed"]), surrogates)
+                            DrawLog.from_saved(saved["draws"], num_collected, **like),
+                            DrawLog.from_saved(saved["draw_shard"], num_collected), int(saved["round"]),
+                            int(saved["base_seed"]), surrogates)
 
     # ------------------------------------------------------------ export
     def to_posterior(self, state, federation, trace, meta):
         meta = {**meta, "sample_kind": "mcmc", "num_shards": len(federation.targets),
                 "shard_probs": federation.shard_probs.tolist(), "rounds_completed": state.round}
         if state.num_collected:
-            draws = state.draws[:, :state.num_collected]
-            draw_shard = state.draw_shard[:, :state.num_collected]
+            draws, draw_shard = state.draws.stacked(), state.draw_shard.stacked()
         else:
             draws = state.kernel_state.position.unsqueeze(1)
             draw_shard = torch.full((self.num_chains, 1), -1, dtype=torch.long)
@@ -595,16 +599,18 @@ def _select_chains(state: SGMCMCState, rows: torch.Tensor) -> SGMCMCState:
     return SGMCMCState(**{name: value[rows] for name, value in state.tensors().items()})
 
 
+def _in_rows(parts: list[torch.Tensor], rows: list[torch.Tensor], num_chains: int) -> torch.Tensor:
+    """One new tensor ``(num_chains, ...)`` holding each part in its chains' rows."""
+    full = parts[0].new_zeros(num_chains, *parts[0].shape[1:])
+    for chains, part in zip(rows, parts):
+        full[chains] = part.to(full)
+    return full
+
+
 def _gather_chains(parts: list[SGMCMCState], rows: list[torch.Tensor], num_chains: int) -> SGMCMCState:
     """Put each client's chains back in their rows (every chain is on exactly one client per round)."""
-    fields = {}
-    for name in parts[0].tensors():
-        first = getattr(parts[0], name)
-        full = first.new_zeros(num_chains, *first.shape[1:])
-        for chains, part in zip(rows, parts):
-            full[chains] = getattr(part, name).to(full)
-        fields[name] = full
-    return SGMCMCState(**fields)
+    return SGMCMCState(**{name: _in_rows([getattr(part, name) for part in parts], rows, num_chains)
+                          for name in parts[0].tensors()})
 
 
 class DSGLD(FederatedSGMCMC):

@@ -45,9 +45,13 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SGMCMCState:
     """What an SG-MCMC update carries from one step to the next.
+
+    Frozen, and every update builds new tensors: a step returns a new state
+    and leaves the one it was given (and its tensors) unchanged, so states
+    may share tensors (an update that does not touch ``momentum`` passes it on).
 
     Attributes
     ----------
@@ -473,6 +477,12 @@ def _setting(value):
 def _check_mass(kernel):
     """Validate ``kernel.mass``; a sequence becomes a tensor (moved to the chains' device at use)."""
     mass = kernel.mass
+    if isinstance(mass, (int, float)) and not isinstance(mass, bool):
+        # The common case without a tensor round trip: engines build their kernel at every step.
+        if not (0 < mass < math.inf):
+            raise ValueError(f"mass must be a positive number or a 1-D tensor of positive entries (the "
+                             f"diagonal), got {mass!r}")
+        return
     values = torch.as_tensor(mass, dtype=torch.float64)
     if values.dim() > 1 or not bool((values > 0).all()) or not bool(torch.isfinite(values).all()):
         raise ValueError("mass must be a positive number or a 1-D tensor of positive entries (the diagonal), "

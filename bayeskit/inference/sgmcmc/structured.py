@@ -41,9 +41,10 @@ subsampling Pyro model every point of a chain sees the same minibatch and
 each chain its own (one call per chain; ``share_minibatches=True``: one call
 and one minibatch for all, see :class:`~bayeskit.inference.sgmcmc.SGMCMC`).
 
-The pure functions (:func:`resolve_groups`, :func:`draw_contexts`,
-:func:`dropout_mask`, :func:`structured_points`, :func:`structured_score`)
-are the functional core; :class:`StructuredSGMCMC` binds the
+The pure functions (:func:`resolve_groups`, :func:`context_slots`,
+:func:`draw_contexts`, :func:`dropout_mask`, :func:`structured_points`,
+:func:`structured_score`) and the persistent history
+(:class:`ChainHistory`) are the functional core; :class:`StructuredSGMCMC` binds the
 hyperparameters and reuses the warm-up, thinning, schedules, checkpoints
 and export of :class:`~bayeskit.inference.sgmcmc.engines.SGMCMC`.
 """
@@ -62,8 +63,8 @@ from bayeskit.inference.sgmcmc.kernels import make_kernel
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 from bayeskit.target import Target
 
-__all__ = ["StructuredSGMCMC", "StructuredSGMCMCRun", "GroupLayout", "resolve_groups", "draw_contexts",
-           "dropout_mask", "structured_points", "structured_score"]
+__all__ = ["StructuredSGMCMC", "StructuredSGMCMCRun", "GroupLayout", "ChainHistory", "resolve_groups",
+           "context_slots", "draw_contexts", "dropout_mask", "structured_points", "structured_score"]
 
 
 # ------------------------------------------------------------------------------ groups
@@ -246,22 +247,103 @@ def dropout_mask(dropout, shape: tuple[int, ...], *, device, dtype) -> torch.Ten
 
 
 # ----------------------------------------------------------------------- functional core
+def context_slots(num_chains: int, num_filled: int, num_groups: int, num_draws: int, *, device,
+                  share_history: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which earlier states every point draws its context from: ``(rows, slots)``, each ``(chains, K, M)``.
+
+    Slots are drawn uniformly from the ``num_filled`` filled slots of the
+    history (a ring buffer: order does not matter for a uniform draw); rows
+    are the chain itself, or with ``share_history`` a chain drawn uniformly,
+    so that contexts come from the pooled history of all chains.
+    """
+    slots = torch.randint(num_filled, (num_chains, num_groups, num_draws), device=device)
+    if share_history:
+        rows = torch.randint(num_chains, (num_chains, num_groups, num_draws), device=device)
+    else:
+        rows = torch.arange(num_chains, device=device).reshape(num_chains, 1, 1)
+    return rows, slots
+
+
 def draw_contexts(buffer: torch.Tensor, num_filled: int, num_groups: int, num_draws: int, *,
                   share_history: bool = False) -> torch.Tensor:
     """Earlier states for every point: ``(chains, K, M, dim)``, each drawn uniformly from the buffer.
 
     ``buffer`` is ``(chains, buffer_size, dim)`` of which the first
-    ``num_filled`` slots hold states (a ring buffer: order does not matter
-    for a uniform draw).  Each chain draws from its own history, or with
-    ``share_history`` from the pooled history of all chains.
+    ``num_filled`` slots hold states.  Each chain draws from its own history,
+    or with ``share_history`` from the pooled history of all chains (see
+    :func:`context_slots`; the engine draws from a :class:`ChainHistory`).
     """
-    chains = buffer.shape[0]
-    slots = torch.randint(num_filled, (chains, num_groups, num_draws), device=buffer.device)
-    if share_history:
-        rows = torch.randint(chains, (chains, num_groups, num_draws), device=buffer.device)
-    else:
-        rows = torch.arange(chains, device=buffer.device).reshape(chains, 1, 1)
+    rows, slots = context_slots(buffer.shape[0], num_filled, num_groups, num_draws, device=buffer.device,
+                                share_history=share_history)
     return buffer[rows, slots]
+
+
+@dataclass(frozen=True, eq=False)
+class ChainHistory:
+    """The chains' last ``buffer_size`` states, as a persistent ring buffer: :meth:`push` returns a new one.
+
+    State ``p`` (the initial state is ``p = 0``) lives in slot
+    ``p % buffer_size``.  A step must leave its input state unchanged, and
+    copying the whole ring per push costs ``buffer_size * dim`` per step
+    (320 MB at the default 1000 slots, 4 chains and 10^4 dimensions).  So
+    ``ring`` is the buffer as of the last consolidation, and the states pushed
+    since are in ``recent``, in slots ``count - len(recent) .. count - 1``
+    (mod ``buffer_size``); a gather reads both.  ``recent`` grows by
+    concatenation; once it holds ``L = sqrt(2 buffer_size)`` states the next
+    push writes them into a new ``ring``.  That ``L`` balances the two copies
+    (``L / 2`` and ``buffer_size / L`` states per push): about ``sqrt(2
+    buffer_size)`` states copied per push (45 at 1000 slots) instead of
+    ``buffer_size``, and a second gather per step.
+    """
+
+    ring: torch.Tensor
+    recent: torch.Tensor
+    count: int
+
+    @classmethod
+    def start(cls, position: torch.Tensor, buffer_size: int) -> ChainHistory:
+        """A history holding the initial state ``position`` ``(chains, dim)``."""
+        ring = position.new_zeros(position.shape[0], buffer_size, position.shape[1])
+        return cls(ring, position.unsqueeze(1), 1)
+
+    @classmethod
+    def of(cls, buffer: torch.Tensor, count: int) -> ChainHistory:
+        """A history from a whole ring ``buffer`` after ``count`` pushes (a checkpoint's)."""
+        return cls(buffer, buffer[:, :0], count)
+
+    @property
+    def buffer_size(self) -> int:
+        return self.ring.shape[1]
+
+    @property
+    def num_filled(self) -> int:
+        return min(self.count, self.buffer_size)
+
+    def _recent_slots(self) -> torch.Tensor:
+        return torch.arange(self.count - self.recent.shape[1], self.count, device=self.ring.device) % self.buffer_size
+
+    def push(self, position: torch.Tensor) -> ChainHistory:
+        """This history with ``position`` ``(chains, dim)`` as the newest state."""
+        newest = position.unsqueeze(1)
+        # At most buffer_size states in ``recent``, so that no two of them share a slot.
+        if self.recent.shape[1] < max(1, min(self.buffer_size, math.isqrt(2 * self.buffer_size))):
+            return ChainHistory(self.ring, torch.cat([self.recent, newest], 1), self.count + 1)
+        return ChainHistory(self.buffer(), newest, self.count + 1)
+
+    def gather(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``buffer[rows, slots]`` of the ring buffer this history stands for (see :func:`context_slots`)."""
+        contexts = self.ring[rows, slots]
+        num_recent = self.recent.shape[1]
+        if num_recent == 0:
+            return contexts
+        # Each slot's place in ``recent``, where it is there (in place: these are this call's own tensors).
+        offset = (slots - (self.count - num_recent)).remainder_(self.buffer_size)
+        inside = (offset < num_recent).unsqueeze_(-1)
+        return torch.where(inside, self.recent[rows, offset.clamp_(max=num_recent - 1)], contexts)
+
+    def buffer(self) -> torch.Tensor:
+        """The whole ring buffer ``(chains, buffer_size, dim)`` (a new tensor)."""
+        return self.ring.index_copy(1, self._recent_slots(), self.recent)
 
 
 def structured_points(position: torch.Tensor, contexts: torch.Tensor, group_index: torch.Tensor,
@@ -305,17 +387,17 @@ def structured_score(scores: torch.Tensor, group_index: torch.Tensor) -> torch.T
 
 
 # ------------------------------------------------------------------------------ engine
-@dataclass
+@dataclass(frozen=True)
 class StructuredSGMCMCRun(SGMCMCRun):
     """:class:`SGMCMCRun` plus the chain history the groups are decoupled through.
 
-    ``buffer`` is ``(chains, buffer_size, dim)``, a ring buffer of earlier
-    states; how many slots are filled and which is next follow from ``step``.
-    ``layout`` says which group each coordinate is in; it follows from the
-    target and the engine's ``groups``, so checkpoints do not store it.
+    ``history`` holds the last ``buffer_size`` earlier states (see
+    :class:`ChainHistory`).  ``layout`` says which group each coordinate is
+    in; it follows from the target and the engine's ``groups``, so
+    checkpoints do not store it.
     """
 
-    buffer: torch.Tensor | None = None
+    history: ChainHistory | None = None
     layout: GroupLayout | None = None
 
 
@@ -411,7 +493,8 @@ class StructuredSGMCMC(SGMCMC):
         if kernel_options is not None and not isinstance(kernel_options, dict):
             raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
         self.kernel_name, self.kernel_options = kernel, dict(kernel_options or {})
-        super().__init__(model_or_target, **kwargs)  # calls make_kernel
+        super().__init__(model_or_target, **kwargs)
+        self.make_kernel()  # refuse a bad kernel or kernel_options now
         if isinstance(model_or_target, Target):
             resolve_groups(self.groups, model_or_target)  # refuse bad groups now rather than at run()
 
@@ -456,14 +539,9 @@ class StructuredSGMCMC(SGMCMC):
     def init(self, target, generator):
         layout = self._layout(target)
         run = super().init(target, generator)
-        position = run.kernel_state.position
-        buffer = position.new_zeros(self.num_chains, self.buffer_size, target.dim)
-        buffer[:, 0] = position  # the history starts with the initial state
-        return StructuredSGMCMCRun(run.kernel_state, run.draws, run.draw_log_prob, run.num_collected, run.step,
-                                   buffer=buffer, layout=layout)
-
-    def _num_filled(self, steps_done: int) -> int:
-        return min(1 + steps_done // self.buffer_every, self.buffer_size)
+        history = ChainHistory.start(run.kernel_state.position, self.buffer_size)  # starts with the initial state
+        return StructuredSGMCMCRun(run.kernel_state, run.draws, run.draw_log_prob, run.step, history=history,
+                                   layout=layout)
 
     def _points(self, state, position):
         """``(chains, K, M, dim)`` structured points for the current step."""
@@ -471,11 +549,11 @@ class StructuredSGMCMC(SGMCMC):
         shape = (position.shape[0], num_groups, self.num_context_draws)
         if self.dropout == 1.0:  # every context is the current state: no history to draw
             return position.reshape(shape[0], 1, 1, -1).expand(*shape, position.shape[-1])
-        contexts = draw_contexts(state.buffer, self._num_filled(state.step), num_groups, self.num_context_draws,
-                                 share_history=self.share_history)
+        rows, slots = context_slots(shape[0], state.history.num_filled, num_groups, self.num_context_draws,
+                                    device=position.device, share_history=self.share_history)
         keep_current = dropout_mask(self.dropout, (*shape, num_groups), device=position.device,
                                     dtype=position.dtype)
-        return structured_points(position, contexts, group_index, keep_current)
+        return structured_points(position, state.history.gather(rows, slots), group_index, keep_current)
 
     def step(self, state, target, generator):
         step_size, noise, collect = self.steps[state.step]
@@ -488,19 +566,18 @@ class StructuredSGMCMC(SGMCMC):
         score = structured_score(scores[:, 1:].reshape(chains, num_groups, num_draws, dim),
                                  state.layout.group_index)
         kernel_state = self.kernel.step(state.kernel_state, score, step_size, noise=noise)
-        steps_done = state.step + 1
-        if steps_done % self.buffer_every == 0:
-            state.buffer[:, (steps_done // self.buffer_every) % self.buffer_size] = kernel_state.position
-        return state, self.record(state, kernel_state, log_probs[:, 0], collect)
+        history = state.history
+        if (state.step + 1) % self.buffer_every == 0:
+            history = history.push(kernel_state.position)
+        return self.record(state, kernel_state, log_probs[:, 0], collect, history=history)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, state):
-        # The base snapshot() shares this buffer rather than copying it every step: a
-        # snapshot only exports the draws of the last finite state, which never reads it.
-        return {**super().state_dict(state), "buffer": state.buffer}
+        return {**super().state_dict(state), "buffer": state.history.buffer()}
 
     def load_state(self, target, saved):
         run = super().load_state(target, saved)
-        return StructuredSGMCMCRun(run.kernel_state, run.draws, run.draw_log_prob, run.num_collected, run.step,
-                                   buffer=saved["buffer"].to(device=target.device, dtype=target.dtype),
+        buffer = saved["buffer"].to(device=target.device, dtype=target.dtype)
+        history = ChainHistory.of(buffer, 1 + run.step // self.buffer_every)
+        return StructuredSGMCMCRun(run.kernel_state, run.draws, run.draw_log_prob, run.step, history=history,
                                    layout=resolve_groups(self.groups, target))

@@ -42,7 +42,7 @@ learning with PaRIS particle Gibbs").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -50,8 +50,8 @@ import torch
 from bayeskit.diagnostics import kish_ess
 from bayeskit.resampling import RESAMPLING, inverse_cdf, resample
 
-__all__ = ["SweepState", "initial_state", "forward_step", "sweep", "backward_indices", "backward_trajectory",
-           "surrogate_log_likelihood", "BACKWARD_MODES"]
+__all__ = ["SweepState", "PersistentLog", "initial_state", "forward_step", "sweep", "backward_indices",
+           "backward_trajectory", "surrogate_log_likelihood", "BACKWARD_MODES"]
 
 BACKWARD_MODES = ("auto", "exact", "reject")
 # Entries of one chunk of the exact N x N backward kernel (float64: 256 MiB).
@@ -63,7 +63,64 @@ _SMALL_KERNEL = 2 ** 18
 _FALLBACK_ENTRIES = 2 ** 14
 
 
-@dataclass
+#: Items per block of a :class:`PersistentLog`.
+LOG_BLOCK = 64
+
+
+@dataclass(frozen=True, eq=False)
+class PersistentLog(Sequence):
+    """An append-only sequence whose :meth:`append` returns a new log and leaves this one as it was.
+
+    What a step that must not change its input keeps per time step or
+    iteration (a recorded sweep's particles, particle Gibbs' draws).  Why
+    blocks: appending to a shared list changes the state that holds it, and
+    copying a tuple per append is quadratic over a long series.  Here an
+    append copies at most ``LOG_BLOCK`` pointers (``tail``), plus the tuple
+    of full blocks every ``LOG_BLOCK`` appends (``n / 4096`` pointers per
+    append, amortised); indexing is O(1).  The structure is two levels deep,
+    so pickling and ``copy.deepcopy`` do not recurse through it as they would
+    through a cons-list.  Checkpoints store ``list(log)``.
+    """
+
+    blocks: tuple[tuple, ...] = ()
+    tail: tuple = ()
+
+    @classmethod
+    def of(cls, items: Iterable) -> PersistentLog:
+        items = tuple(items)
+        cut = len(items) - len(items) % LOG_BLOCK
+        blocks = tuple(items[start:start + LOG_BLOCK] for start in range(0, cut, LOG_BLOCK))
+        return cls(blocks, items[cut:])
+
+    def append(self, item) -> PersistentLog:
+        tail = (*self.tail, item)
+        if len(tail) < LOG_BLOCK:
+            return PersistentLog(self.blocks, tail)
+        return PersistentLog((*self.blocks, tail), ())
+
+    def __len__(self) -> int:
+        return LOG_BLOCK * len(self.blocks) + len(self.tail)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(self)[index]
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError(f"index {index} is out of range for a log of {size} items")
+        index %= size
+        block, offset = divmod(index, LOG_BLOCK)
+        return self.blocks[block][offset] if block < len(self.blocks) else self.tail[offset]
+
+    def __iter__(self) -> Iterator:
+        for block in self.blocks:
+            yield from block
+        yield from self.tail
+
+    def __repr__(self) -> str:
+        return f"PersistentLog({len(self)} items)"
+
+
+@dataclass(frozen=True)
 class SweepState:
     """Where a sweep stands after processing ``y_0 .. y_t``.
 
@@ -73,7 +130,8 @@ class SweepState:
     ``ess`` ``(R,)`` and ``resampled`` ``(R,)`` of the last step. With
     ``record=True``, ``particles`` and ``backward`` keep every ``x_t`` and
     backward index tensor ``J_t`` ``(R, N, num_backward)`` (for learning and
-    for drawing a new reference).
+    for drawing a new reference), as :class:`PersistentLog` s: a step returns
+    a new state and never changes the one it is given.
     """
 
     t: int
@@ -83,8 +141,8 @@ class SweepState:
     stats: torch.Tensor | None
     ess: torch.Tensor
     resampled: torch.Tensor
-    particles: list[torch.Tensor] = field(default_factory=list)
-    backward: list[torch.Tensor] = field(default_factory=list)
+    particles: PersistentLog = field(default_factory=PersistentLog)
+    backward: PersistentLog = field(default_factory=PersistentLog)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -127,10 +185,8 @@ def initial_state(model, y0, num_chains: int, num_particles: int, *, functional=
     log_evidence = log_evidence - math.log(num_particles)
     stats = None if functional is None else _functional_value(functional, 0, None, x)
     no = torch.zeros(num_chains, dtype=torch.bool, device=x.device)
-    state = SweepState(0, x, log_weights, log_evidence, stats, kish_ess(log_weights), no)
-    if record:
-        state.particles.append(x)
-    return state
+    particles = PersistentLog().append(x) if record else PersistentLog()
+    return SweepState(0, x, log_weights, log_evidence, stats, kish_ess(log_weights), no, particles)
 
 
 def forward_step(model, state: SweepState, y_t: torch.Tensor, *, resampling: str = "systematic",
@@ -171,12 +227,11 @@ def forward_step(model, state: SweepState, y_t: torch.Tensor, *, resampling: str
         indices = backward_indices(model, t, x_prev, log_w_prev, x, num_backward, backward)
     if functional is not None:
         stats = _paris_update(functional, t, state.stats, x_prev, x, indices)
-    new = SweepState(t, x, log_weights, state.log_evidence + log_increment, stats, kish_ess(log_weights), resampled,
-                     state.particles, state.backward)
+    particles, backward = state.particles, state.backward
     if record:
-        new.particles.append(x)
-        new.backward.append(indices)
-    return new
+        particles, backward = particles.append(x), backward.append(indices)
+    return SweepState(t, x, log_weights, state.log_evidence + log_increment, stats, kish_ess(log_weights),
+                      resampled, particles, backward)
 
 
 def _gather_particles(x_prev, indices):

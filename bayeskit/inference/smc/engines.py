@@ -11,7 +11,7 @@ from bayeskit._checks import check_series, positive_int
 from bayeskit.inference.smc import core
 from bayeskit.models.ssm import StateSpaceModel
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine, InPlaceSteps
+from bayeskit.runner import Engine
 
 __all__ = ["ParticleFilter", "PaRIS", "ParticleGibbs"]
 
@@ -45,16 +45,24 @@ def check_model(model):
 
 
 def _sweep_dict(sweep: core.SweepState | None) -> dict:
+    """A sweep's fields as tensors, plain values and lists (what a checkpoint holds)."""
     if sweep is None:
         return {"sweep": None}
-    return {"sweep": {f.name: getattr(sweep, f.name) for f in fields(sweep)}}
+    values = {f.name: getattr(sweep, f.name) for f in fields(sweep)}
+    return {"sweep": {name: list(value) if isinstance(value, core.PersistentLog) else value
+                      for name, value in values.items()}}
 
 
 def _sweep_from(saved: dict) -> core.SweepState | None:
-    return None if saved["sweep"] is None else core.SweepState(**saved["sweep"])
+    if saved["sweep"] is None:
+        return None
+    values = dict(saved["sweep"])
+    for name in ("particles", "backward"):
+        values[name] = core.PersistentLog.of(values[name])
+    return core.SweepState(**values)
 
 
-class ParticleFilter(InPlaceSteps, Engine):
+class ParticleFilter(Engine):
     r"""Particle filter for a :class:`~bayeskit.models.ssm.StateSpaceModel`, many replicates in one batch.
 
     Sequential importance resampling (Gordon, Salmond and Smith 1993) with the
@@ -130,9 +138,6 @@ class ParticleFilter(InPlaceSteps, Engine):
     def load_state(self, target, saved):
         return _sweep_from(saved)
 
-    def snapshot(self, state):
-        return _sweep_dict(state)  # steps build new tensors, so the old ones can be kept as they are
-
     def finite_values(self, state, target):
         return None, None
 
@@ -178,7 +183,7 @@ class PaRIS(ParticleFilter):
         return {**super().settings(problem), "num_backward": self.num_backward, "backward": self.backward}
 
 
-class ParticleGibbs(InPlaceSteps, Engine):
+class ParticleGibbs(Engine):
     r"""PaRIS particle Gibbs (PPG; Cardoso, Janati El Idrissi, Le Corff, Moulines and Olsson 2023).
 
     Each iteration runs conditional PaRIS: a particle filter in which the last
@@ -238,15 +243,18 @@ class ParticleGibbs(InPlaceSteps, Engine):
     def init(self, target, generator):
         with torch.no_grad():
             reference = core.backward_trajectory(self._sweep(target.y, None))
-        return {"reference": reference, "draws": [], "estimates": []}
+        return {"reference": reference, "draws": core.PersistentLog(), "estimates": core.PersistentLog()}
 
     def step(self, state, target, generator):
         with torch.no_grad():
             sweep = self._sweep(target.y, state["reference"])
             reference = core.backward_trajectory(sweep)
         moved = (reference != state["reference"]).any(-1).to(reference.dtype).mean(-1)
-        draws = state["draws"] + [reference]
-        estimates = state["estimates"] + ([sweep.estimate()] if self.functional is not None else [])
+        # Persistent logs: the new state shares the old one's draws and never changes them.
+        draws = state["draws"].append(reference)
+        estimates = state["estimates"]
+        if self.functional is not None:
+            estimates = estimates.append(sweep.estimate())
         finite = torch.isfinite(sweep.log_weights).any(-1).all()
         return {"reference": reference, "draws": draws, "estimates": estimates}, {"update_rate": moved,
                                                                                    "finite": finite}
@@ -256,23 +264,21 @@ class ParticleGibbs(InPlaceSteps, Engine):
                 "estimates": list(state["estimates"])}
 
     def load_state(self, target, saved):
-        return {"reference": saved["reference"], "draws": list(saved["draws"]),
-                "estimates": list(saved["estimates"])}
-
-    snapshot = state_dict  # draws are appended, never changed: sharing them is safe
+        return {"reference": saved["reference"], "draws": core.PersistentLog.of(saved["draws"]),
+                "estimates": core.PersistentLog.of(saved["estimates"])}
 
     def finite_values(self, state, target):
         return None, None
 
     def to_posterior(self, state, target, trace, meta):
-        draws = state["draws"] or [state["reference"]]
+        draws = list(state["draws"]) or [state["reference"]]
         samples = {"x": torch.stack(draws, 1)}
         num_warmup = self.num_warmup if self.num_warmup is not None else len(draws) // 10
         num_warmup = min(num_warmup, len(draws) - 1)
         meta = {**meta, "num_warmup": num_warmup, "sample_kind": "trajectories"}
         stats = {}
         if state["estimates"]:
-            values = torch.stack(state["estimates"], 1)
+            values = torch.stack(list(state["estimates"]), 1)
             stats["functional"] = values
             meta["estimate"] = values[:, num_warmup:].mean(1).tolist()
         return Posterior(samples, sample_stats=stats, trace=trace, meta=meta, observed_data={"y": target.y},

@@ -38,7 +38,7 @@ LEARNING_METHODS = ("ppg", "paris", "score_climbing")
 def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particles: int = 100,
             num_backward: int = 2, backward: str = "auto", num_chains: int = 1, optimizer=None,
             lr: float = 0.02, average_from: int | None = None, seed: int | None = None, progress: bool = True,
-            callback=None) -> Posterior:
+            callback=None, checkpoint=None, checkpoint_every: int = 100, resume: bool = False) -> Posterior:
     """Fit the learnable parameters of ``model`` (those named in its ``learn=``) to ``y`` ``(T, obs_dim)``.
 
     Parameters
@@ -53,6 +53,11 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
         ``optimizer(parameters) -> torch.optim.Optimizer``; default Adam with ``lr``.
     average_from : int, optional
         First step of the Polyak-Ruppert average; default ``num_steps // 2``.
+    seed, progress, callback, checkpoint, checkpoint_every, resume
+        As for every engine's ``run`` (:func:`bayeskit.runner.run_loop`); a
+        checkpoint holds the parameters, the optimiser, the running average
+        and the reference trajectory, so a resumed fit ends exactly as an
+        uninterrupted one.
 
     Returns
     -------
@@ -75,35 +80,73 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
     if not isinstance(average_from, int) or not 0 <= average_from < num_steps:
         raise ValueError(f"average_from must be an int in [0, num_steps), got {average_from!r}")
     y = observations_for(model, y)
-    chain = {"reference": None}
-    totals = {name: torch.zeros_like(p) for name, p in parameters.items()}
-    counted = [0]
+    running = _RunningAverage(parameters, average_from)
+    chain = _Reference()
 
     def loss(step):
-        if step >= average_from:
-            for name, p in parameters.items():
-                totals[name] += p.detach()
-            counted[0] += 1
-        conditional = chain["reference"] if method != "paris" else None
+        running.add(step)
+        conditional = chain.reference if method != "paris" else None
         with torch.no_grad():
             state = core.sweep(model, y, num_chains, num_particles, reference=conditional, record=True,
                                num_backward=num_backward, backward=backward)
             if method != "paris":
-                chain["reference"] = core.backward_trajectory(state)
+                chain.reference = core.backward_trajectory(state)
         if method == "score_climbing":
-            objective = model.log_joint(chain["reference"], y)
+            objective = model.log_joint(chain.reference, y)
         else:
             objective = core.surrogate_log_likelihood(model, y, state)
         # clone: some values are views of the parameters, which the optimiser then updates in place
         values = {name: value.clone() for name, value in model.parameter_values().items()}
         return -objective.mean() / y.shape[0], values
 
-    fitted = Fit(loss, parameters, optimizer=optimizer, lr=lr, name=f"fit_ssm[{method}]").run(
-        num_steps=num_steps, seed=seed, progress=progress, callback=callback)
-    with torch.no_grad():
-        for name, p in parameters.items():
-            p.copy_(totals[name] / max(counted[0], 1))
+    fitted = Fit(loss, parameters, optimizer=optimizer, lr=lr, name=f"fit_ssm[{method}]",
+                 carry={"average": running, "reference": chain}).run(
+        num_steps=num_steps, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, resume=resume)
+    running.assign()
     values = {name: value.unsqueeze(0).unsqueeze(0) for name, value in model.parameter_values().items()}
     settings = {"method": method, "num_particles": num_particles, "num_backward": num_backward,
                 "num_chains": num_chains, "average_from": average_from, **fitted.meta["settings"]}
     return Posterior(values, trace=fitted.trace, meta={**fitted.meta, "settings": settings})
+
+
+class _RunningAverage:
+    """The Polyak-Ruppert average of the parameters from step ``start`` on, carried through checkpoints."""
+
+    def __init__(self, parameters, start):
+        self.parameters, self.start = parameters, start
+        self.totals = {name: torch.zeros_like(p) for name, p in parameters.items()}
+        self.count = 0
+
+    def add(self, step):
+        """Count the iterate that step ``step`` (0-based) starts from, once the average has begun."""
+        if step >= self.start:
+            for name, p in self.parameters.items():
+                self.totals[name] += p.detach()
+            self.count += 1
+
+    @torch.no_grad()
+    def assign(self):
+        """Leave the parameters at the average (the last iterate if none was counted)."""
+        if self.count:
+            for name, p in self.parameters.items():
+                p.copy_(self.totals[name] / self.count)
+
+    def state_dict(self):
+        return {"totals": self.totals, "count": self.count}
+
+    def load_state_dict(self, saved):
+        self.totals, self.count = dict(saved["totals"]), int(saved["count"])
+
+
+class _Reference:
+    """The reference trajectory carried from sweep to sweep (PPG and score climbing)."""
+
+    def __init__(self):
+        self.reference = None
+
+    def state_dict(self):
+        return {} if self.reference is None else {"reference": self.reference}
+
+    def load_state_dict(self, saved):
+        self.reference = saved.get("reference")

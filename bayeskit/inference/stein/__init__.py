@@ -14,13 +14,14 @@ reproducing-kernel Hilbert space:
 The first term drives particles to high density, the second repels them
 from each other so that they spread like the posterior.  Particles live in
 the Target's unconstrained space, so constrained sites are handled by the
-Target's bijections.  Any ``torch.optim`` optimizer applies the step
-(Adagrad by default, as in the paper's experiments); ``num_chains``
-independent particle sets run in one batched step.
+Target's bijections.  A pure optimiser applies the step (Adagrad by
+default, as in the paper's experiments; SGD, Adam, RMSprop or your own, see
+:mod:`bayeskit.inference.stein.optim`); ``num_chains`` independent particle
+sets run in one batched step.
 
 The functional core is :func:`svgd_direction`, :func:`svgd_init` and
-:func:`svgd_step`; :class:`SVGD` binds hyperparameters and runs them through
-the shared runner.
+:func:`svgd_step` over a state of tensors (a step returns a new one);
+:class:`SVGD` binds hyperparameters and runs them through the shared runner.
 """
 
 from bayeskit.inference.stein.core import (
@@ -32,15 +33,17 @@ from bayeskit.inference.stein.core import (
     svgd_init,
     svgd_step,
     svmd_direction,
+    svng_init,
     svng_step,
 )
 from bayeskit.inference.stein.engines import SVGD, SVMD, SVNG, MirroredSVGD
 from bayeskit.inference.stein.kernels import IMQKernel, RBFKernel, make_kernel
 from bayeskit.inference.stein.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
-from bayeskit.inference.stein.optim import make_optimizer
+from bayeskit.inference.stein.optim import SGD, Adagrad, Adam, PureOptimizer, RMSprop, make_optimizer
 
 __all__ = [
     "SVGD", "SVGDState", "svgd_direction", "svgd_init", "svgd_step", "make_optimizer", "MirroredSVGD", "SVMD",
-    "SVNG", "SVNGState", "msvgd_direction", "svmd_direction", "mirrored_step", "svng_step", "RBFKernel",
+    "SVNG", "SVNGState", "msvgd_direction", "svmd_direction", "mirrored_step", "svng_init", "svng_step",
+    "PureOptimizer", "SGD", "Adagrad", "Adam", "RMSprop", "RBFKernel",
     "IMQKernel", "make_kernel", "MirrorMap", "IdentityMap", "OrthantMap", "BoxMap", "SimplexMap", "CustomMirrorMap",
 ]

@@ -9,22 +9,27 @@ their hyperparameters and run them through the shared runner.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from bayeskit.inference.stein.mirror_maps import SiteMirrors
+from bayeskit.inference.stein.optim import PureOptimizer, step_count
 
 __all__ = ["SVGDState", "svgd_direction", "svgd_init", "svgd_step", "ascend", "MirrorGeometry", "MetricGeometry",
-           "msvgd_direction", "svmd_direction", "mirrored_step", "SVNGState", "svng_step"]
+           "msvgd_direction", "svmd_direction", "mirrored_step", "SVNGState", "svng_init", "svng_step"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SVGDState:
-    """Particles ``(num_chains, num_particles, dim)`` in unconstrained space and their optimizer."""
+    """Particles ``(num_chains, num_particles, dim)`` in unconstrained space and their optimiser's state.
+
+    Tensors only: the optimiser itself (its hyperparameters) is an argument of
+    the steps, and a step returns a new state (see :mod:`bayeskit.inference.stein.optim`).
+    """
 
     particles: torch.Tensor
-    optimizer: torch.optim.Optimizer
+    optimizer_state: dict[str, torch.Tensor]
 
 
 def svgd_direction(particles, score, kernel):
@@ -37,32 +42,33 @@ def svgd_direction(particles, score, kernel):
     return (k @ score + repulsion) / n, bandwidth
 
 
-def svgd_init(particles, optimizer_factory) -> SVGDState:
-    """Start from ``particles`` ``(num_chains, n, dim)``; the optimizer owns a leaf copy."""
-    leaf = particles.detach().clone().requires_grad_(True)
-    return SVGDState(leaf, optimizer_factory([leaf]))
+def svgd_init(particles, optimizer: PureOptimizer) -> SVGDState:
+    """Start from ``particles`` ``(num_chains, n, dim)`` (copied: the state owns its tensors)."""
+    particles = particles.detach().clone()
+    return SVGDState(particles, optimizer.init(particles))
 
 
-def svgd_step(state: SVGDState, target, kernel) -> tuple[SVGDState, dict]:
-    """One SVGD step: score all particles in one Target call, then let the optimizer ascend ``phi``."""
-    log_prob, score = target.log_prob_and_score(state.particles.detach())
-    phi, bandwidth = svgd_direction(state.particles.detach(), score, kernel)
-    return ascend(state, phi, log_prob, score, bandwidth=bandwidth.mean())
+def svgd_step(state: SVGDState, target, kernel, optimizer: PureOptimizer) -> tuple[SVGDState, dict]:
+    """One SVGD step: score all particles in one Target call, then let the optimiser ascend ``phi``."""
+    log_prob, score = target.log_prob_and_score(state.particles)
+    phi, bandwidth = svgd_direction(state.particles, score, kernel)
+    return ascend(state, optimizer, phi, log_prob, score, bandwidth=bandwidth.mean())
 
 
-def ascend(state, phi, log_prob, score, **info):
-    """Let the optimizer move the particles along ``phi``; return the state and the step's trace entry."""
-    state.optimizer.zero_grad(set_to_none=False)
-    state.particles.grad = -phi  # torch optimizers descend; Stein methods ascend along phi
-    state.optimizer.step()
+def ascend(state, optimizer: PureOptimizer, phi, log_prob, score, **info):
+    r"""The optimiser's step along ``phi``: a new state (the input's other fields kept) and the trace entry.
+
+    The optimisers descend a gradient; a Stein method ascends along
+    :math:`\phi`, so the gradient is :math:`-\phi` (:math:`x + \epsilon\phi` with plain SGD).
+    """
+    particles, optimizer_state = optimizer.update(-phi, state.optimizer_state, state.particles)
     info = {
         "log_prob": log_prob.mean(),
         "phi_norm": phi.norm(dim=-1).mean(),
         **info,
-        "finite": (torch.isfinite(state.particles.detach()).all() & torch.isfinite(score).all()
-                   & torch.isfinite(log_prob).all()),
+        "finite": torch.isfinite(particles).all() & torch.isfinite(score).all() & torch.isfinite(log_prob).all(),
     }
-    return state, info
+    return replace(state, particles=particles, optimizer_state=optimizer_state), info
 
 
 class MirrorGeometry:
@@ -167,44 +173,62 @@ def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, 
     return a_matrix @ geometry.hessian(q) / n**2, bandwidth, num_eigen
 
 
-def mirrored_step(state: SVGDState, target, direction) -> tuple[SVGDState, dict]:
+def mirrored_step(state: SVGDState, target, direction, optimizer: PureOptimizer) -> tuple[SVGDState, dict]:
     """One mirrored step on a dual Target: dual scores in one call, then ascend ``direction`` in ``eta``.
 
     ``direction(theta, dual_score, geometry) -> (g, info)`` is a bound
     :func:`msvgd_direction` or :func:`svmd_direction`.
     """
-    eta = state.particles.detach()
+    eta = state.particles
     log_prob, dual_score = target.log_prob_and_score(eta)
     mirrors = SiteMirrors(target)  # a loop over the sites: cheap next to the kernel's O(n^2) terms
     theta = mirrors.to_primal(eta)
     phi, info = direction(theta, dual_score, MirrorGeometry(mirrors, eta))
-    return ascend(state, phi, log_prob, dual_score, **info)
+    return ascend(state, optimizer, phi, log_prob, dual_score, **info)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SVNGState(SVGDState):
-    """SVGD's state plus the moving-average metric ``(num_chains, num_particles, dim, dim)`` and its count."""
+    """SVGD's state plus the moving-average metric ``(num_chains, num_particles, dim, dim)`` and its count.
 
-    metric: torch.Tensor | None = None
-    num_updates: int = 0
+    The count is a 0-d int64 tensor on the CPU, so that reading it for the
+    average's weight never waits for the device.
+    """
+
+    metric: torch.Tensor
+    num_updates: torch.Tensor
 
 
-def svng_step(state: SVNGState, target, kernel, metric_fn, *, damping, trace_fraction, max_decay=0.95):
+def svng_init(particles, optimizer: PureOptimizer) -> SVNGState:
+    """SVGD's start with a zero metric and count 0 (the first average's weight on the old metric is 0)."""
+    base = svgd_init(particles, optimizer)
+    metric = base.particles.new_zeros(*base.particles.shape, base.particles.shape[-1])
+    return SVNGState(base.particles, base.optimizer_state, metric, step_count())
+
+
+def svng_step(state: SVNGState, target, kernel, metric_fn, optimizer: PureOptimizer, *, damping, trace_fraction,
+              max_decay=0.95):
     r"""One SVNG step: update the metric, take SVMD's direction with it, map it back with :math:`G^{-1}`.
 
-    ``metric_fn(z) -> (C, n, d, d)`` estimates the metric at the particles;
-    it enters a moving average with weight :math:`\rho_t = \min(1 - 1/t, 0.95)`
-    (the authors' schedule), and ``damping * I`` is added.
+    ``metric_fn(z) -> (C, n, d, d)`` estimates the metric :math:`\hat G_t` at the
+    particles; it enters a moving average
+
+    .. math::
+
+        G_t = \rho_t\, G_{t-1} + (1 - \rho_t)\, \hat G_t, \qquad \rho_t = \min(1 - 1/t,\ 0.95)
+
+    (the authors' schedule; :math:`\rho_1 = 0` forgets the zero start), and
+    ``damping * I`` is added.
     """
-    z = state.particles.detach()
+    z = state.particles
     log_prob, score = target.log_prob_and_score(z)
     estimate = metric_fn(z).to(z)
-    state.num_updates += 1
-    decay = min(1 - 1 / state.num_updates, max_decay)
-    state.metric = estimate if state.metric is None else decay * state.metric + (1 - decay) * estimate
+    num_updates = state.num_updates + 1
+    decay = min(1 - 1 / int(num_updates), max_decay)
+    metric = decay * state.metric + (1 - decay) * estimate
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    geometry = MetricGeometry(state.metric + damping * eye)
+    geometry = MetricGeometry(metric + damping * eye)
     natural_score = geometry.inverse_hessian(score)
     phi, bandwidth, num_eigen = svmd_direction(z, natural_score, geometry, kernel, trace_fraction=trace_fraction)
-    return ascend(state, geometry.inverse_hessian(phi), log_prob, score, bandwidth=bandwidth.mean(),
-                  num_eigen=num_eigen.to(z.dtype).mean())
+    return ascend(replace(state, metric=metric, num_updates=num_updates), optimizer, geometry.inverse_hessian(phi),
+                  log_prob, score, bandwidth=bandwidth.mean(), num_eigen=num_eigen.to(z.dtype).mean())

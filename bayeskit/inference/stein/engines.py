@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from bayeskit._checks import fraction
 from bayeskit.inference.stein.core import (
+    SVGDState,
     SVNGState,
     mirrored_step,
     msvgd_direction,
     svgd_init,
     svgd_step,
     svmd_direction,
+    svng_init,
     svng_step,
 )
 from bayeskit.inference.stein.kernels import make_kernel
 from bayeskit.inference.stein.mirror_maps import SiteMirrors, dual_target
 from bayeskit.inference.stein.optim import make_optimizer
 from bayeskit.posterior import Posterior
-from bayeskit.runner import Engine, InPlaceSteps
+from bayeskit.runner import Engine
 
 __all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG"]
 
 
-class SVGD(InPlaceSteps, Engine):
+class SVGD(Engine):
     """Stein variational gradient descent on a Pyro model or a Target.
 
     Parameters
@@ -39,11 +43,14 @@ class SVGD(InPlaceSteps, Engine):
     kernel : "rbf", "imq" or a kernel object
         See :mod:`bayeskit.inference.stein.kernels`; the bandwidth follows the
         median heuristic by default.
-    optimizer : str, torch.optim.Optimizer class or callable
-        ``"adagrad"`` (default), ``"adam"``, ``"sgd"``, ``"rmsprop"``, any
-        Optimizer class (built with ``lr``) or ``params -> Optimizer``.
+    optimizer : str or pure optimiser
+        ``"adagrad"`` (default), ``"adam"``, ``"sgd"``, ``"rmsprop"`` (built
+        with ``lr``), or an object with ``init(params)`` and
+        ``update(grad, state, params)`` that returns new tensors (see
+        :mod:`bayeskit.inference.stein.optim`).  ``torch.optim`` optimisers
+        update in place and are refused.
     lr : float
-        Learning rate for a named optimizer or an Optimizer class.
+        Learning rate for a named optimizer (a pure optimiser object brings its own).
     init : dict, optional
         Starting particles in the model's own (constrained) space:
         ``{site: (num_particles, *shape)}``, shared by all chains, or
@@ -71,9 +78,9 @@ class SVGD(InPlaceSteps, Engine):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.num_particles, self.num_chains = num_particles, num_chains
         self.kernel = make_kernel(kernel)
-        self.optimizer_factory = make_optimizer(optimizer, lr)
-        self.optimizer_name = getattr(optimizer, "__name__", str(optimizer))
-        self.lr = lr
+        self.optimizer = make_optimizer(optimizer, lr)
+        self.optimizer_name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
+        self.lr = lr if isinstance(optimizer, str) else getattr(optimizer, "lr", None)
         self.initial_values = init
         self.dims, self.coords = dims, coords
 
@@ -86,7 +93,7 @@ class SVGD(InPlaceSteps, Engine):
     def init(self, target, generator):
         shape = (self.num_chains, self.num_particles, target.dim)
         if self.initial_values is None:
-            return svgd_init(target.init(shape[0] * shape[1], generator).reshape(shape), self.optimizer_factory)
+            return self.start(target.init(shape[0] * shape[1], generator).reshape(shape))
         points = target.unconstrain(self.initial_values)
         if points.shape not in (shape, shape[1:]):
             raise ValueError(f"init must give ({self.num_particles}, *site shape) or ({self.num_chains}, "
@@ -94,28 +101,36 @@ class SVGD(InPlaceSteps, Engine):
                              f"{tuple(points.shape[:-1])}")
         if not torch.isfinite(points).all():
             raise ValueError("init has values outside the sites' supports (non-finite in unconstrained space)")
-        return svgd_init(points.expand(shape), self.optimizer_factory)
+        return self.start(points.expand(shape))
+
+    def start(self, particles) -> SVGDState:
+        """The state at ``particles`` ``(num_chains, num_particles, dim)``."""
+        return svgd_init(particles, self.optimizer)
 
     def step(self, state, target, generator):
-        return svgd_step(state, target, self.kernel)
+        return svgd_step(state, target, self.kernel, self.optimizer)
 
     def finite_values(self, state, target):
-        particles = state.particles.detach()
-        _, score = target.log_prob_and_score(particles)
-        return particles, score
+        _, score = target.log_prob_and_score(state.particles)
+        return state.particles, score
 
     # checkpoints
     def state_dict(self, state):
-        return {"particles": state.particles.detach(), "optimizer": state.optimizer.state_dict()}
+        return {"particles": state.particles, "optimizer": dict(state.optimizer_state)}
 
     def load_state(self, target, saved):
-        particles = saved["particles"].to(device=target.device, dtype=target.dtype)
-        state = svgd_init(particles, self.optimizer_factory)
-        state.optimizer.load_state_dict(saved["optimizer"])
-        return state
+        """The saved state, each tensor placed as a fresh start's (the optimiser's step count stays on the CPU)."""
+        start = self.start(saved["particles"].to(device=target.device, dtype=target.dtype))
+        optimizer_state = saved["optimizer"]
+        if optimizer_state.keys() != start.optimizer_state.keys():
+            raise ValueError(f"the checkpoint's optimizer state has {sorted(optimizer_state)}, but this engine's "
+                             f"{self.optimizer_name} keeps {sorted(start.optimizer_state)}: resume with the "
+                             "optimizer that wrote it")
+        return replace(start, optimizer_state={key: value.to(start.optimizer_state[key])
+                                               for key, value in optimizer_state.items()})
 
     def to_posterior(self, state, target, trace, meta):
-        particles = state.particles.detach()
+        particles = state.particles
         with torch.no_grad():
             samples = target.draws(particles)
             log_prob = target.log_prob(particles)
@@ -200,8 +215,8 @@ class MirroredSVGD(SVGD):
 
     def step(self, state, target, generator):
         if self.kernel_space == "dual":
-            return svgd_step(state, target, self.kernel)  # SVGD on eta with the dual score
-        return mirrored_step(state, target, self.direction)
+            return svgd_step(state, target, self.kernel, self.optimizer)  # SVGD on eta with the dual score
+        return mirrored_step(state, target, self.direction, self.optimizer)
 
 
 class SVMD(MirroredSVGD):
@@ -348,24 +363,17 @@ class SVNG(SVGD):
             return sampled(flat, self.fisher_samples).reshape(*z.shape, z.shape[-1])
         return fisher
 
-    def init(self, target, generator):
-        base = super().init(target, generator)
-        return SVNGState(base.particles, base.optimizer)
+    def start(self, particles) -> SVNGState:
+        return svng_init(particles, self.optimizer)
 
     def step(self, state, target, generator):
-        return svng_step(state, target, self.kernel, self.metric_fn(target), damping=self.damping,
+        return svng_step(state, target, self.kernel, self.metric_fn(target), self.optimizer, damping=self.damping,
                          trace_fraction=self.trace_fraction)
 
     def state_dict(self, state):
-        out = super().state_dict(state)
-        out["num_updates"] = state.num_updates
-        if state.metric is not None:
-            out["metric"] = state.metric.detach()
-        return out
+        return {**super().state_dict(state), "metric": state.metric, "num_updates": state.num_updates}
 
     def load_state(self, target, saved):
-        base = super().load_state(target, saved)
-        metric = saved.get("metric")
-        if metric is not None:
-            metric = metric.to(device=target.device, dtype=target.dtype)
-        return SVNGState(base.particles, base.optimizer, metric, int(saved["num_updates"]))
+        state = super().load_state(target, saved)  # a fresh start's metric and count say where these go
+        return replace(state, metric=saved["metric"].to(state.metric), num_updates=saved["num_updates"].to(
+            state.num_updates))

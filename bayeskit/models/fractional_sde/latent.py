@@ -47,15 +47,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM
-from bayeskit.models.fractional_sde.model import ConstantDiffusion, mlp, register_log
+from bayeskit.models.fractional_sde.model import ConstantDiffusion, mlp, path_draws, register_log
 from bayeskit.models.fractional_sde.solvers import MAX_SPEED_TIMES_STEP, METHODS, solve
-from bayeskit.posterior import Posterior
+from bayeskit.parallel import resolve_seed, step_generator
+from bayeskit.posterior import Posterior, predictive_mixture
 from bayeskit.runner import Fit
 
 __all__ = ["LatentFractionalSDE", "SequenceEncoder", "LatentControl", "MLPDrift", "stochastic_lorenz"]
@@ -113,12 +113,6 @@ class LatentControl(nn.Module):
     def forward(self, t, x, y, context):
         time = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
         return self.net(torch.cat([time, x, y.flatten(1), context], -1))
-
-
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator for one fit step, a function of (seed, step) only: reproducible and exactly resumable."""
-    state = np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
 class LatentFractionalSDE(nn.Module):
@@ -296,16 +290,19 @@ class LatentFractionalSDE(nn.Module):
 
     # ------------------------------------------------------------ fitting
     def fit(self, y, times, *, num_steps: int = 1000, batch_size: int = 32, num_samples: int = 1, lr: float = 1e-2,
-            seed: int = 0, progress: bool = True, **run_kwargs) -> Posterior:
+            seed: int | None = None, progress: bool = True, callback=None, checkpoint=None,
+            checkpoint_every: int = 100, resume: bool = False) -> Posterior:
         """Maximise the mean ELBO per sequence over minibatches of sequences by Adam, on the shared loop.
 
         Each step draws ``batch_size`` sequences without replacement and ``num_samples`` posterior paths of
         each, from a generator that depends on ``(seed, step)`` only: runs are reproducible and resume
         exactly from a checkpoint.  Returns the fit's :class:`~bayeskit.Posterior` (the final parameters as
         one draw); its ``trace`` holds ``loss`` (= -mean ELBO), the ELBO's parts, ``hurst`` and
-        ``observation_scale`` per step.  ``run_kwargs`` go to :meth:`bayeskit.runner.Engine.run`.
+        ``observation_scale`` per step.  ``seed`` (None draws one, recorded in ``meta["seed"]``),
+        ``progress``, ``callback`` and the checkpoint arguments are those of :func:`bayeskit.runner.run_loop`.
         """
         y, _ = self._check_sequences(y, times)
+        seed = resolve_seed(seed)
         positive_int("batch_size", batch_size)
         positive_int("num_samples", num_samples)
         if not (isinstance(lr, (int, float)) and lr > 0):
@@ -313,7 +310,7 @@ class LatentFractionalSDE(nn.Module):
         batch_size = min(batch_size, y.shape[0])
 
         def loss(step):
-            generator = _step_generator(seed, step)
+            generator = step_generator(seed, step)
             batch = torch.randperm(y.shape[0], generator=generator)[:batch_size].to(y.device)
             parts = self.elbo(y[batch], times, num_samples=num_samples, generator=generator)
             info = {name: value.mean().detach() for name, value in parts.items() if name != "elbo"}
@@ -321,13 +318,14 @@ class LatentFractionalSDE(nn.Module):
             return -parts["elbo"].mean(), info
 
         parameters = {name: value for name, value in self.named_parameters() if value.requires_grad}
-        return Fit(loss, parameters, lr=lr, name="LatentFractionalSDE").run(num_steps=num_steps, seed=seed,
-                                                                             progress=progress, **run_kwargs)
+        return Fit(loss, parameters, lr=lr, name="LatentFractionalSDE").run(
+            num_steps=num_steps, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume)
 
     # ------------------------------------------------------------ prediction
     @torch.no_grad()
     def forecast(self, y_context, context_times, future_times, *, num_samples: int = 100,
-                 seed: int = 0) -> Posterior:
+                 seed: int | None = None) -> Posterior:
         r"""Paths given the observed window, then the prior SDE onward, decoded, as a :class:`~bayeskit.Posterior`.
 
         Over ``context_times`` the paths are posterior paths (the encoder's :math:`q(x_0)` and control);
@@ -344,6 +342,7 @@ class LatentFractionalSDE(nn.Module):
         future = self._grid_index(future_times, "future_times", start=start)
         if int(future[0]) <= int(index[-1]):
             raise ValueError("future_times must all be later than the last context time")
+        seed = resolve_seed(seed)  # None draws one; meta["seed"] records it
         generator = torch.Generator().manual_seed(seed)
         paths, _, _, _ = self._posterior_paths(y_context, index, num_samples, generator)
         onward = solve(self.drift, self.diffusion, self.fbm.weights(), self.fbm.gammas, paths.x[-1], paths.y,
@@ -356,15 +355,44 @@ class LatentFractionalSDE(nn.Module):
                                 num_samples, generator, seed, "forecast")
 
     @torch.no_grad()
-    def reconstruct(self, y, times, *, num_samples: int = 100, seed: int = 0) -> Posterior:
+    def reconstruct(self, y, times, *, num_samples: int = 100, seed: int | None = None) -> Posterior:
         """Posterior paths of each sequence at its own ``times``, decoded (the layout of :meth:`forecast`)."""
         y, index = self._check_sequences(y, times)
         positive_int("num_samples", num_samples)
+        seed = resolve_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         paths, _, _, _ = self._posterior_paths(y, index, num_samples, generator)
         times = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
         return self._predictive(paths.x[index.to(y.device)], y, times, times, num_samples, generator, seed,
                                 "reconstruction")
+
+    def predictive(self, posterior, times=None) -> torch.distributions.Distribution:
+        r"""The predictive of the observations at the paths' times: a mixture over the decoded paths.
+
+        For sequence :math:`j` and time :math:`t`, over the latent paths :math:`X^s` of ``posterior``
+        (from :meth:`forecast` or :meth:`reconstruct`) and their normalised weights :math:`w_s`,
+
+        .. math:: p(o_j(t) \mid D) \approx \sum_s w_s\, N\big(o_j(t);\ D(X^s_j(t)),\ s^2 I\big),
+
+        with the model's decoder :math:`D` and ``observation_scale`` :math:`s` (the paths are decoded
+        again, so the law is the model's). ``times`` None takes every time of the posterior (the
+        context then the future times of a forecast); otherwise a 1-D tensor of times among them,
+        e.g. the ``future_times``.
+
+        Returns a :class:`~torch.distributions.MixtureSameFamily` of batch shape ``(sequence, time)``
+        and event shape ``(obs_dim,)``: ``log_prob(y)`` gives each frame's log predictive density
+        ``(sequence, time)``. Each time is its own mixture (the marginal at that time): the paths'
+        correlation across times is not in it.
+        """
+        x, log_weights = path_draws(posterior, times, dt=self.dt, state_dim=self.latent_dim,
+                                    source="forecast or reconstruct")
+        scale = self.observation_scale
+        mean = self.decoder(x.to(scale))  # (S, sequence, time, obs_dim)
+        if mean.shape[-1] != self.obs_dim:
+            raise ValueError(f"the decoder gave {mean.shape[-1]} outputs, not obs_dim = {self.obs_dim}")
+        components = torch.distributions.Independent(
+            torch.distributions.Normal(mean.permute(1, 2, 0, 3), scale), 1)
+        return predictive_mixture(log_weights.to(mean), components)
 
     def _predictive(self, x, y_context, times, context_times, num_samples, generator, seed, kind):
         """The Posterior of latent paths ``x`` ``(time, num_samples * batch, latent_dim)`` (sample-major)."""
@@ -391,7 +419,7 @@ class LatentFractionalSDE(nn.Module):
 
 # ----------------------------------------------------------------------------- data
 def stochastic_lorenz(num_sequences: int, num_times: int, *, dt: float = 0.05, noise: float = 0.01,
-                      seed: int = 0, diffusion: float = 0.15, max_step: float = 0.005, dtype=None):
+                      seed: int | None = None, diffusion: float = 0.15, max_step: float = 0.005, dtype=None):
     r"""Sequences of the stochastic Lorenz attractor, the standard synthetic benchmark of latent SDEs.
 
     The data set of torchsde's latent-SDE example (Li et al. 2020): the Ito SDE
@@ -418,7 +446,7 @@ def stochastic_lorenz(num_sequences: int, num_times: int, *, dt: float = 0.05, n
         if not (isinstance(value, (int, float)) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     dtype = torch.get_default_dtype() if dtype is None else dtype
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(resolve_seed(seed))
     substeps = max(1, math.ceil(dt / max_step - 1e-9))
     step = dt / substeps
     x = torch.randn(num_sequences, 3, generator=generator, dtype=torch.float64)

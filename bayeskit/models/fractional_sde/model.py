@@ -36,7 +36,8 @@ from torch import nn
 from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM, ou_covariance
 from bayeskit.models.fractional_sde.solvers import METHODS, solve
-from bayeskit.posterior import Posterior
+from bayeskit.parallel import resolve_seed, step_generator
+from bayeskit.posterior import Posterior, predictive_mixture
 from bayeskit.runner import Fit
 
 __all__ = ["FractionalSDE", "OrnsteinUhlenbeckDrift", "ConstantDiffusion", "MLPControl", "AffineControl",
@@ -240,6 +241,41 @@ def gaussian_kl(loc, scale_tril, prior_loc, prior_cov) -> torch.Tensor:
     return 0.5 * ((solved**2).sum((-2, -1)) + (diff**2).sum(-1) - size
                   + 2 * prior_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
                   - 2 * scale_tril.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1))
+
+
+def path_draws(posterior, times, *, dt: float, state_dim: int, source: str):
+    """A path Posterior's paths ``x`` at ``times``, ``(S, series, time, state_dim)``, and their log-weights ``(S,)``.
+
+    What the fractional SDEs' ``predictive`` mixes over. ``times`` None keeps every time of the paths;
+    otherwise each must be one of the posterior's ``coords["time"]`` (within ``1e-4 * dt``). ``source``
+    names the methods that make such posteriors, for the messages.
+    """
+    if not callable(getattr(posterior, "flat_draws", None)):
+        raise TypeError(f"posterior must be a bayeskit Posterior from {source}, got {type(posterior).__name__}")
+    draws, log_weights = posterior.flat_draws()
+    if "x" not in draws:
+        raise ValueError(f"the posterior lacks the paths 'x' (it has {sorted(draws)}); pass what {source} returned")
+    x = draws["x"]
+    if x.dim() != 4 or x.shape[-1] != state_dim:
+        raise ValueError(f"samples['x'] must be (chain, draw, series, time, {state_dim}) paths, got "
+                         f"{tuple(posterior.samples['x'].shape)}")
+    if times is None:
+        return x, log_weights
+    grid = posterior.coords.get("time")
+    if grid is None or len(grid) != x.shape[2]:
+        raise ValueError(f"the posterior has no coords['time'] for its {x.shape[2]} times, so times cannot be "
+                         f"matched; pass times=None or a posterior from {source}")
+    times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+    if times.dim() != 1 or times.numel() == 0:
+        raise ValueError(f"times must be a non-empty 1-D tensor of times, got shape {tuple(times.shape)}")
+    check_finite("times", times)
+    gap, index = (times[:, None] - torch.tensor(grid, dtype=torch.float64)[None]).abs().min(-1)
+    off = (gap > 1e-4 * dt).nonzero()
+    if off.numel():
+        first = int(off[0])
+        raise ValueError(f"times[{first}] = {float(times[first])} is not a time of the posterior's paths (a multiple "
+                         f"of dt = {dt} in [{grid[0]}, {grid[-1]}])")
+    return x[:, :, index.to(x.device)], log_weights
 
 
 # ----------------------------------------------------------------------------- the model
@@ -469,8 +505,8 @@ class FractionalSDE(nn.Module):
 
     # ------------------------------------------------------------ fitting and export
     def fit(self, observations, observation_times, *, num_steps: int = 2000, num_samples: int = 16,
-            lr: float = 1e-2, prior_lr: float | None = None, seed: int = 0, progress: bool = True,
-            **run_kwargs) -> Posterior:
+            lr: float = 1e-2, prior_lr: float | None = None, seed: int | None = None, progress: bool = True,
+            callback=None, checkpoint=None, checkpoint_every: int = 100, resume: bool = False) -> Posterior:
         """Maximise the ELBO (summed over series) by Adam on the shared loop.
 
         ``lr`` is the step size of the variational parameters (control,
@@ -479,16 +515,20 @@ class FractionalSDE(nn.Module):
         which often want a larger one: they are few and their gradients
         average over every path.  Returns the fit's :class:`~bayeskit.Posterior`
         (the final parameters as one draw); its ``trace`` holds ``loss``
-        (= -ELBO), the ELBO's parts and ``hurst`` per step.  ``run_kwargs`` go
-        to :meth:`bayeskit.runner.Engine.run` (``checkpoint``, ``resume``, ``callback``).
+        (= -ELBO), the ELBO's parts and ``hurst`` per step.  ``seed`` (None draws
+        one, recorded in ``meta["seed"]``), ``progress``, ``callback`` and the
+        checkpoint arguments are those of :func:`bayeskit.runner.run_loop`; each
+        step's paths come from a generator of ``(seed, step)``, so a resumed run
+        ends exactly as an uninterrupted one.
         """
         index = self._observation_index(observation_times)
         observations = self._check_observations(observations, index)
         positive_int("num_samples", num_samples)
-        generator = torch.Generator().manual_seed(seed)
+        seed = resolve_seed(seed)
 
         def loss(step):
-            parts = self.elbo(observations, observation_times, num_samples=num_samples, generator=generator)
+            parts = self.elbo(observations, observation_times, num_samples=num_samples,
+                              generator=step_generator(seed, step))
             info = {name: value.sum().detach() for name, value in parts.items() if name != "elbo"}
             return -parts["elbo"].sum(), {**info, "hurst": self.fbm.hurst.detach()}
 
@@ -501,10 +541,12 @@ class FractionalSDE(nn.Module):
             return torch.optim.Adam([group for group in groups if group["params"]])
 
         fit = Fit(loss, parameters, optimizer=optimizer, name="FractionalSDE")
-        return fit.run(num_steps=num_steps, seed=seed, progress=progress, **run_kwargs)
+        return fit.run(num_steps=num_steps, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, resume=resume)
 
     @torch.no_grad()
-    def posterior_paths(self, observations, observation_times, *, num_paths: int = 256, seed: int = 0) -> Posterior:
+    def posterior_paths(self, observations, observation_times, *, num_paths: int = 256,
+                        seed: int | None = None) -> Posterior:
         """``num_paths`` posterior paths of each series on ``[0, last observation]``, as a Posterior.
 
         ``samples["x"]`` has shape ``(1, num_paths, num_series, time, state)``
@@ -514,18 +556,45 @@ class FractionalSDE(nn.Module):
         index = self._observation_index(observation_times)
         observations = self._check_observations(observations, index)
         positive_int("num_paths", num_paths)
+        seed = resolve_seed(seed)  # None draws one; meta["seed"] records it
         series = torch.arange(self.num_series, device=self.x0.device).repeat(num_paths)
         paths = self._simulate(series, float(index[-1]) * self.dt, observations, index,
                                torch.Generator().manual_seed(seed))
         return self._paths_posterior(paths, num_paths, seed, "posterior", {"y": observations})
 
     @torch.no_grad()
-    def prior_paths(self, horizon: float, *, num_paths: int = 256, seed: int = 0) -> Posterior:
+    def prior_paths(self, horizon: float, *, num_paths: int = 256, seed: int | None = None) -> Posterior:
         """``num_paths`` prior paths on ``[0, horizon]`` (the same layout as :meth:`posterior_paths`, one series)."""
         positive_int("num_paths", num_paths)
+        seed = resolve_seed(seed)
         series = torch.zeros(num_paths, dtype=torch.long, device=self.x0.device)
         paths = self._simulate(series, horizon, generator=torch.Generator().manual_seed(seed))
         return self._paths_posterior(paths, num_paths, seed, "prior", None)
+
+    def predictive(self, posterior, times=None) -> torch.distributions.Distribution:
+        r"""The predictive of the noisy observations at the paths' times: a mixture over the paths.
+
+        For series :math:`j` and time :math:`t`, over the paths :math:`X^s` of ``posterior`` and their
+        normalised weights :math:`w_s` (equal for sampled paths),
+
+        .. math:: p(o_j(t) \mid D) \approx \sum_s w_s\, N\big(o_j(t);\ X^s_j(t),\ s_o^2 I\big),
+
+        with :math:`s_o` the model's ``observation_scale``. ``posterior`` comes from
+        :meth:`posterior_paths` (the posterior predictive) or :meth:`prior_paths` (the prior
+        predictive). ``times`` None takes every time of the paths (the solver grid from 0);
+        otherwise a 1-D tensor of times among them, e.g. the ``observation_times``.
+
+        Returns a :class:`~torch.distributions.MixtureSameFamily` of batch shape ``(series, time)`` and
+        event shape ``(state_dim,)``: ``log_prob(observations)`` gives each observation's log predictive
+        density ``(series, time)``. Each time is its own mixture (the marginal at that time): the
+        paths' correlation across times is not in it, so summing over times is not a joint density.
+        """
+        x, log_weights = path_draws(posterior, times, dt=self.dt, state_dim=self.state_dim,
+                                    source="posterior_paths or prior_paths")
+        scale = self.observation_scale
+        x = x.to(scale)
+        components = torch.distributions.Independent(torch.distributions.Normal(x.permute(1, 2, 0, 3), scale), 1)
+        return predictive_mixture(log_weights.to(x), components)
 
     def _paths_posterior(self, paths, num_paths, seed, kind, observed):
         x = paths.x.reshape(paths.x.shape[0], num_paths, -1, self.state_dim)

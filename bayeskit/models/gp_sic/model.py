@@ -15,6 +15,7 @@ from bayeskit.models.gp_sic import laplace, ordering
 from bayeskit.models.gp_sic.factors import block_structure, padded_rows, positions, prior_columns, solve_blocks, trim
 from bayeskit.models.gp_sic.kernels import make_kernel
 from bayeskit.models.gp_sic.likelihoods import GaussianLikelihood, make_likelihood
+from bayeskit.parallel import resolve_seed
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Fit
 
@@ -250,7 +251,8 @@ class SparseInverseCholeskyGP(torch.nn.Module):
 
     def fit(self, *, num_epochs: int = 40, batch_size: int = 128, lr: float = 0.01, variational_lr: float | None = None,
             lr_drop: float | None = 0.7, reorder_after: int | None = None, init: str = "laplace",
-            refresh: bool | None = None, seed: int = 0, progress: bool = True, **run_kwargs) -> Posterior:
+            refresh: bool | None = None, seed: int | None = None, progress: bool = True, callback=None,
+            checkpoint=None, checkpoint_every: int = 100, resume: bool = False) -> Posterior:
         """Maximise the ELBO over q and the hyperparameters by Adam on minibatches of columns (the shared loop).
 
         Each epoch visits every column once: each step takes ``batch_size`` columns as whole groups of up to
@@ -265,9 +267,11 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         hundredths of a nat of it in ``V``) q is re-initialised by :meth:`initialize` at the start of every
         epoch, so the minibatch steps mostly move the hyperparameters.
         Returns the fit's :class:`~bayeskit.Posterior` (final parameters, ``trace`` with ``loss`` = -ELBO
-        estimate and the hyperparameters per step); ``run_kwargs`` go to :meth:`bayeskit.runner.Engine.run`
+        estimate and the hyperparameters per step). ``seed`` (None draws one, recorded in ``meta["seed"]``),
+        ``progress``, ``callback`` and the checkpoint arguments are those of :func:`bayeskit.runner.run_loop`
         (a checkpoint covers one phase: with ``reorder_after``, the second phase writes over the first's).
         """
+        seed = resolve_seed(seed)
         positive_int("num_epochs", num_epochs)
         positive_int("batch_size", batch_size)
         if init not in ("laplace", "prior"):
@@ -280,6 +284,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
             refresh = isinstance(self.likelihood, GaussianLikelihood)
         phases = [num_epochs] if reorder_after is None else [reorder_after, num_epochs - reorder_after]
         start, traces, posterior = time.perf_counter(), [], None
+        run = dict(callback=callback, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
         for phase, epochs in enumerate(phases):
             if phase:
                 self._build()
@@ -287,14 +292,14 @@ class SparseInverseCholeskyGP(torch.nn.Module):
                 self.initialize()
             drop_epoch = epochs if lr_drop is None else math.ceil(lr_drop * epochs)
             posterior = self._fit_phase(epochs, min(batch_size, self.num_data), (lr, variational_lr or lr),
-                                        drop_epoch, refresh, seed + phase, progress, **run_kwargs)
+                                        drop_epoch, refresh, seed + phase, progress, run)
             traces.append(posterior.trace)
         trace = {key: torch.cat([t[key] for t in traces]) for key in traces[0]}
         meta = {**posterior.meta, "num_epochs": num_epochs, "reorder_after": reorder_after,
                 "num_neighbours": self.num_neighbours, "wall_time_s": time.perf_counter() - start}
         return Posterior(posterior.samples, trace=trace, meta=meta)
 
-    def _fit_phase(self, epochs, batch_size, rates, drop_epoch, refresh, seed, progress, **run_kwargs):
+    def _fit_phase(self, epochs, batch_size, rates, drop_epoch, refresh, seed, progress, run):
         groups = self.column_groups(min(batch_size, _CHUNK))
         per_step = max(1, round(batch_size / min(batch_size, _CHUNK)))
         per_epoch = math.ceil(len(groups) / per_step)
@@ -326,7 +331,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
                                      {"params": [p for p in values if id(p) in variational]}], lr=rates[0])
 
         fit = Fit(loss, parameters, optimizer=optimizer, name=f"SparseInverseCholeskyGP[{self.variational}]")
-        return fit.run(num_steps=epochs * per_epoch, seed=seed, progress=progress, **run_kwargs)
+        return fit.run(num_steps=epochs * per_epoch, seed=seed, progress=progress, **run)
 
     # ------------------------------------------------------------------ posterior and prediction
     @torch.no_grad()
@@ -381,13 +386,14 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         return mean, u[:, -1].square().reciprocal() + spread
 
     @torch.no_grad()
-    def sample_posterior(self, num_samples: int = 200, *, seed: int = 0) -> Posterior:
+    def sample_posterior(self, num_samples: int = 200, *, seed: int | None = None) -> Posterior:
         """Exact draws of ``f`` from ``q = N(nu, (V V^T)^{-1})``: ``f = nu + V^{-T} e`` (one sparse solve).
 
         Returns a :class:`~bayeskit.Posterior` with ``samples["f"]`` ``(1, num_samples, n)`` in the user's order
         (dim ``point``), ``observed_data["y"]`` and the inputs as ``observed_data["x"]``.
         """
         positive_int("num_samples", num_samples)
+        seed = resolve_seed(seed)  # None draws one; meta["seed"] records it
         rng = np.random.default_rng(seed)
         factor = laplace.sparse_factor(self._v_values().detach().cpu().double().numpy(), self._v_index.cpu().numpy())
         noise = rng.standard_normal((self.num_data, num_samples))

@@ -13,6 +13,7 @@ Tolerances: the issue's, widened only where the chains' own Monte Carlo error
 variances within ``20% + 3 sqrt(2 / ESS)``.
 """
 
+import dataclasses
 import math
 
 import pyro
@@ -22,7 +23,18 @@ import torch
 from conftest import FULL
 
 from bayeskit import NonFiniteError, Target
-from bayeskit.inference import PSGLD, SGHMC, SGLD, SGNHT, AdaptiveSGHMC, CyclicalSchedule, PolynomialDecay
+from bayeskit.inference import (
+    FSGLD,
+    PSGLD,
+    SGHMC,
+    SGLD,
+    SGNHT,
+    AdaptiveSGHMC,
+    CyclicalSchedule,
+    PolynomialDecay,
+    StructuredSGMCMC,
+)
+from bayeskit.inference.sgmcmc.engines import DrawLog
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 
 # The mechanics tests run a few dozen steps from prior draws: chains that have not converged yet are
@@ -310,3 +322,94 @@ def test_adaptive_sghmc_freezes_its_mass_after_warmup():
         state = adaptive_sghmc_step(state, 5 * score, 0.01, adapt=False)
     assert torch.equal(state.square_avg, frozen)
     assert state.tensors().keys() >= {"position", "momentum", "square_avg", "grad_avg", "window"}
+
+
+# ------------------------------------------------------------------ pure steps
+def reachable_tensors(obj):
+    """Every tensor a state holds, through dataclasses, dicts, lists and tuples, in a fixed order."""
+    if torch.is_tensor(obj):
+        return [obj]
+    if dataclasses.is_dataclass(obj):
+        items = [getattr(obj, field.name) for field in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        return []
+    return [tensor for item in items for tensor in reachable_tensors(item)]
+
+
+def assert_steps_are_pure(engine, problem, num_steps):
+    """Each step leaves every tensor reachable from its input as it was, and a second step from the same
+    input with the same random stream gives the same new state (nothing the first one did leaked into it)."""
+    torch.manual_seed(0)
+    state = engine.init(problem, torch.Generator().manual_seed(0))
+    for step in range(num_steps):
+        before = [tensor.clone() for tensor in reachable_tensors(state)]
+        rng = torch.get_rng_state()
+        new, _ = engine.step(state, problem, torch.default_generator)
+        after = reachable_tensors(state)
+        assert len(after) == len(before) and all(map(torch.equal, before, after)), f"step {step + 1} changed its input"
+        torch.set_rng_state(rng)
+        again, _ = engine.step(state, problem, torch.default_generator)
+        assert all(map(torch.equal, reachable_tensors(new), reachable_tensors(again))), f"step {step + 1} replayed"
+        state = new
+    return state
+
+
+def standard_normal(dim=3):
+    return Target.from_log_prob(lambda x: -0.5 * (x * x).sum(-1), dim, dtype=torch.float64)
+
+
+ADAPTED = dict(step_size=None, num_warmup=50, num_samples=6, num_chains=2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SGLD(standard_normal(), **ADAPTED),
+    lambda: SGHMC(standard_normal(), **ADAPTED),
+    lambda: SGNHT(standard_normal(), **ADAPTED),
+    lambda: AdaptiveSGHMC(standard_normal(), **ADAPTED),
+    lambda: AdaptiveSGHMC(standard_normal(), step_size=0.1, num_warmup=4, num_samples=6, num_chains=2),
+    lambda: PSGLD(standard_normal(), step_size=0.1, num_warmup=2, num_samples=6, num_chains=2, thin=2),
+    lambda: StructuredSGMCMC(standard_normal(), groups=[[0], [1, 2]], kernel="sghmc", buffer_size=5, buffer_every=2,
+                             num_context_draws=2, dropout=0.5, step_size=0.1, num_warmup=10, num_samples=20,
+                             num_chains=2),
+], ids=["SGLD-adapted", "SGHMC-adapted", "SGNHT-adapted", "AdaptiveSGHMC-adapted", "AdaptiveSGHMC", "PSGLD",
+        "StructuredSGMCMC"])
+def test_a_step_returns_a_new_state_and_leaves_its_input_unchanged(float64, make):
+    # Through the whole plan: the adapted engines' warm-up windows and frozen kernel, thinning, the
+    # structured engine's ring buffer wrapping round several times.
+    engine = make()
+    state = assert_steps_are_pure(engine, standard_normal(), engine.plan.num_steps)
+    assert state.num_collected == engine.num_samples
+
+
+def test_federated_rounds_leave_their_input_unchanged(float64):
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2, dtype=x.dtype), 2.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+    engine = FSGLD(model, step_size=1e-2, local_steps=3, surrogate_steps=20, kernel="sghmc", num_warmup=4,
+                   num_samples=12, num_chains=3)
+    shards = [(part,) for part in torch.randn(12, 2, generator=torch.Generator().manual_seed(0)).split(4)]
+    state = assert_steps_are_pure(engine, engine.target(shards), engine.num_rounds)
+    assert state.num_collected == 12 and len(state.draw_shard) == 12
+
+
+def test_the_draw_log_keeps_every_draw_in_order_and_old_logs_as_they_were():
+    generator = torch.Generator().manual_seed(0)
+    pieces = [torch.randn(2, int(k), 3, generator=generator) for k in torch.randint(0, 3, (400,), generator=generator)]
+    log, logs = DrawLog.empty(torch.zeros(2, 3)), []
+    for piece in pieces:
+        logs.append(log)
+        log = log.append(piece)
+    assert len(log) == sum(piece.shape[1] for piece in pieces) and len(log.joined) > 2  # joined along the way
+    assert torch.equal(log.stacked(), torch.cat(pieces, 1))
+    for count, old in enumerate(logs[::37]):  # every earlier log still holds exactly its own draws
+        assert torch.equal(old.stacked(), torch.cat([torch.zeros(2, 0, 3), *pieces[:37 * count]], 1))
+    assert torch.equal(DrawLog.from_saved(log.pieces(), len(log)).stacked(), log.stacked())
+    # a checkpoint written before the log (a preallocated buffer and a count) loads too
+    assert torch.equal(DrawLog.from_saved(torch.cat([log.stacked(), torch.zeros(2, 5, 3)], 1), len(log)).stacked(),
+                       log.stacked())

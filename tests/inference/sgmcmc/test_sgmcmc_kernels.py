@@ -7,6 +7,7 @@ defines, from ``scipy.linalg.solve_discrete_lyapunov``, or the target itself
 where the discretisation error is negligible.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 
 from bayeskit.inference.sgmcmc.kernels import (
+    AdaptiveSGHMCKernel,
     PSGLDKernel,
     SGHMCKernel,
     SGLDKernel,
@@ -184,3 +186,29 @@ def test_make_kernel_and_bad_hyperparameters():
         SGNHTKernel(mass=torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match=r"position must be a tensor of shape \(chains, dim\)"):
         sgld_init(torch.zeros(3))
+
+
+@pytest.mark.parametrize("kernel, options", [
+    (SGLDKernel(), {}),
+    (SGLDKernel(), {"mass": torch.tensor([1.0, 4.0, 9.0]), "noise_estimate": 0.5}),
+    (PSGLDKernel(), {}),
+    (SGHMCKernel(friction=2.0), {}),
+    (SGHMCKernel(friction=2.0, noise_estimate="ema", mass=torch.tensor([1.0, 2.0, 3.0])), {}),
+    (SGNHTKernel(diffusion=1.0), {}),
+    (AdaptiveSGHMCKernel(), {"adapt": True}),
+    (AdaptiveSGHMCKernel(), {"adapt": False}),
+    (AdaptiveSGHMCKernel(), {"mass": torch.tensor([1.0, 2.0, 3.0]), "friction": 3.0, "noise_estimate": 0.1}),
+], ids=["sgld", "sgld-mass", "psgld", "sghmc", "sghmc-ema", "sgnht", "adaptive", "adaptive-frozen",
+        "adaptive-tuned"])
+def test_a_kernel_step_returns_a_new_state_and_leaves_its_input_unchanged(kernel, options):
+    generator = torch.Generator().manual_seed(0)
+    state = kernel.init(torch.randn(2, 3, generator=generator, dtype=torch.float64))
+    for _ in range(3):
+        score = -state.position + torch.randn(2, 3, generator=generator, dtype=torch.float64)
+        before = {name: value.clone() for name, value in state.tensors().items()}
+        new = kernel.step(state, score, 0.1, **options)
+        assert new is not state and state.tensors().keys() == before.keys()
+        assert all(torch.equal(state.tensors()[name], value) for name, value in before.items())
+        state = new
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.position = torch.zeros(2, 3)

@@ -24,7 +24,15 @@ import torch
 
 from bayeskit import Target
 from bayeskit.inference.sgmcmc.engines import SGLD
-from bayeskit.inference.sgmcmc.structured import StructuredSGMCMC, resolve_groups, structured_points, structured_score
+from bayeskit.inference.sgmcmc.structured import (
+    ChainHistory,
+    StructuredSGMCMC,
+    context_slots,
+    draw_contexts,
+    resolve_groups,
+    structured_points,
+    structured_score,
+)
 
 # A 4-D Gaussian, groups {0, 1} and {2, 3}, strongly correlated across groups:
 # mean-field block variance 0.587 against a marginal variance of 1.
@@ -351,3 +359,29 @@ def test_dtype_follows_the_target():
 def test_runs_on_cuda():
     post = run_on("cuda")
     assert post.meta["device"].startswith("cuda") and torch.isfinite(post.samples["theta"]).all()
+
+
+# ------------------------------------------------------------------------- the chain history
+@pytest.mark.parametrize("buffer_size", [1, 2, 4, 7, 30])
+@pytest.mark.parametrize("share_history", [False, True])
+def test_the_chain_history_reads_as_a_ring_buffer_and_keeps_old_versions(buffer_size, share_history):
+    # Against the plain ring buffer written in place: state p in slot p % buffer_size.
+    generator = torch.Generator().manual_seed(buffer_size)
+    states = torch.randn(80, 3, 2, generator=generator)
+    ring = torch.zeros(3, buffer_size, 2)
+    ring[:, 0] = states[0]
+    history, versions = ChainHistory.start(states[0], buffer_size), []
+    for count, state in enumerate(states[1:], start=1):
+        versions.append((history, ring.clone()))
+        history = history.push(state)
+        ring[:, count % buffer_size] = state
+        assert history.num_filled == min(count + 1, buffer_size) and torch.equal(history.buffer(), ring)
+        torch.manual_seed(count)
+        expected = draw_contexts(ring, history.num_filled, 2, 3, share_history=share_history)
+        torch.manual_seed(count)
+        rows, slots = context_slots(3, history.num_filled, 2, 3, device=ring.device, share_history=share_history)
+        assert torch.equal(history.gather(rows, slots), expected)
+    for old, old_ring in versions:  # pushing never changed an earlier history
+        assert torch.equal(old.buffer(), old_ring)
+    restored = ChainHistory.of(history.buffer(), history.count)
+    assert torch.equal(restored.push(states[0]).buffer(), history.push(states[0]).buffer())

@@ -1,5 +1,6 @@
 """SMC engines against the exact Kalman filter and RTS smoother of a linear Gaussian model."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import FULL
 import bayeskit as bk
 from bayeskit.inference import PaRIS, ParticleFilter, ParticleGibbs
 from bayeskit.inference.smc import (
+    backward_trajectory,
     cross_sum,
     fit_ssm,
     resample,
@@ -17,6 +19,7 @@ from bayeskit.inference.smc import (
     surrogate_log_likelihood,
     sweep,
 )
+from bayeskit.inference.smc.core import LOG_BLOCK, PersistentLog, forward_step, initial_state
 from bayeskit.models import LinearGaussianSSM, StochasticVolatility
 from bayeskit.models.ssm import StateSpaceModel
 from bayeskit.resampling import RESAMPLING
@@ -364,3 +367,75 @@ def test_impossible_observations_stop_the_filter_and_name_the_step():
     with pytest.raises(bk.NonFiniteError, match="step 4") as caught:
         ParticleFilter(Unbounded(), num_particles=16).run(y, seed=0, progress=False)
     assert caught.value.posterior.meta["steps_completed"] == 3
+
+
+# ------------------------------------------------------------------------ pure steps
+def reachable_tensors(obj):
+    """Every tensor a state holds, through dataclasses (the persistent logs too), dicts, lists and tuples."""
+    if torch.is_tensor(obj):
+        return [obj]
+    if dataclasses.is_dataclass(obj):
+        items = [getattr(obj, field.name) for field in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        return []
+    return [tensor for item in items for tensor in reachable_tensors(item)]
+
+
+@pytest.mark.parametrize("make, num_steps, series", [
+    (lambda: ParticleFilter(scalar_model(), num_particles=16, num_chains=2), 80, 80),
+    (lambda: PaRIS(scalar_model(), state_sum(), num_particles=16, num_chains=2), 80, 80),
+    (lambda: ParticleGibbs(scalar_model(), state_sum(), num_particles=6, num_chains=2), 70, 6),
+], ids=["ParticleFilter", "PaRIS", "ParticleGibbs"])
+def test_a_step_returns_a_new_state_and_leaves_its_input_unchanged(make, num_steps, series):
+    # Each step leaves every tensor reachable from its input as it was, and a second step from the same input
+    # with the same random stream gives the same new state; particle Gibbs keeps more draws than a log block.
+    engine = make()
+    y = data(scalar_model(), series)
+    problem = engine.target(y)
+    torch.manual_seed(0)
+    state = engine.init(problem, torch.Generator().manual_seed(0))
+    for step in range(num_steps):
+        before = [tensor.clone() for tensor in reachable_tensors(state)]
+        rng = torch.get_rng_state()
+        new, _ = engine.step(state, problem, torch.default_generator)
+        assert all(map(torch.equal, before, reachable_tensors(state))), f"step {step + 1} changed its input"
+        torch.set_rng_state(rng)
+        again, _ = engine.step(state, problem, torch.default_generator)
+        assert all(map(torch.equal, reachable_tensors(new), reachable_tensors(again)))
+        state = new
+    if isinstance(engine, ParticleGibbs):
+        assert len(state["draws"]) == num_steps > LOG_BLOCK
+        assert engine.load_state(problem, engine.state_dict(state))["draws"][-1] is state["draws"][-1]
+
+
+def test_a_recorded_sweep_extends_its_logs_without_changing_the_earlier_states():
+    model = scalar_model()
+    y = data(model, 150)
+    torch.manual_seed(0)
+    state = initial_state(model, y[0], 2, 8, record=True)
+    states = [state]
+    for t in range(1, y.shape[0]):
+        state = forward_step(model, state, y[t], record=True)
+        states.append(state)
+    for t, earlier in enumerate(states):  # each state's logs hold its own times only
+        assert len(earlier.particles) == t + 1 and len(earlier.backward) == t
+        assert earlier.particles[-1] is earlier.x and earlier.particles[t] is state.particles[t]
+    assert [x is y for x, y in zip(state.particles, [s.x for s in states])] == [True] * len(states)
+    assert backward_trajectory(state).shape == (2, 150, 1)
+
+
+def test_the_persistent_log_indexes_iterates_and_rebuilds():
+    items = list(range(300))
+    log, logs = PersistentLog(), []
+    for item in items:
+        logs.append(log)
+        log = log.append(item)
+    assert len(log) == 300 and list(log) == items and log[-1] == 299 and log[130] == 130 and log[5:8] == [5, 6, 7]
+    assert list(reversed(log)) == items[::-1] and list(PersistentLog.of(items)) == items
+    assert all(list(old) == items[:count] for count, old in enumerate(logs))
+    with pytest.raises(IndexError):
+        log[300]

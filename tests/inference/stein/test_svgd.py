@@ -7,7 +7,7 @@ import torch
 
 from bayeskit import Target
 from bayeskit.inference import SVGD, IMQKernel, RBFKernel
-from bayeskit.inference.stein import svgd_direction
+from bayeskit.inference.stein import RMSprop, svgd_direction
 
 
 @pytest.mark.parametrize("kernel", [RBFKernel(), RBFKernel(bandwidth=0.7), IMQKernel(), IMQKernel(beta=-0.3)])
@@ -124,13 +124,50 @@ def test_same_seed_gives_bit_identical_runs_and_other_seeds_differ(float64):
     assert not torch.equal(first, other)
 
 
-def test_any_torch_optimizer_can_drive_the_particles(float64):
+class Momentum:
+    """A pure optimiser written by a user: heavy-ball momentum, v <- 0.9 v + g, x <- x - lr v."""
+
+    lr = 0.02
+
+    def init(self, params):
+        return {"velocity": torch.zeros_like(params)}
+
+    def update(self, grad, state, params):
+        velocity = 0.9 * state["velocity"] + grad
+        return params - self.lr * velocity, {"velocity": velocity}
+
+
+def test_any_pure_optimiser_can_drive_the_particles(float64):
     y = torch.randn(10, generator=torch.Generator().manual_seed(3))
     exact_mean = y.sum() / (0.25 + 10)
-    for optimizer in (torch.optim.Adam, lambda params: torch.optim.RMSprop(params, lr=0.02), "sgd"):
+    for optimizer in ("adam", RMSprop(lr=0.02, alpha=0.99, eps=1e-8), Momentum(), "sgd"):
         post = SVGD(normal_normal, num_particles=50, optimizer=optimizer, lr=0.05).run(
             y, 2.0, num_steps=400, seed=0, progress=False)
         assert abs(post.samples["mu"].mean() - exact_mean) < 0.1
+    settings = post.meta["settings"]
+    assert (settings["optimizer"], settings["lr"]) == ("sgd", 0.05)
+    settings = SVGD(normal_normal, optimizer=Momentum()).run(y, 2.0, num_steps=1, seed=0, progress=False).meta[
+        "settings"]
+    assert (settings["optimizer"], settings["lr"]) == ("Momentum", 0.02)
+
+
+def test_a_torch_optimizer_is_refused_with_how_to_write_a_pure_one():
+    with pytest.raises(TypeError, match=r"in place.*init\(params\)"):
+        SVGD(normal_normal, optimizer=torch.optim.Adam)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", Momentum()])
+def test_checkpoints_resume_exactly_with_the_optimiser_state(float64, tmp_path, optimizer):
+    y = torch.randn(10, generator=torch.Generator().manual_seed(3))
+    engine = SVGD(normal_normal, num_particles=10, optimizer=optimizer, lr=0.05)
+    full = engine.run(y, 2.0, num_steps=12, seed=4, progress=False)
+    path = tmp_path / "svgd.pt"
+    engine.run(y, 2.0, num_steps=5, seed=4, progress=False, checkpoint=path)
+    resumed = engine.run(y, 2.0, num_steps=12, seed=4, progress=False, checkpoint=path, resume=True)
+    assert torch.equal(resumed.samples["mu"], full.samples["mu"])
+    with pytest.raises(ValueError, match="resume with the optimizer that wrote it"):
+        SVGD(normal_normal, num_particles=10, optimizer="rmsprop").run(y, 2.0, num_steps=12, seed=4,
+                                                                       progress=False, checkpoint=path, resume=True)
 
 
 def test_bad_arguments_are_refused_by_name():
