@@ -20,7 +20,7 @@ import torch
 
 from bayeskit import health
 from bayeskit._checks import positive_int
-from bayeskit.parallel import resolve_seed
+from bayeskit.parallel import resolve_seed, seeded
 from bayeskit.posterior import Posterior
 from bayeskit.target import Target
 
@@ -192,8 +192,7 @@ def run_loop(algorithm: Algorithm, problem: Problem, *, num_steps: int, seed: in
     _check_run_arguments(num_steps, seed, checkpoint_every)
     seed = resolve_seed(seed)
     devices = [problem.device] if problem.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, problem.device):
         saved = _load_checkpoint(checkpoint, algorithm.name) if resume else None
         if saved is None:
             state = algorithm.init(problem, torch.Generator().manual_seed(seed))

@@ -61,3 +61,29 @@ def ray_cluster():
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray
     ray.shutdown()
+
+
+def reachable_tensors(obj):
+    """Every tensor a state holds, through dataclasses (the persistent logs too), dicts, lists and tuples,
+    in a fixed order: what the pure-step tests compare before and after a step."""
+    import dataclasses
+
+    if torch.is_tensor(obj):
+        return [obj]
+    if dataclasses.is_dataclass(obj):
+        items = [getattr(obj, field.name) for field in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        return []
+    return [tensor for item in items for tensor in reachable_tensors(item)]
+
+
+def all_draws(post):
+    """A posterior's samples, with its log-weights (if any) as one more entry: what bit-identity tests compare."""
+    out = dict(post.samples)
+    if post.log_weights is not None:
+        out["__log_weights"] = post.log_weights
+    return out

@@ -19,6 +19,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import all_draws
 
 from bayeskit.inference import (
     DSGLD,
@@ -96,13 +97,6 @@ def run(name, **options):
     make, arguments = ENGINES[name]
     arguments = arguments()
     return make().run(*arguments.pop("args"), progress=False, **arguments, **options)
-
-
-def all_draws(post):
-    out = dict(post.samples)
-    if post.log_weights is not None:
-        out["__log_weights"] = post.log_weights
-    return out
 
 
 def assert_same_draws(a, b):

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from bayeskit._checks import check_finite, check_support, positive_int
 from bayeskit.diagnostics import DistributionalSlicedWasserstein
-from bayeskit.parallel import derived_seed, resolve_seed
+from bayeskit.parallel import derived_seed, resolve_seed, seeded
 from bayeskit.posterior import predictive_mixture
 from bayeskit.runner import Fit
 
@@ -410,8 +410,7 @@ class BayesianAutoencoder(_Autoencoder):
         with torch.no_grad():
             for value in self.prior_log_scale.values():
                 value.fill_(math.log(initial_scale))
-        with torch.random.fork_rng():  # the direction network's initial weights, from the seed too
-            torch.manual_seed(derived_seed(seed, 1))
+        with seeded(derived_seed(seed, 1), x.device):  # the direction network's initial weights, from the seed too
             distance = DistributionalSlicedWasserstein(math.prod(self.input_shape), num_projections=num_projections,
                                                        diversity=diversity, num_steps=transform_steps)
         batches = _batches(x, batch_size, num_steps, seed + 1)

@@ -27,7 +27,7 @@ import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from bayeskit._checks import check_series, positive_int
-from bayeskit.parallel import resolve_seed
+from bayeskit.parallel import resolve_seed, seeded
 from bayeskit.posterior import predictive_mixture
 
 __all__ = ["StateSpaceModel", "LinearGaussianSSM", "StochasticVolatility", "NonlinearGrowth", "KalmanResult"]
@@ -93,11 +93,8 @@ class StateSpaceModel(torch.nn.Module):
         tensors = [*self.parameters(), *self.buffers()]
         device = tensors[0].device if tensors else torch.device("cpu")
         # Only a seeded draw forks the RNG: an unseeded one must advance it, so that calls differ.
-        forked = (torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-                  if seed is not None else contextlib.nullcontext())
+        forked = seeded(seed, device) if seed is not None else contextlib.nullcontext()
         with forked:
-            if seed is not None:
-                torch.manual_seed(seed)
             states = [self.initial().sample()]
             for t in range(1, num_steps):
                 states.append(self.transition(t, states[-1]).sample())
@@ -156,8 +153,7 @@ class StateSpaceModel(torch.nn.Module):
         a subclass with a closed form overrides it.
         """
         seed = resolve_seed(seed)  # outside the fork: an unseeded call advances the global RNG
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, x.device):
             for t in range(last_time + 1, last_time + steps + 1):
                 x = self.transition(t, x).sample()
         return self.observation(last_time + steps, x)

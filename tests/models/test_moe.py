@@ -233,7 +233,7 @@ def three_experts():
 
 def start(moe, x, y, num, **kwargs):
     """``num`` starts at the good modes (within 10 nats of the best), jittered where repeated."""
-    return find_modes(moe, x, y, num_restarts=32, num_steps=400, seed=0, **kwargs).starts(num, within=10.0)
+    return find_modes(moe, x, y, num_restarts=32, num_steps=400, seed=0, **kwargs).starts(num, within=10.0, seed=0)
 
 
 def predictive_means(moe, post, grid):

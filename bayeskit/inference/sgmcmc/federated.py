@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -58,7 +57,7 @@ from bayeskit.inference.sgmcmc.adaptation import default_friction
 from bayeskit.inference.sgmcmc.engines import SGMCMC, DrawLog
 from bayeskit.inference.sgmcmc.kernels import SGLDKernel, SGMCMCState, make_kernel
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
-from bayeskit.parallel import BACKENDS, derived_seed, parallel_map
+from bayeskit.parallel import BACKENDS, derived_seed, parallel_map, seeded
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
@@ -230,7 +229,7 @@ def run_surrogate_task(task: SurrogateTask) -> GaussianSurrogate:
     off, and FSGLD's draws then came out 29% too wide; from the mode, the
     variance builds up in a few relaxation times and is 0.9-1.1 times right.
     """
-    with _seeded(task.seed, task.target.device):
+    with seeded(task.seed, task.target.device):
         modes = find_modes(task.target, num_restarts=task.num_chains, num_steps=SURROGATE_MODE_STEPS,
                            num_points=1, seed=task.seed, progress=False)
         start = modes.points.expand(task.num_chains, -1).clone()
@@ -277,7 +276,7 @@ def run_client_round(work: ClientRound) -> ClientResult:
     all with ``work.share_minibatches``).
     """
     state, kept, log_prob = work.kernel_state, [], None
-    with _seeded(work.seed, work.target.device):
+    with seeded(work.seed, work.target.device):
         for step_size, noise, collect in zip(work.step_sizes.tolist(), work.noise.tolist(), work.collect.tolist()):
             log_prob, score = log_prob_and_score_per_chain(work.target, state.position, work.share_minibatches)
             score = work.weight * score
@@ -289,15 +288,6 @@ def run_client_round(work: ClientRound) -> ClientResult:
     position = state.position
     draws = torch.stack(kept, dim=1) if kept else position.new_zeros(position.shape[0], 0, position.shape[1])
     return ClientResult(state, draws, log_prob.mean())
-
-
-@contextmanager
-def _seeded(seed, device):
-    """Seed torch's global RNG (kernels' noise, Pyro's minibatches) inside; restore the caller's after."""
-    devices = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 # ============================================================ the federation

@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import all_draws
 
 from bayeskit.inference.fusion import Fusion, GaussianDensity, ShardDensity, SubPosterior, core
 from bayeskit.inference.fusion.engine import FusionProblem
@@ -99,13 +100,6 @@ def problem_of(name):
     if count is None:
         return engine, FusionProblem.from_shards(engine.shards(rows(), seed=0), engine.tree)
     return engine, FusionProblem.from_subposteriors(gaussian_subposteriors(count), engine.tree)
-
-
-def all_draws(post):
-    out = dict(post.samples)
-    if post.log_weights is not None:
-        out["__log_weights"] = post.log_weights
-    return out
 
 
 def assert_same_run(first, second):

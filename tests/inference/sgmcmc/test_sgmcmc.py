@@ -13,14 +13,13 @@ Tolerances: the issue's, widened only where the chains' own Monte Carlo error
 variances within ``20% + 3 sqrt(2 / ESS)``.
 """
 
-import dataclasses
 import math
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import FULL
+from conftest import FULL, reachable_tensors
 
 from bayeskit import NonFiniteError, Target
 from bayeskit.inference import (
@@ -325,19 +324,6 @@ def test_adaptive_sghmc_freezes_its_mass_after_warmup():
 
 
 # ------------------------------------------------------------------ pure steps
-def reachable_tensors(obj):
-    """Every tensor a state holds, through dataclasses, dicts, lists and tuples, in a fixed order."""
-    if torch.is_tensor(obj):
-        return [obj]
-    if dataclasses.is_dataclass(obj):
-        items = [getattr(obj, field.name) for field in dataclasses.fields(obj)]
-    elif isinstance(obj, dict):
-        items = list(obj.values())
-    elif isinstance(obj, (list, tuple)):
-        items = list(obj)
-    else:
-        return []
-    return [tensor for item in items for tensor in reachable_tensors(item)]
 
 
 def assert_steps_are_pure(engine, problem, num_steps):

@@ -1,11 +1,10 @@
 """SMC engines against the exact Kalman filter and RTS smoother of a linear Gaussian model."""
 
-import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import FULL
+from conftest import FULL, reachable_tensors
 
 import bayeskit as bk
 from bayeskit.inference import PaRIS, ParticleFilter, ParticleGibbs
@@ -370,19 +369,6 @@ def test_impossible_observations_stop_the_filter_and_name_the_step():
 
 
 # ------------------------------------------------------------------------ pure steps
-def reachable_tensors(obj):
-    """Every tensor a state holds, through dataclasses (the persistent logs too), dicts, lists and tuples."""
-    if torch.is_tensor(obj):
-        return [obj]
-    if dataclasses.is_dataclass(obj):
-        items = [getattr(obj, field.name) for field in dataclasses.fields(obj)]
-    elif isinstance(obj, dict):
-        items = list(obj.values())
-    elif isinstance(obj, (list, tuple)):
-        items = list(obj)
-    else:
-        return []
-    return [tensor for item in items for tensor in reachable_tensors(item)]
 
 
 @pytest.mark.parametrize("make, num_steps, series", [
