@@ -87,3 +87,32 @@ def all_draws(post):
     if post.log_weights is not None:
         out["__log_weights"] = post.log_weights
     return out
+
+
+def assert_steps_are_pure(engine, problem, num_steps):
+    """Each step leaves every tensor reachable from its input as it was, and a second step from the same
+    input with the same random stream gives the same new state (nothing the first one did leaked into it)."""
+    torch.manual_seed(0)
+    state = engine.init(problem, torch.Generator().manual_seed(0))
+    for step in range(num_steps):
+        before = [tensor.clone() for tensor in reachable_tensors(state)]
+        rng = torch.get_rng_state()
+        new, _ = engine.step(state, problem, torch.default_generator)
+        after = reachable_tensors(state)
+        assert len(after) == len(before) and all(map(torch.equal, before, after)), f"step {step + 1} changed its input"
+        torch.set_rng_state(rng)
+        again, _ = engine.step(state, problem, torch.default_generator)
+        assert all(map(torch.equal, reachable_tensors(new), reachable_tensors(again))), f"step {step + 1} replayed"
+        state = new
+    return state
+
+
+def nested_equal(a, b) -> bool:
+    """Whether two state dicts (tensors in dicts, lists and tuples, plain values) are equal, bit for bit."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(nested_equal, a, b))
+    return a == b

@@ -19,7 +19,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import all_draws
+from conftest import all_draws, nested_equal
 
 from bayeskit.inference import (
     DSGLD,
@@ -142,17 +142,7 @@ def test_a_step_leaves_its_input_state_unchanged(name):
     before = copy.deepcopy(engine.state_dict(state))
     engine.step(state, target, torch.default_generator)
     after = engine.state_dict(state)
-    assert _equal(before, after), f"{name}.step changed the state it was given"
-
-
-def _equal(a, b):
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.shape == b.shape and bool(torch.equal(a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_equal, a, b))
-    return a == b
+    assert nested_equal(before, after), f"{name}.step changed the state it was given"
 
 
 # ------------------------------------------------------------------------------------ the glossary

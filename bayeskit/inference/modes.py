@@ -142,9 +142,9 @@ class ModeSearch:
         return {"points": state["points"], "adam": dict(state["adam"])}
 
     def load_state(self, problem, saved):
-        adam = {name: value if name == "step" else value.to(device=problem.device, dtype=problem.dtype)
-                for name, value in saved["adam"].items()}
-        return {"points": saved["points"].to(device=problem.device, dtype=problem.dtype), "adam": adam}
+        points = saved["points"].to(device=problem.device, dtype=problem.dtype)
+        fresh = self.adam.init(points)  # says where each of Adam's tensors lives (its step count on the CPU)
+        return {"points": points, "adam": {name: value.to(fresh[name]) for name, value in saved["adam"].items()}}
 
     def finite_values(self, state, problem):
         return state["points"], None

@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import all_draws
+from conftest import all_draws, nested_equal
 
 from bayeskit.inference.fusion import Fusion, GaussianDensity, ShardDensity, SubPosterior, core
 from bayeskit.inference.fusion.engine import FusionProblem
@@ -255,19 +255,9 @@ def test_a_step_leaves_its_input_state_unchanged(name):
     for step in range(CASES[name][2]):
         before = copy.deepcopy(engine.state_dict(state))
         new, info = engine.step(state, problem, torch.default_generator)
-        assert _equal(before, engine.state_dict(state)), f"step {step + 1} changed the state it was given"
+        assert nested_equal(before, engine.state_dict(state)), f"step {step + 1} changed the state it was given"
         assert bool(info["finite"]) and new["steps"] == step + 1
         state = new
-
-
-def _equal(a, b):
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.shape == b.shape and bool(torch.equal(a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_equal, a, b))
-    return a == b
 
 
 # ------------------------------------------------------------------ non-finite results

@@ -19,7 +19,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import FULL, reachable_tensors
+from conftest import FULL, assert_steps_are_pure
 
 from bayeskit import NonFiniteError, Target
 from bayeskit.inference import (
@@ -324,24 +324,6 @@ def test_adaptive_sghmc_freezes_its_mass_after_warmup():
 
 
 # ------------------------------------------------------------------ pure steps
-
-
-def assert_steps_are_pure(engine, problem, num_steps):
-    """Each step leaves every tensor reachable from its input as it was, and a second step from the same
-    input with the same random stream gives the same new state (nothing the first one did leaked into it)."""
-    torch.manual_seed(0)
-    state = engine.init(problem, torch.Generator().manual_seed(0))
-    for step in range(num_steps):
-        before = [tensor.clone() for tensor in reachable_tensors(state)]
-        rng = torch.get_rng_state()
-        new, _ = engine.step(state, problem, torch.default_generator)
-        after = reachable_tensors(state)
-        assert len(after) == len(before) and all(map(torch.equal, before, after)), f"step {step + 1} changed its input"
-        torch.set_rng_state(rng)
-        again, _ = engine.step(state, problem, torch.default_generator)
-        assert all(map(torch.equal, reachable_tensors(new), reachable_tensors(again))), f"step {step + 1} replayed"
-        state = new
-    return state
 
 
 def standard_normal(dim=3):
