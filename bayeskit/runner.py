@@ -20,6 +20,7 @@ import torch
 
 from bayeskit import health
 from bayeskit._checks import positive_int
+from bayeskit.optim import make_optimizer
 from bayeskit.parallel import resolve_seed, seeded
 from bayeskit.posterior import Posterior
 from bayeskit.target import Target
@@ -225,7 +226,7 @@ class _Run:
         # On CPU a finiteness check costs nothing; on a GPU it is a host sync,
         # so check in windows and keep the last state known to be finite.
         window = 1 if problem.device.type == "cpu" else 50
-        last_good, last_good_step = self.snapshot(state), start
+        last_good, last_good_step = state, start  # steps are pure: the state itself is the fallback
         bar = tqdm(total=self.num_steps, initial=start, desc=algorithm.name,
                    disable=not progress_enabled(progress), dynamic_ncols=True, leave=False)
         step = start
@@ -241,7 +242,7 @@ class _Run:
                 trace.append(info)
                 if step % window == 0 or step == self.num_steps:
                     self.check_finite(trace, state, last_good, last_good_step, step)
-                    last_good, last_good_step = self.snapshot(state), step
+                    last_good, last_good_step = state, step
                 if bar.disable is False and (step % 10 == 0 or step == self.num_steps):
                     bar.set_postfix(_postfix(info), refresh=False)
                 bar.update(1)
@@ -257,16 +258,6 @@ class _Run:
         health.report(posterior)
         return posterior
 
-    def snapshot(self, state):
-        """The state to fall back on if a later step is not finite.
-
-        A pure step never changes its input, so the state itself serves; an
-        algorithm whose step updates something in place (see
-        :class:`InPlaceSteps`) supplies ``snapshot`` and ``restore``.
-        """
-        snapshot = getattr(self.algorithm, "snapshot", None)
-        return state if snapshot is None else snapshot(state)
-
     def check_finite(self, trace, state, last_good, last_good_step, step):
         flags = trace.columns.get("finite")
         if flags is None:
@@ -277,10 +268,8 @@ class _Run:
         algorithm, problem = self.algorithm, self.problem
         first_bad = last_good_step + 1 + int((~window).nonzero()[0])
         sites = problem.nonfinite_sites(*algorithm.finite_values(state, problem))
-        restore = getattr(algorithm, "restore", None)
-        good_state = last_good if restore is None else restore(problem, last_good)
         good_trace = {k: torch.stack(v[:last_good_step]) for k, v in trace.columns.items() if last_good_step}
-        posterior = algorithm.to_posterior(good_state, problem, good_trace,
+        posterior = algorithm.to_posterior(last_good, problem, good_trace,
                                            {**self.meta(step), "steps_completed": last_good_step,
                                             "stopped": "non-finite"})
         where = f"site(s) {', '.join(repr(s) for s in sites)}" if sites else "the log density"
@@ -307,22 +296,6 @@ class _Run:
             "target": problem.description,
             "versions": versions(),
         }
-
-
-class InPlaceSteps:
-    """For an algorithm whose ``step`` updates something in place: ``Fit``, whose loss trains the
-    parameters of the user's (or the model's) modules where they live.
-
-    The loop then keeps a deep copy of the last finite state (``snapshot``)
-    and rebuilds a state from it (``restore``) if a later step is not finite.
-    Every engine's step is pure and needs neither.
-    """
-
-    def snapshot(self, state) -> dict:
-        return _clone(self.state_dict(state))
-
-    def restore(self, problem, saved: dict):
-        return self.load_state(problem, saved)
 
 
 class Engine:
@@ -373,24 +346,36 @@ class Parameters:
         self.parameters, self.device, self.dtype, self.description = parameters, first.device, first.dtype, description
 
     def nonfinite_sites(self, values=None, scores=None) -> list[str]:
-        """Names whose value (``values``, a dict, or else the live parameters) or gradient is not finite."""
+        """Names whose value (``values`` or else the parameters) or gradient (``scores``) is not finite."""
         values = self.parameters if values is None else values
+        scores = scores or {}
         return [name for name, value in values.items()
                 if not bool(torch.isfinite(value).all())
-                or (value.grad is not None and not bool(torch.isfinite(value.grad).all()))]
+                or (name in scores and not bool(torch.isfinite(scores[name]).all()))]
 
 
-class Fit(InPlaceSteps):
-    """Minimise a loss over parameters on the shared loop: the engine behind the models' ``fit()`` methods.
+class Fit:
+    r"""Minimise a loss over parameters on the shared loop: the engine behind the models' ``fit()`` methods.
 
-    Each step evaluates ``loss(step)`` (0-based step index), back-propagates
-    and takes one ``optimizer`` step.  The loop brings what the sampling
-    engines have: seeding, a progress bar, the per-step trace (``loss`` and
-    whatever else ``loss`` returns), callbacks, a stop that names the
-    parameter when the loss or a gradient turns non-finite, and checkpoints
-    (parameters and optimiser state) that resume exactly.  ``run`` returns a
+    Each step evaluates ``loss(step)`` (0-based step index) at the state's
+    parameter values, back-propagates and takes one step of a pure optimiser
+    (:mod:`bayeskit.optim`; Adam by default):
+    :math:`(\theta_{k+1}, s_{k+1}) = \mathrm{update}(\nabla L_k(\theta_k), s_k, \theta_k)`.
+    The loop brings what the sampling engines have: seeding, a progress bar,
+    the per-step trace (``loss`` and whatever else ``loss`` returns),
+    callbacks, a stop that names the parameter when the loss or a gradient
+    turns non-finite, and checkpoints that resume exactly. ``run`` returns a
     :class:`~bayeskit.Posterior` holding the final parameter values as one
     draw (``meta["sample_kind"] == "point"``) with the trace.
+
+    The state is tensors only (the step count, the parameter values, the
+    optimiser's moments, the last gradient and the ``carry`` objects' state
+    dicts), and a step returns a new one, as every engine's does. The loss
+    keeps reading the user's tensors (a module's parameters, a dict of
+    weights): before it runs, each of them is pointed at a copy of the
+    state's value (``tensor.data``), so whatever the loss does to them in
+    place (a re-initialisation) becomes part of the step and never reaches
+    the state it was given. After the run they hold the returned values.
 
     Parameters
     ----------
@@ -398,24 +383,29 @@ class Fit(InPlaceSteps):
         ``loss(step) -> Tensor`` (a scalar) or ``(Tensor, dict)``, the dict
         holding 0-d tensors to record in the trace.
     parameters : dict of str to Tensor
-        Leaf tensors with ``requires_grad``; updated in place.
-    optimizer : callable, optional
-        ``optimizer(list_of_parameters) -> torch.optim.Optimizer``; default
-        Adam with ``lr``.
+        Leaf tensors with ``requires_grad`` that ``loss`` reads; they hold
+        the fitted values after the run.
+    optimizer : str, pure optimiser or dict, optional
+        A name (``"adam"``, the default, ``"sgd"``, ``"adagrad"``,
+        ``"rmsprop"``, built with ``lr``), an object with ``init``/``update``
+        (:class:`bayeskit.optim.Adam` with a schedule, your own), or a dict
+        giving every parameter's name its own (torch.optim's parameter
+        groups). ``torch.optim`` optimisers are refused: they update in place.
     lr : float
-        Adam's learning rate when ``optimizer`` is not given.
+        The learning rate of a named optimiser.
     name : str
         Shown on the progress bar and stored as ``meta["settings"]["name"]`` (``meta["engine"]`` is "Fit").
     carry : dict of str to object, optional
         What else ``loss`` updates from step to step (a running average, an
         inner optimiser, a reference trajectory): objects with
         ``state_dict()`` and ``load_state_dict(dict)``, such as an
-        ``nn.Module`` or a ``torch.optim.Optimizer``. They are saved in
-        checkpoints with the parameters, so a resumed fit ends exactly as an
-        uninterrupted one.
+        ``nn.Module`` or a ``torch.optim.Optimizer``. Their state dicts are
+        part of the state, so a checkpoint holds them, a resumed fit ends
+        exactly as an uninterrupted one, and a step from an older state
+        starts from that state's copies.
     """
 
-    def __init__(self, loss, parameters: dict[str, torch.Tensor], *, optimizer=None, lr: float = 1e-3,
+    def __init__(self, loss, parameters: dict[str, torch.Tensor], *, optimizer="adam", lr: float = 1e-3,
                  name: str = "fit", carry: dict | None = None):
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
@@ -429,8 +419,9 @@ class Fit(InPlaceSteps):
             if not (callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))):
                 raise TypeError(f"carry[{key!r}] needs state_dict() and load_state_dict(); got {type(value).__name__}")
         self.loss, self.parameters, self.name, self.carry = loss, parameters, name, carry
-        self.optimizer = (optimizer or (lambda params: torch.optim.Adam(params, lr=lr)))(list(parameters.values()))
-        self.lr = lr if optimizer is None else None
+        self.optimizers = _optimizer_per_parameter(optimizer, lr, parameters)
+        self.lr = lr if isinstance(optimizer, str) else None
+        self._live = None  # the state whose carry the carried objects hold now (so a step need not reload it)
 
     def run(self, *, num_steps: int = 1000, seed: int | None = None, progress: bool = True,
             callback: Callable[[int, Any, dict], bool | None] | None = None,
@@ -442,43 +433,87 @@ class Fit(InPlaceSteps):
                         checkpoint_every=checkpoint_every, resume=resume)
 
     def settings(self, problem):
-        return {"name": self.name, "optimizer": type(self.optimizer).__name__, "lr": self.lr}
+        kinds = sorted({type(optimizer).__name__ for optimizer in self.optimizers.values()})
+        return {"name": self.name, "optimizer": kinds[0] if len(kinds) == 1 else kinds, "lr": self.lr}
 
     def init(self, problem, generator):
-        return {"step": 0}
+        values = {key: value.detach().clone() for key, value in self.parameters.items()}
+        state = {"step": 0, "parameters": values,
+                 "optimizer": {key: self.optimizers[key].init(value) for key, value in values.items()},
+                 "gradient": {key: torch.zeros_like(value) for key, value in values.items()},
+                 "carry": self._carried()}
+        self._live = state
+        return state
 
     def step(self, state, problem, generator):
-        self.optimizer.zero_grad(set_to_none=True)
+        self._show(state)
         value = self.loss(state["step"])
         value, info = value if isinstance(value, tuple) else (value, {})
         value.backward()
+        # the values the loss left (it may have re-initialised some in place) are the step's starting point
+        current = {key: p.detach() for key, p in self.parameters.items()}
+        # a parameter the loss did not use has no gradient and, as in torch.optim, is not stepped
+        unused = {key for key, p in self.parameters.items() if p.grad is None}
+        gradient = {key: torch.zeros_like(current[key]) if key in unused else p.grad
+                    for key, p in self.parameters.items()}
+        for p in self.parameters.values():
+            p.grad = None
         finite = torch.isfinite(value)
         if bool(finite):  # a NaN gradient step would spoil the last good parameters
-            self.optimizer.step()
-        finite = finite & torch.stack([torch.isfinite(p).all() for p in self.parameters.values()]).all()
+            values, moments = self._update(state["optimizer"], current, gradient, unused)
+        else:
+            values, moments = current, state["optimizer"]
+        finite = finite & torch.stack([torch.isfinite(v).all() for v in values.values()]).all()
+        new = {"step": state["step"] + 1, "parameters": values, "optimizer": moments, "gradient": gradient,
+               "carry": self._carried()}
+        self._live = new
         recorded = {k: torch.as_tensor(v).detach() for k, v in info.items()}
-        return {"step": state["step"] + 1}, {"loss": value.detach(), **recorded, "finite": finite}
+        return new, {"loss": value.detach(), **recorded, "finite": finite}
+
+    def _update(self, moments, current, gradient, unused):
+        values, new_moments = dict(current), dict(moments)
+        with torch.no_grad():
+            for key in current.keys() - unused:
+                values[key], new_moments[key] = self.optimizers[key].update(gradient[key], moments[key], current[key])
+        return values, new_moments
 
     def state_dict(self, state):
-        return {"step": state["step"], "parameters": {k: v.detach() for k, v in self.parameters.items()},
-                "optimizer": self.optimizer.state_dict(),
-                "carry": {key: value.state_dict() for key, value in self.carry.items()}}
+        return state
 
     def load_state(self, problem, saved):
-        with torch.no_grad():
-            for key, value in saved["parameters"].items():
-                self.parameters[key].copy_(value)
-        self.optimizer.load_state_dict(_clone(saved["optimizer"]))
-        for key, value in saved["carry"].items():
-            self.carry[key].load_state_dict(_clone(value))
-        return {"step": int(saved["step"])}
+        return {**saved, "step": int(saved["step"])}
 
     def finite_values(self, state, problem):
-        return None, None
+        return state["parameters"], state["gradient"]
 
     def to_posterior(self, state, problem, trace, meta):
-        values = {key: value.detach().unsqueeze(0).unsqueeze(0) for key, value in self.parameters.items()}
+        self._show(state)  # the user's tensors end at the returned values (the last finite ones after a stop)
+        values = {key: value.unsqueeze(0).unsqueeze(0) for key, value in state["parameters"].items()}
         return Posterior(values, trace=trace, meta={**meta, "sample_kind": "point"})
+
+    def _show(self, state):
+        """Point the user's tensors at copies of ``state``'s values, and the carried objects at its carry."""
+        for key, p in self.parameters.items():
+            p.data = state["parameters"][key].clone()
+        if state is not self._live:
+            for key, saved in state["carry"].items():
+                self.carry[key].load_state_dict(_clone(saved))
+            self._live = state
+
+    def _carried(self):
+        return {key: _clone(value.state_dict()) for key, value in self.carry.items()}
+
+
+def _optimizer_per_parameter(optimizer, lr, parameters) -> dict:
+    """``name -> pure optimiser`` from ``Fit``'s ``optimizer`` argument (one for all, or a dict naming each)."""
+    if not isinstance(optimizer, dict):
+        shared = make_optimizer(optimizer, lr)
+        return {key: shared for key in parameters}
+    missing, unknown = set(parameters) - set(optimizer), set(optimizer) - set(parameters)
+    if missing or unknown:
+        raise ValueError(f"an optimizer dict names every parameter once: missing {sorted(missing)}, "
+                         f"unknown {sorted(unknown)}")
+    return {key: make_optimizer(optimizer[key], lr) for key in parameters}
 
 
 def _check_run_arguments(num_steps, seed, checkpoint_every):
@@ -488,7 +523,7 @@ def _check_run_arguments(num_steps, seed, checkpoint_every):
 
 
 def _clone(obj):
-    """Deep copy of the tensors in a state dict (engines update tensors in place)."""
+    """Deep copy of the tensors in a state dict (the carried objects update theirs in place)."""
     if torch.is_tensor(obj):
         return obj.detach().clone()
     if isinstance(obj, dict):

@@ -91,18 +91,22 @@ def all_draws(post):
 
 def assert_steps_are_pure(engine, problem, num_steps):
     """Each step leaves every tensor reachable from its input as it was, and a second step from the same
-    input with the same random stream gives the same new state (nothing the first one did leaked into it)."""
+    input with the same random stream gives the same new state and the same step information (nothing
+    the first one did, to the state or to anything the step reads, leaked into it)."""
     torch.manual_seed(0)
     state = engine.init(problem, torch.Generator().manual_seed(0))
     for step in range(num_steps):
         before = [tensor.clone() for tensor in reachable_tensors(state)]
         rng = torch.get_rng_state()
-        new, _ = engine.step(state, problem, torch.default_generator)
+        new, info = engine.step(state, problem, torch.default_generator)
         after = reachable_tensors(state)
         assert len(after) == len(before) and all(map(torch.equal, before, after)), f"step {step + 1} changed its input"
         torch.set_rng_state(rng)
-        again, _ = engine.step(state, problem, torch.default_generator)
-        assert all(map(torch.equal, reachable_tensors(new), reachable_tensors(again))), f"step {step + 1} replayed"
+        again, info_again = engine.step(state, problem, torch.default_generator)
+        replayed = reachable_tensors(again)
+        assert len(replayed) == len(reachable_tensors(new)), f"step {step + 1} replayed"
+        assert all(map(torch.equal, reachable_tensors(new), replayed)), f"step {step + 1} replayed"
+        assert nested_equal(info, info_again), f"step {step + 1} replayed different information"
         state = new
     return state
 

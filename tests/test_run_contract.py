@@ -4,7 +4,7 @@ Each engine or fit runs a few steps of a tiny problem; the checks are about the 
 (``tests/test_contract.py`` is the accuracy matrix): a drawn seed is recorded and reproduces the run,
 the same seed gives bit-identical draws, a checkpoint at step k resumed equals the uninterrupted run,
 a callback stops the run, ``meta`` has one schema (with the health report) and names the engine's
-class, and an engine's ``step`` leaves the state it is given unchanged. The argument glossary is
+class, and every engine's and fit's ``step`` leaves the state it is given unchanged. The argument glossary is
 checked over every public callable's signature: no retired names, ``progress=True`` and ``seed=None``
 everywhere, the loop's options on every ``run``/``fit``. Fusion's cells are in
 ``tests/inference/fusion/test_fusion_run_contract.py``.
@@ -19,7 +19,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import all_draws, nested_equal
+from conftest import all_draws, assert_steps_are_pure, nested_equal
 
 from bayeskit.inference import (
     DSGLD,
@@ -328,6 +328,28 @@ def test_a_resumed_fit_equals_the_uninterrupted_fit(name, tmp_path):
     whole = _fit(name, seed=3)
     _fit(name, seed=3, checkpoint=path, checkpoint_every=1, callback=lambda step, state, info: step == 3)
     assert_same_fit(whole, _fit(name, seed=3, checkpoint=path, resume=True))
+
+
+@pytest.mark.parametrize("name", FITS)
+def test_a_fit_step_is_pure_and_replays(name, monkeypatch):
+    """The fit's own algorithm and problem, taken from its call of the loop: each step leaves its input
+    state unchanged, and a step replayed from that state gives the same state and loss (so the state, not
+    the model's live tensors, is what the step reads)."""
+    import bayeskit.inference.modes
+    import bayeskit.models.dp_mixture
+    import bayeskit.runner
+
+    loop, calls = bayeskit.runner.run_loop, []
+
+    def capturing(algorithm, problem, **options):
+        calls.append((algorithm, problem))
+        return loop(algorithm, problem, **options)
+
+    for module in (bayeskit.runner, bayeskit.inference.modes, bayeskit.models.dp_mixture):
+        monkeypatch.setattr(module, "run_loop", capturing)
+    _fit(name, seed=0)
+    algorithm, problem = calls[-1]
+    assert_steps_are_pure(algorithm, problem, 3)
 
 
 @pytest.mark.parametrize("name", FITS)

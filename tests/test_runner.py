@@ -1,5 +1,6 @@
 """The shared runner: checkpoints, callbacks, non-finite detection, errors with their step."""
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -7,7 +8,8 @@ import torch
 
 from bayeskit import NonFiniteError, Target
 from bayeskit.inference import SVGD
-from bayeskit.runner import Fit
+from bayeskit.optim import Adam
+from bayeskit.runner import Fit, Parameters
 
 
 def minibatch_model(x, y):
@@ -168,6 +170,93 @@ def test_fit_refuses_what_it_cannot_optimise():
         Fit(lambda step: torch.zeros(()), {"a": torch.zeros(2)})
     with pytest.raises(TypeError, match="positional argument"):  # the loss closes over its data
         Fit(lambda step: torch.zeros(()), {"a": torch.zeros(2, requires_grad=True)}).run(torch.zeros(1))
+
+
+def test_fit_takes_torch_adams_steps_bit_for_bit_with_groups_and_a_schedule():
+    """Fit's pure Adam against torch.optim.Adam (ground truth we did not write) run by hand on the same loss:
+    two parameter groups with their own rates, one of them dropping at step 20 (what the GP's fit does)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 3, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+
+    def problem():
+        weights = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        return weights, bias, lambda step: ((x @ weights + bias - y) ** 2).mean()
+
+    weights, bias, loss = problem()
+    optimizer = {"weights": Adam(lr=lambda t: 0.05 if t <= 20 else 0.005), "bias": Adam(lr=0.02)}
+    fitted = Fit(loss, {"weights": weights, "bias": bias}, optimizer=optimizer).run(num_steps=40, seed=0,
+                                                                                    progress=False)
+    weights_ref, bias_ref, loss_ref = problem()
+    reference = torch.optim.Adam([{"params": [weights_ref], "lr": 0.05}, {"params": [bias_ref], "lr": 0.02}])
+    for step in range(40):
+        reference.param_groups[0]["lr"] = 0.05 if step < 20 else 0.005
+        reference.zero_grad()
+        loss_ref(step).backward()
+        reference.step()
+    assert torch.equal(fitted.samples["weights"][0, 0], weights_ref.detach())
+    assert torch.equal(fitted.samples["bias"][0, 0], bias_ref.detach())
+    assert torch.equal(weights.detach(), weights_ref.detach())  # the user's tensors hold the fitted values
+    assert fitted.meta["settings"]["optimizer"] == "Adam"
+
+
+def test_fit_steps_are_pure_even_when_the_loss_changes_parameters_and_carried_objects_in_place():
+    """A loss that re-initialises a parameter in place every third step and updates a carried running sum:
+    each step leaves its input state as it was and replays to the same state and loss."""
+    from conftest import assert_steps_are_pure
+
+    class RunningSum:
+        def __init__(self):
+            self.total = torch.zeros(2, dtype=torch.float64)
+
+        def state_dict(self):
+            return {"total": self.total}
+
+        def load_state_dict(self, saved):
+            self.total = saved["total"]
+
+    centre, spread = torch.ones(2, dtype=torch.float64, requires_grad=True), torch.zeros((), requires_grad=True)
+    running = RunningSum()
+
+    def loss(step):
+        if step % 3 == 2:
+            with torch.no_grad():
+                centre.mul_(0.5)
+        running.total += centre.detach()  # in place, on the carried object's own tensor
+        return ((centre - running.total) ** 2).sum() + spread.double() ** 2 + 0.1 * torch.randn((), dtype=torch.float64)
+
+    fit = Fit(loss, {"centre": centre, "spread": spread}, lr=0.1, carry={"running": running})
+    state = assert_steps_are_pure(fit, Parameters(fit.parameters, "toy"), 6)
+    assert state["step"] == 6 and not torch.equal(state["carry"]["running"]["total"], torch.zeros(2))
+
+
+def test_fit_refuses_torch_optim_and_incomplete_optimizer_dicts():
+    weights = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError, match="in place"):
+        Fit(lambda step: weights.sum(), {"w": weights}, optimizer=torch.optim.Adam)
+    with pytest.raises(ValueError, match=r"missing \['w'\]"):
+        Fit(lambda step: weights.sum(), {"w": weights}, optimizer={"v": Adam(lr=0.1)})
+
+
+def test_the_readme_fit():
+    """The README's Fit example, run as printed: the least-squares line against numpy's lstsq."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("bayeskit.runner.Fit(loss, parameters)"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        exec(code, namespace)  # the README's own example
+    x, y, line, result = namespace["x"], namespace["y"], namespace["line"], namespace["result"]
+    design = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    exact = np.linalg.lstsq(design.numpy(), y.double().numpy(), rcond=None)[0]
+    fitted = torch.cat([result.samples["weight"].reshape(3), result.samples["bias"].reshape(1)]).double()
+    np.testing.assert_allclose(fitted.numpy(), exact, atol=1e-3)
+    assert torch.equal(line.weight.detach(), result.samples["weight"][0, 0])
 
 
 def test_the_readme_algorithm(float64, tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bayeskit._checks import positive_int
-from bayeskit.inference.stein.optim import Adam
+from bayeskit.optim import Adam
 from bayeskit.parallel import resolve_seed
 from bayeskit.posterior import Posterior
 from bayeskit.runner import run_loop, target_of

@@ -1,7 +1,7 @@
 r"""Parameter learning in state-space models: maximum likelihood by Fisher's identity, and Markov score climbing.
 
 Three stochastic-gradient methods, all on the shared :class:`~bayeskit.runner.Fit` loop (progress, trace,
-seeding, non-finite stops) and any ``torch.optim`` optimiser:
+seeding, non-finite stops) and any pure optimiser of :mod:`bayeskit.optim`:
 
 - ``"paris"``: each step runs a PaRIS sweep and ascends its estimate of the score
   :math:`\nabla_\theta \log p_\theta(y_{0:T-1}) = E_\theta[\sum_t \nabla_\theta \log q_t g_t \mid y]`
@@ -36,7 +36,7 @@ LEARNING_METHODS = ("ppg", "paris", "score_climbing")
 
 
 def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particles: int = 100,
-            num_backward: int = 2, backward: str = "auto", num_chains: int = 1, optimizer=None,
+            num_backward: int = 2, backward: str = "auto", num_chains: int = 1, optimizer="adam",
             lr: float = 0.02, average_from: int | None = None, seed: int | None = None, progress: bool = True,
             callback=None, checkpoint=None, checkpoint_every: int = 100, resume: bool = False) -> Posterior:
     """Fit the learnable parameters of ``model`` (those named in its ``learn=``) to ``y`` ``(T, obs_dim)``.
@@ -49,8 +49,10 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
         Of each sweep, as in :class:`~bayeskit.inference.PaRIS`.
     num_chains : int
         Independent particle systems per step whose gradients are averaged.
-    optimizer : callable, optional
-        ``optimizer(parameters) -> torch.optim.Optimizer``; default Adam with ``lr``.
+    optimizer : str, pure optimiser or dict
+        As for :class:`~bayeskit.runner.Fit`: a name built with ``lr``
+        (default Adam), a :mod:`bayeskit.optim` object such as
+        ``Adam(lr=lambda t: 0.02 / t ** 0.5)``, or one per parameter name.
     average_from : int, optional
         First step of the Polyak-Ruppert average; default ``num_steps // 2``.
     seed, progress, callback, checkpoint, checkpoint_every, resume
@@ -95,8 +97,7 @@ def fit_ssm(model, y, *, method: str = "ppg", num_steps: int = 500, num_particle
             objective = model.log_joint(chain.reference, y)
         else:
             objective = core.surrogate_log_likelihood(model, y, state)
-        # clone: some values are views of the parameters, which the optimiser then updates in place
-        values = {name: value.clone() for name, value in model.parameter_values().items()}
+        values = {name: value.detach() for name, value in model.parameter_values().items()}
         return -objective.mean() / y.shape[0], values
 
     fitted = Fit(loss, parameters, optimizer=optimizer, lr=lr, name=f"fit_ssm[{method}]",

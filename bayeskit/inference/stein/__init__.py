@@ -16,7 +16,7 @@ from each other so that they spread like the posterior.  Particles live in
 the Target's unconstrained space, so constrained sites are handled by the
 Target's bijections.  A pure optimiser applies the step (Adagrad by
 default, as in the paper's experiments; SGD, Adam, RMSprop or your own, see
-:mod:`bayeskit.inference.stein.optim`); ``num_chains`` independent particle
+:mod:`bayeskit.optim`); ``num_chains`` independent particle
 sets run in one batched step.
 
 The functional core is :func:`svgd_direction`, :func:`svgd_init` and
@@ -39,7 +39,7 @@ from bayeskit.inference.stein.core import (
 from bayeskit.inference.stein.engines import SVGD, SVMD, SVNG, MirroredSVGD
 from bayeskit.inference.stein.kernels import IMQKernel, RBFKernel, make_kernel
 from bayeskit.inference.stein.mirror_maps import BoxMap, CustomMirrorMap, IdentityMap, MirrorMap, OrthantMap, SimplexMap
-from bayeskit.inference.stein.optim import SGD, Adagrad, Adam, PureOptimizer, RMSprop, make_optimizer
+from bayeskit.optim import SGD, Adagrad, Adam, PureOptimizer, RMSprop, make_optimizer
 
 __all__ = [
     "SVGD", "SVGDState", "svgd_direction", "svgd_init", "svgd_step", "make_optimizer", "MirroredSVGD", "SVMD",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from bayeskit.inference.stein.mirror_maps import SiteMirrors
-from bayeskit.inference.stein.optim import PureOptimizer, step_count
+from bayeskit.optim import PureOptimizer, step_count
 
 __all__ = ["SVGDState", "svgd_direction", "svgd_init", "svgd_step", "ascend", "MirrorGeometry", "MetricGeometry",
            "msvgd_direction", "svmd_direction", "mirrored_step", "SVNGState", "svng_init", "svng_step"]
@@ -25,7 +25,7 @@ class SVGDState:
     """Particles ``(num_chains, num_particles, dim)`` in unconstrained space and their optimiser's state.
 
     Tensors only: the optimiser itself (its hyperparameters) is an argument of
-    the steps, and a step returns a new state (see :mod:`bayeskit.inference.stein.optim`).
+    the steps, and a step returns a new state (see :mod:`bayeskit.optim`).
     """
 
     particles: torch.Tensor

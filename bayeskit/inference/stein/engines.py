@@ -20,7 +20,7 @@ from bayeskit.inference.stein.core import (
 )
 from bayeskit.inference.stein.kernels import make_kernel
 from bayeskit.inference.stein.mirror_maps import SiteMirrors, dual_target
-from bayeskit.inference.stein.optim import make_optimizer
+from bayeskit.optim import make_optimizer
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
@@ -47,7 +47,7 @@ class SVGD(Engine):
         ``"adagrad"`` (default), ``"adam"``, ``"sgd"``, ``"rmsprop"`` (built
         with ``lr``), or an object with ``init(params)`` and
         ``update(grad, state, params)`` that returns new tensors (see
-        :mod:`bayeskit.inference.stein.optim`).  ``torch.optim`` optimisers
+        :mod:`bayeskit.optim`).  ``torch.optim`` optimisers
         update in place and are refused.
     lr : float
         Learning rate for a named optimizer (a pure optimiser object brings its own).

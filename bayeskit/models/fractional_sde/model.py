@@ -36,6 +36,7 @@ from torch import nn
 from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM, ou_covariance
 from bayeskit.models.fractional_sde.solvers import METHODS, solve
+from bayeskit.optim import Adam
 from bayeskit.parallel import resolve_seed, step_generator
 from bayeskit.posterior import Posterior, predictive_mixture
 from bayeskit.runner import Fit
@@ -534,12 +535,7 @@ class FractionalSDE(nn.Module):
 
         parameters = {name: value for name, value in self.named_parameters() if value.requires_grad}
         variational = {id(p) for p in (self.initial_loc, self.initial_tril, *self.control.parameters())}
-
-        def optimizer(values):
-            groups = [{"params": [p for p in values if id(p) in variational], "lr": lr},
-                      {"params": [p for p in values if id(p) not in variational], "lr": prior_lr or lr}]
-            return torch.optim.Adam([group for group in groups if group["params"]])
-
+        optimizer = {name: Adam(lr=lr if id(p) in variational else prior_lr or lr) for name, p in parameters.items()}
         fit = Fit(loss, parameters, optimizer=optimizer, name="FractionalSDE")
         return fit.run(num_steps=num_steps, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, resume=resume)

@@ -15,6 +15,7 @@ from bayeskit.models.gp_sic import laplace, ordering
 from bayeskit.models.gp_sic.factors import block_structure, padded_rows, positions, prior_columns, solve_blocks, trim
 from bayeskit.models.gp_sic.kernels import make_kernel
 from bayeskit.models.gp_sic.likelihoods import GaussianLikelihood, make_likelihood
+from bayeskit.optim import Adam
 from bayeskit.parallel import resolve_seed
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Fit
@@ -313,8 +314,6 @@ class SparseInverseCholeskyGP(torch.nn.Module):
                     seed * 1_000_003 + epoch)).tolist()
             if refresh and batch == 0 and epoch > 0:
                 self.initialize()
-            for group, rate in zip(fit.optimizer.param_groups, rates):
-                group["lr"] = rate if epoch < drop_epoch else rate / 10
             chosen = permutations[epoch][batch * per_step:(batch + 1) * per_step]
             value = self.group_elbo([groups[g] for g in chosen], len(groups))
             info = {"epoch": torch.tensor(float(epoch)), "outputscale": self.kernel.outputscale.detach(),
@@ -323,13 +322,13 @@ class SparseInverseCholeskyGP(torch.nn.Module):
                 info["noise"] = self.likelihood.noise.detach()
             return -value, info
 
+        def rate(base):  # Adam's t-th update is step t - 1's, in epoch (t - 1) // per_epoch
+            return lambda t: base if (t - 1) // per_epoch < drop_epoch else base / 10
+
         parameters = {name: p for name, p in self.named_parameters() if p.requires_grad}
         variational = {id(self.nu), id(self.v_offdiagonal), id(self.v_log_diagonal)}
-
-        def optimizer(values):  # group 0: hyperparameters, group 1: q
-            return torch.optim.Adam([{"params": [p for p in values if id(p) not in variational]},
-                                     {"params": [p for p in values if id(p) in variational]}], lr=rates[0])
-
+        optimizer = {name: Adam(lr=rate(rates[1] if id(p) in variational else rates[0]))
+                     for name, p in parameters.items()}
         fit = Fit(loss, parameters, optimizer=optimizer, name=f"SparseInverseCholeskyGP[{self.variational}]")
         return fit.run(num_steps=epochs * per_epoch, seed=seed, progress=progress, **run)
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from bayeskit.inference.stein.optim import SGD, Adagrad, Adam, PureOptimizer, RMSprop, make_optimizer
+from bayeskit.optim import SGD, Adagrad, Adam, PureOptimizer, RMSprop, make_optimizer
 
 #: name -> (pure optimiser, the torch.optim optimiser it must reproduce), both with the engines' settings.
 PAIRS = {

@@ -1,7 +1,8 @@
-r"""Pure optimisers for the Stein particles, written as optax writes its transformations.
+r"""Pure optimisers in the style of optax's transformations, for the Stein engines and :class:`~bayeskit.runner.Fit`.
 
 An optimiser holds only its hyperparameters; the state it updates is a dict
-of tensors that the caller keeps (in :class:`~bayeskit.inference.stein.core.SVGDState`):
+of tensors that the caller keeps (in :class:`~bayeskit.inference.stein.core.SVGDState`,
+or per parameter in a :class:`~bayeskit.runner.Fit` state):
 
 - ``init(params) -> state``: the starting state for parameters ``params``;
 - ``update(grad, state, params) -> (new_params, new_state)``: one step that
@@ -10,17 +11,19 @@ of tensors that the caller keeps (in :class:`~bayeskit.inference.stein.core.SVGD
   to ascend along :math:`\phi`). It returns new tensors and leaves its
   inputs unchanged, so a state can be kept, compared or resumed from.
 
-Any object with these two methods drives the Stein engines (``optimizer=``).
+Any object with these two methods drives the Stein engines and ``Fit`` (``optimizer=``).
 :class:`SGD`, :class:`Adagrad`, :class:`Adam` and :class:`RMSprop` follow
 torch.optim's update formulas and defaults, operation for operation, so
-that they agree with torch.optim to the last bits (``tests/inference/stein/test_optim.py``).
+that they agree with torch.optim to the last bits (``tests/test_optim.py``).
 A ``torch.optim.Optimizer`` updates its parameters in place and keeps its
 state inside itself, which a pure step cannot hold, so it is refused with a
-message that shows how to write its pure twin.
+message that shows how to write its pure twin. :class:`Adam`'s learning rate
+may be a schedule, a function of the update count (optax's schedules).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -88,11 +91,15 @@ class Adam:
 
         m \leftarrow m + (1 - \beta_1)(g - m), \qquad v \leftarrow \beta_2 v + (1 - \beta_2)\, g^2,
 
-        x \leftarrow x - \frac{\mathrm{lr}}{1 - \beta_1^t}\,
+        x \leftarrow x - \frac{\mathrm{lr}_t}{1 - \beta_1^t}\,
             \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}.
+
+    ``lr`` is a number or a schedule ``lr(t) -> float`` of the update count
+    :math:`t = 1, 2, \dots` (a step decay, a warm-up), as torch's schedulers
+    set a group's rate before each step.
     """
 
-    lr: float
+    lr: float | Callable[[int], float]
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -107,7 +114,8 @@ class Adam:
         exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
         exp_avg_sq = torch.addcmul(state["exp_avg_sq"] * beta2, grad, grad, value=1 - beta2)
         # The corrections in Python floats, in torch's order, so that the rounding is torch's.
-        step_size = self.lr / (1 - beta1**t)
+        rate = self.lr(t) if callable(self.lr) else self.lr
+        step_size = rate / (1 - beta1**t)
         denominator = exp_avg_sq.sqrt() / (1 - beta2**t) ** 0.5 + self.eps
         new_params = torch.addcdiv(params, exp_avg, denominator, value=-step_size)
         return new_params, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
@@ -143,7 +151,7 @@ _OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam, "rmsprop": RMSprop}
 
 _HOW_TO_WRITE_ONE = (
     "an object with init(params) -> dict of tensors and update(grad, state, params) -> (new_params, new_state) "
-    "that returns new tensors, e.g. bayeskit.inference.stein.optim.Adam(lr=0.01), or your own:\n"
+    "that returns new tensors, e.g. bayeskit.optim.Adam(lr=0.01), or your own:\n"
     "    class Momentum:\n"
     "        def init(self, params): return {'velocity': torch.zeros_like(params)}\n"
     "        def update(self, grad, state, params):\n"
@@ -168,7 +176,7 @@ def make_optimizer(optimizer, lr) -> PureOptimizer:
     if isinstance(optimizer, torch.optim.Optimizer) or (
             isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
         raise TypeError(f"optimizer={getattr(optimizer, '__name__', type(optimizer).__name__)}: a torch.optim "
-                        "optimizer updates the particles in place, and the Stein states are pure; pass a name "
+                        "optimizer updates its parameters in place, and the engines' states are pure; pass a name "
                         f"({', '.join(sorted(_OPTIMIZERS))}) or {_HOW_TO_WRITE_ONE}")
     if isinstance(optimizer, PureOptimizer) and not isinstance(optimizer, type):
         return optimizer
