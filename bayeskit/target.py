@@ -142,7 +142,8 @@ class Target:
         else:
             values = {name: site.transform(self.site_block(flat, site))
                       for name, site in self.sites.items()}
-        return {name: v.reshape(*batch_shape, *self.sites[name].shape) for name, v in values.items()}
+        # a tuple, not unpacked arguments: a scalar site at a single point reshapes to ()
+        return {name: v.reshape((*batch_shape, *self.sites[name].shape)) for name, v in values.items()}
 
     def draws(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a Posterior stores for ``z`` of shape ``(..., dim)``: latent and deterministic sites.
@@ -159,7 +160,7 @@ class Target:
         flat, batch_shape = flat_batch(z.detach(), self.dim)
         with torch.no_grad():
             derived = self._deterministic_fn(flat)
-        return {**values, **{name: v.reshape(*batch_shape, *v.shape[1:]) for name, v in derived.items()}}
+        return {**values, **{name: v.reshape((*batch_shape, *v.shape[1:])) for name, v in derived.items()}}
 
     def unconstrain(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inverse of :meth:`constrain` for targets whose sites carry transforms."""
@@ -204,7 +205,7 @@ class Target:
             values = self._pointwise_log_likelihood_fn(flat)
         if values is None:
             return None
-        return {name: v.reshape(*batch_shape, *v.shape[1:]) for name, v in values.items()}
+        return {name: v.reshape((*batch_shape, *v.shape[1:])) for name, v in values.items()}
 
     def nonfinite_sites(self, z: torch.Tensor, score: torch.Tensor | None = None) -> list[str]:
         """Names of the sites whose value, constrained value, score or log density is not finite."""

@@ -59,7 +59,8 @@ def test_from_pyro_matches_pyro_potential(float64, model, vectorize):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         target = Target.from_pyro(model, x, y, vectorize=vectorize)
-    z = target.init(6, torch.Generator().manual_seed(1)) + 0.3 * torch.randn(6, target.dim)
+    g = torch.Generator().manual_seed(1)
+    z = target.init(6, g) + 0.3 * torch.randn(6, target.dim, generator=g)
     log_prob, score = target.log_prob_and_score(z)
     energy, grad = pyro_potential(model, (x, y), target, z)
     torch.testing.assert_close(log_prob, -energy, rtol=1e-5, atol=1e-5)
@@ -110,7 +111,7 @@ def test_subsampling_is_unbiased_and_shared_by_all_points(float64, model):
         warnings.simplefilter("ignore")
         target = Target.from_pyro(model, x, y, 20)
     full = Target.from_pyro(subsampled_model, x, y, None)
-    z = torch.randn(3, 3)
+    z = torch.randn(3, 3, generator=torch.Generator().manual_seed(3))
     repeated = torch.cat([z, z[:1]])  # the first point twice
     torch.manual_seed(0)
     draws = torch.stack([target.log_prob(repeated) for _ in range(1500)])
@@ -138,7 +139,7 @@ def test_constrain_respects_supports_and_unconstrain_inverts(float64):
     x, y = make_data()
     target = Target.from_pyro(mixed_support_model, x, y)
     assert target.sites["mix"].shape == (4,) and target.sites["mix"].unconstrained_shape == (3,)
-    z = torch.randn(5, target.dim)
+    z = torch.randn(5, target.dim, generator=torch.Generator().manual_seed(4))
     values = target.constrain(z)
     torch.testing.assert_close(values["mix"].sum(-1), torch.ones(5))
     assert (values["sigma"] > 0).all() and ((values["rate"] > 0) & (values["rate"] < 1)).all()
@@ -210,7 +211,7 @@ def test_from_log_prob_adds_the_log_jacobian(float64):
         return (rate.log() - rate * theta).sum(-1)
 
     target = Target.from_log_prob(exponential_log_prob, 3, support=dist.constraints.positive)
-    z = torch.randn(5, 3)
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(5))
     log_prob, score = target.log_prob_and_score(z)
     # density of log(theta) for theta ~ Exponential: rate * exp(z - rate * exp(z))
     expected = torch.from_numpy(stats.expon(scale=1 / rate.numpy()).logpdf(z.exp().numpy())).sum(-1) + z.sum(-1)
@@ -282,3 +283,17 @@ def test_jit_compile_falls_back_for_models_it_cannot_trace(float64):
     assert not target.compiled
     with pytest.raises(TypeError, match="jit_compile must be True or False"):
         Target.from_pyro(subsampled_scale_model, *make_data(), 7, jit_compile="yes")
+
+
+def test_a_single_point_with_a_scalar_site_constrains_to_a_zero_dimensional_value():
+    """Found by the bnn density test: reshape(*(), *()) was reshape() with no shape, a TypeError."""
+    def model():
+        pyro.sample("noise", dist.HalfNormal(1.0))
+        pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    target = Target.from_pyro(model)
+    z = torch.tensor([0.3, -1.0, 2.0])
+    values = target.constrain(z)
+    assert values["noise"].shape == () and float(values["noise"]) == pytest.approx(math.exp(0.3))
+    assert torch.equal(values["w"], z[1:])
+    torch.testing.assert_close(target.unconstrain(values), z)

@@ -52,7 +52,7 @@ def test_matches_numpyro_potential_and_gradient(x64):
     target = Target.from_numpyro(numpyro_model, x, y)
     assert target.dtype == torch.float64 and target.dim == 5
     info = initialize_model(jax.random.PRNGKey(1), numpyro_model, model_args=(x, y))
-    z = torch.randn(6, target.dim, dtype=torch.float64)
+    z = torch.randn(6, target.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     log_prob, score = target.log_prob_and_score(z)
     for i in range(6):
         params = {name: jnp.asarray(z[i, site.slice].numpy().reshape(site.unconstrained_shape))
@@ -68,7 +68,7 @@ def test_agrees_with_the_pyro_twin(x64, float64):
     from_numpyro = Target.from_numpyro(numpyro_model, x, y)
     from_pyro = Target.from_pyro(pyro_model, torch.from_numpy(x), torch.from_numpy(y))
     assert list(from_numpyro.sites) == list(from_pyro.sites)
-    z = torch.randn(4, from_pyro.dim)
+    z = torch.randn(4, from_pyro.dim, generator=torch.Generator().manual_seed(2))
     for a, b in zip(from_numpyro.log_prob_and_score(z), from_pyro.log_prob_and_score(z)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for name, value in from_numpyro.constrain(z).items():
@@ -80,7 +80,7 @@ def test_agrees_with_the_pyro_twin(x64, float64):
 def test_log_prob_is_differentiable_in_torch(x64):
     x, y = data()
     target = Target.from_numpyro(numpyro_model, x, y)
-    z = torch.randn(3, target.dim, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, target.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_()
     (grad,) = torch.autograd.grad(target.log_prob(z).sum(), z)
     torch.testing.assert_close(grad, target.log_prob_and_score(z)[1])
 

@@ -138,8 +138,12 @@ def test_paris_additive_functionals_converge_to_the_rts_smoother_as_n_grows(back
         for row in rows:
             print(f"  N={row['N']:5d}  bias {float(row['bias'][0]):+.4f} +- {float(row['se'][0]):.4f}  "
                   f"RMSE {float(row['rmse'][0]):.4f}")
-        # Monte Carlo error falls like N^(-1/2): 16x the particles, about a quarter of the RMSE
-        assert float(rows[-1]["rmse"][0]) < 0.5 * float(rows[0]["rmse"][0])
+        # Monte Carlo error falls like N^(-1/2): 16x the particles, a quarter of the RMSE. The bound sits between
+        # that 0.25 and the 0.5 of an N^(-1/4) rate, with room for the ratio's own noise (each RMSE from 30-60
+        # replicates: about 13-18 % relative error on the ratio).
+        ratio = float(rows[-1]["rmse"][0]) / float(rows[0]["rmse"][0])
+        print(f"  RMSE ratio N={rows[-1]['N']} / N={rows[0]['N']}: {ratio:.3f}")
+        assert ratio < 0.38
         last = rows[-1]
         assert (last["bias"].abs() < 4 * last["se"] + 1e-3 * truth.abs().reshape(-1)).all()
 
@@ -257,7 +261,7 @@ def exact_mle(y):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ppg"])
+@pytest.mark.parametrize("method", ["ppg", "paris"])
 def test_maximum_likelihood_recovers_the_linear_gaussian_parameters(method):
     truth = scalar_model()
     y = data(truth, 300 if FULL else 150, seed=3)

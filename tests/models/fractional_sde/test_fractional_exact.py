@@ -250,7 +250,7 @@ def test_dtype_and_device_follow_the_inputs():
 # --- peer library -------------------------------------------------------------------------------------
 
 def test_increment_variances_agree_with_the_fbm_package():
-    fbm = pytest.importorskip("fbm")
+    import fbm  # the [test] extra installs it
     hurst, num_steps, num_paths = 0.3, 32, 2000
     state = np.random.get_state()  # the fbm package draws from numpy's global generator
     try:

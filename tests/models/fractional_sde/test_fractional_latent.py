@@ -199,23 +199,26 @@ def test_forecast_continues_the_reconstruction_and_is_a_posterior():
 
 
 # ----------------------------------------------------------------------------- Hurst sensitivity
+ROUGH_DATA_GAP = ("the latent model's ELBO keeps H near its start of 0.5 on H = 0.3 data (the amortised posterior's "
+                  "gap grows as H falls and biases the ELBO upwards): the papers'-claims issue's latent-model gap")
+
+
 @pytest.mark.slow
-def test_learnt_hurst_moves_towards_the_data():
-    """Sequences from the model's own prior (linear, 1-D) with H = 0.3 and 0.7; a fresh model starts at H = 0.5
-    with the drift, diffusion and noise fixed at the truth.  Smooth data pull H up, to about 0.7.  Rough data
-    do not pull it below 0.5 in this budget (the amortised posterior's gap grows as H falls and biases the ELBO
-    upwards), but they leave it well below where smooth data take it."""
-    learnt = {}
-    for hurst in (0.3, 0.7):
-        truth = linear_model(hurst=hurst, theta=1.0, sigma=1.0, noise=0.1)
-        y, times = prior_sequences(truth, 32, torch.arange(0, 41, 2), seed=0)
-        torch.manual_seed(0)
-        model = linear_model(hurst=0.5, theta=1.0, sigma=1.0, noise=0.1)
-        model.fbm.hurst_logit = nn.Parameter(model.fbm.hurst_logit.clone())  # learn H only
-        model.fit(y, times, num_steps=150, batch_size=32, lr=0.02, seed=0, progress=False)
-        learnt[hurst] = float(model.fbm.hurst.detach())
-    assert learnt[0.7] > 0.62
-    assert learnt[0.7] - learnt[0.3] > 0.12
+@pytest.mark.parametrize("hurst", [pytest.param(0.3, marks=pytest.mark.xfail(strict=True, reason=ROUGH_DATA_GAP)), 0.7])
+def test_learnt_hurst_is_within_a_tenth_of_the_truth(hurst):
+    """Sequences from the model's own prior (linear, 1-D) with H = 0.3 or 0.7; a fresh model starts at H = 0.5
+    with the drift, diffusion and noise fixed at the truth and learns H alone. Smooth data pull H to about 0.7.
+    Rough data do not pull it below 0.5 in this budget: a known gap, a strict xfail, so that fixing it turns the
+    test green (and the start value, which the old check accepted for rough data, no longer passes)."""
+    truth = linear_model(hurst=hurst, theta=1.0, sigma=1.0, noise=0.1)
+    y, times = prior_sequences(truth, 32, torch.arange(0, 41, 2), seed=0)
+    torch.manual_seed(0)
+    model = linear_model(hurst=0.5, theta=1.0, sigma=1.0, noise=0.1)
+    model.fbm.hurst_logit = nn.Parameter(model.fbm.hurst_logit.clone())  # learn H only
+    model.fit(y, times, num_steps=150, batch_size=32, lr=0.02, seed=0, progress=False)
+    learnt = float(model.fbm.hurst.detach())
+    print(f"H = {hurst} data: learnt H {learnt:.3f}")
+    assert abs(learnt - hurst) < 0.1
 
 
 # ----------------------------------------------------------------------------- reproducibility

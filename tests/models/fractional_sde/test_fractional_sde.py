@@ -155,8 +155,11 @@ def test_weights_are_differentiable_in_hurst(kind):
     assert torch.autograd.gradcheck(check, (hurst,), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_reference_values_from_the_authors_formulas():
-    """The values quoted in the reference notes (their formulas, our evaluation) for K = 5, gamma_max = 20, T = 1."""
+def test_optimal_weights_match_the_values_in_the_reference_notes():
+    """A regression check against the weights quoted in the project's reference notes for K = 5, gamma_max = 20,
+    T = 1 (fractional_sde_and_bae.md: evaluated there from the authors' formulas, not by this code, and not
+    printed in the paper). The ground truth from first principles is the mpmath quadrature test of
+    test_fractional_exact.py."""
     grid = speed_grid(5, 20.0)
     torch.testing.assert_close(optimal_weights(0.7, grid, 1.0, "II"),
                                torch.tensor([-0.93484, 3.26805, -1.77131, 0.11563, -0.31547], dtype=torch.float64),
