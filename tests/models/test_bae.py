@@ -213,7 +213,8 @@ def test_pretraining_and_dswd_bring_the_prior_predictive_towards_the_data(float6
         f"{group}.{name}" for group in ("loc", "log_scale") for name in bae.sites}
 
 
-def test_vae_learns_to_reconstruct(float64):
+def test_vae_fit_smoke_beats_the_mean_image(float64):
+    """A smoke test: the fit improves held-out likelihood and beats predicting the mean image."""
     x, held_out = digits(200), digits(100, offset=200)
     vae = VariationalAutoencoder(64, 4, hidden=(32,)).to(F64)
     before = float(vae.log_likelihood(held_out).mean())

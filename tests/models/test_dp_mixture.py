@@ -239,3 +239,18 @@ def test_bad_data_and_arguments_are_refused(data, em_fit):
         em_fit.sample(-1)
     with pytest.raises(ValueError, match="seed"):
         em_fit.sample(3, seed=1.5)
+
+
+@pytest.mark.parametrize("concentration", [0.3, 3.0])
+def test_the_concentration_is_the_stick_prior_of_the_model(data, concentration):
+    """v_k ~ Beta(1, concentration) in the Pyro model: its log density at fixed sticks against scipy's."""
+    z = data[0]
+    model = DirichletProcessMixture(5, concentration=concentration)
+    v = torch.tensor([0.7, 0.2, 0.5, 0.05], dtype=z.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's Wishart sampler may warn of a near-singular draw
+        with pyro.poutine.seed(rng_seed=0):
+            trace = pyro.poutine.trace(pyro.poutine.condition(model.model, data={"v": v})).get_trace(z)
+    trace.compute_log_prob()
+    expected = stats.beta.logpdf(v.numpy(), 1.0, concentration).sum()
+    assert trace.nodes["v"]["log_prob_sum"].item() == pytest.approx(expected, rel=1e-10)

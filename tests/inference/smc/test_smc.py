@@ -279,17 +279,28 @@ def test_maximum_likelihood_recovers_the_linear_gaussian_parameters(method):
     assert float(model.A.detach()) == pytest.approx(fitted["A"])  # the model holds the averaged estimate
 
 
+def exact_log_likelihood(y, A, Q, R):
+    """The Kalman filter's log-likelihood of the scalar model with these parameters (C = 1)."""
+    return float(LinearGaussianSSM([[A]], [[1.0]], [[Q]], [[R]]).kalman(y).log_likelihood)
+
+
 @pytest.mark.slow
-def test_score_climbing_moves_towards_the_maximum_likelihood_estimate():
+def test_score_climbing_reaches_the_maximum_likelihood():
+    """Markov score climbing from a poor start, judged by the exact (Kalman) log-likelihood of where it ends:
+    within 0.5 nats of the exact MLE's (measured 0.15; the start is 25 nats below). The parameters themselves
+    are the wrong yardstick here: on 100 observations the likelihood is flat along a ridge trading Q against R,
+    so a fit 0.15 nats from the top can sit at R = 0.47 against the MLE's 0.28."""
     y = data(scalar_model(), 100, seed=3)
-    mle = exact_mle(y)
+    mle = {name: float(value.reshape(-1)[0]) for name, value in exact_mle(y).items() if name in ("A", "Q", "R")}
     start = {"A": 0.2, "Q": 0.2, "R": 3.0}
     model = LinearGaussianSSM([[start["A"]]], [[1.0]], [[start["Q"]]], [[start["R"]]], learn=("A", "Q", "R"))
     post = fit_ssm(model, y, method="score_climbing", num_steps=60, num_particles=30, num_chains=4, lr=0.03,
                    seed=0, progress=False)
-    for name in ("A", "Q", "R"):
-        fitted, exact = float(post.samples[name].reshape(-1)[0]), float(mle[name].reshape(-1)[0])
-        assert abs(fitted - exact) < 0.5 * abs(start[name] - exact), (name, fitted, exact)
+    fitted = {name: float(post.samples[name].reshape(-1)[0]) for name in ("A", "Q", "R")}
+    top, reached = exact_log_likelihood(y, **mle), exact_log_likelihood(y, **fitted)
+    print(f"score climbing: fitted {fitted}, exact MLE {mle}; log-likelihood {reached:.3f} against {top:.3f} "
+          f"(start {exact_log_likelihood(y, **start):.3f})")
+    assert top - 0.5 < reached <= top + 1e-6
 
 
 def test_fit_traces_every_iterate_and_leaves_the_model_at_their_average():
