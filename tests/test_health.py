@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from arviz_stats.base import array_stats
 
 import bayeskit as bk
 from bayeskit import health
@@ -192,3 +193,18 @@ def test_fork_and_join_on_many_subposteriors_is_flagged_and_the_balanced_tree_is
     assert error > 0.3, error
     balanced, caught = results["balanced"]
     assert caught == [] and balanced.health() == []
+
+
+def test_chains_with_an_r_hat_between_the_old_and_new_thresholds_are_flagged():
+    """Chains whose ArviZ r_hat lies in (1.01, 1.1) are flagged: the threshold is 1.01 (Vehtari et al. 2021).
+
+    The r_hat comes from arviz-stats directly, so the test holds the report to the value, not to itself.
+    """
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.randn(4, 1000, generator=generator, dtype=torch.float64)
+    draws[0] += 0.4  # one chain 0.4 sd off: r_hat about 1.02
+    r_hat = float(array_stats.rhat(draws.numpy(), chain_axis=0, draw_axis=1, method="rank"))
+    assert 1.01 < r_hat < 1.1, r_hat
+    findings = bk.Posterior({"x": draws}, meta={"sample_kind": "mcmc"}).health()
+    assert ("r_hat", "x") in {(finding.check, finding.parameter) for finding in findings}
+
