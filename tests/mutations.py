@@ -165,7 +165,8 @@ FAULTS = (
     Fault("fusion-shard-temper", "Fusion's logistic shard density takes the whole prior, not p^(1/C)",
           "bayeskit/inference/fusion/shards.py",
           "prior_weight=shard.prior_exponent)", "prior_weight=1.0)",
-          (T + "test_planted_bugs_gaps.py::test_the_logistic_shard_density_takes_one_cth_of_the_prior",)),
+          (T + "inference/fusion/test_fusion_tempering.py"
+               "::test_the_logistic_shard_density_takes_one_cth_of_the_prior",)),
     # ---------------------------------------------------------------- diagnostics, posterior, health
     Fault("diag-kish-ess", "Kish's ESS drops the square of the weights' sum",
           "bayeskit/diagnostics.py",

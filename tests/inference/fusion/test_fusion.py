@@ -1,12 +1,15 @@
 """Fusion: path-space estimators against closed forms, fused posteriors against closed-form products and NUTS."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import FULL
 
+from bayeskit.health import HealthWarning
 from bayeskit.inference.fusion import (
     EngineSampler,
     Fusion,
@@ -104,7 +107,7 @@ def test_logistic_density_matches_the_pyro_model_by_autograd(float64):
     target = shard.target()
     closed = LogisticDensity(*shard.args, prior_scale=1.5, prior_weight=0.25)
     autograd = LogDensity(target.log_prob)
-    z = torch.randn(7, 5, dtype=torch.float64)
+    z = torch.randn(7, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     scale = torch.linalg.cholesky(torch.eye(5) + 0.3 * torch.ones(5, 5))
     difference = closed.log_prob(z) - target.log_prob(z)
     assert torch.allclose(difference, difference[0].expand(7), atol=1e-10)  # equal up to the normaliser
@@ -137,12 +140,13 @@ def test_phi_bounds_hold_on_random_balls(float64, kind):
 
 
 # ------------------------------------------------------------ Gaussian products
-def _gaussian_subposteriors(num, dim=2, shards=4, seed=0):
+def _gaussian_subposteriors(num, dim=2, shards=4, seed=0, spread=0.4):
+    """Exact draws of C Gaussian sub-posteriors (covariances (I + spread G)(I + spread G)^T) and their product."""
     generator = torch.Generator().manual_seed(seed)
     subposteriors, densities = [], []
     for _ in range(shards):
         mean = 0.6 * torch.randn(dim, generator=generator)
-        root = 0.4 * torch.randn(dim, dim, generator=generator) + torch.eye(dim)
+        root = spread * torch.randn(dim, dim, generator=generator) + torch.eye(dim)
         covariance = root @ root.T
         density = GaussianDensity(mean, covariance)
         draws = mean + torch.randn(num, dim, generator=generator) @ torch.linalg.cholesky(covariance).T
@@ -161,33 +165,117 @@ def _weighted_moments(posterior):
     return mean, (centred.T * w) @ centred, 1 / float(w.square().sum())
 
 
+# The error a fused posterior may have beyond Monte Carlo: 0.1 product sd on the means, 10% on the
+# (co)variances (in units of sd_i sd_j), plus Z Monte Carlo standard errors from the weights' ESS
+# (sd / sqrt(ESS) for a mean, sqrt(2 / ESS) relative for a variance). The ESS is floored per method
+# (ESS_FRACTION_FLOOR), so that a run whose weights degenerate fails instead of earning a looser bound.
+MEAN_BUDGET, COVARIANCE_BUDGET, Z = 0.1, 0.1, 4.0
+# ESS/N floors, measured on these sub-posteriors (seeds 0 and 1, N = 3000): GBF 0.35 to 0.76 on every tree,
+# D&C-MCF (one long step: its weights degenerate, the method's known weakness) 0.022 and 0.044; MCF draws exactly.
+ESS_FRACTION_FLOOR = {"gbf": 0.3, "dc_mcf": 0.015, "mcf": 0.999}
+
+
+def assert_matches_the_product(posterior, mean, covariance, ess_floor):
+    """The fused (weighted) draws against the closed-form product N(mean, covariance), with an ESS floor."""
+    fused_mean, fused_covariance, ess = _weighted_moments(posterior)
+    num = posterior.samples["theta"].shape[1]
+    assert ess / num >= ess_floor, f"ESS/N {ess / num:.3f} below the floor {ess_floor}"
+    sd = covariance.diagonal().sqrt()
+    mean_error = float(((fused_mean - mean).abs() / sd).max())
+    assert mean_error < MEAN_BUDGET + Z / math.sqrt(ess), f"mean off by {mean_error:.3f} sd (ESS {ess:.0f})"
+    covariance_error = float(((fused_covariance - covariance).abs() / (sd[:, None] * sd[None, :])).max())
+    assert covariance_error < COVARIANCE_BUDGET + Z * math.sqrt(2 / ess), \
+        f"covariance off by {covariance_error:.3f} sd_i sd_j (ESS {ess:.0f})"
+
+
 @pytest.mark.parametrize("method,tree,estimator", [
     ("gbf", "fork_and_join", "auto"), ("gbf", "balanced", "auto"), ("gbf", "progressive", "auto"),
     ("dc_mcf", "fork_and_join", "auto"), ("mcf", "balanced", "auto"), ("gbf", "balanced", "discretised")])
 def test_fused_gaussians_match_the_closed_form_product(float64, method, tree, estimator):
+    """Exact Gaussian sub-posterior draws: the fused posterior is the closed-form product, up to the budgets."""
     num = 400 if method == "mcf" else 3000
     subposteriors, mean, covariance = _gaussian_subposteriors(num)
     posterior = Fusion(method=method, tree=tree, num_particles=num, estimator=estimator).fuse(
         subposteriors, seed=0, progress=False)
-    fused_mean, fused_covariance, ess = _weighted_moments(posterior)
-    sd = covariance.diagonal().sqrt()
-    # Monte Carlo tolerance from the ESS; input draws are exact, so only the estimator's error is left
-    assert ((fused_mean - mean).abs() / sd).max() < 5 / math.sqrt(ess) + 0.02
-    relative = (fused_covariance - covariance).abs() / (sd[:, None] * sd[None, :])
-    assert relative.max() < 6 * math.sqrt(2 / ess) + 0.03
+    assert_matches_the_product(posterior, mean, covariance, ESS_FRACTION_FLOOR[method])
     assert posterior.meta["approximate"] is (estimator == "discretised")
     if method != "mcf":
         assert {"ess", "cess", "time", "node", "height"} <= set(posterior.trace)
         assert ((posterior.trace["cess"] > 0) & (posterior.trace["cess"] <= 1 + 1e-9)).all()
 
 
-def test_consensus_is_exact_for_gaussians_and_weierstrass_runs(float64):
-    subposteriors, mean, covariance = _gaussian_subposteriors(3000)
-    consensus = Fusion(method="consensus", num_particles=3000).fuse(subposteriors, seed=0)
-    fused_mean, fused_covariance, ess = _weighted_moments(consensus)
-    assert ((fused_mean - mean).abs() / covariance.diagonal().sqrt()).max() < 5 / math.sqrt(ess)
-    weierstrass = Fusion(method="weierstrass", num_particles=500).fuse(subposteriors, seed=0)
-    assert weierstrass.meta["bandwidth"] > 0 and weierstrass.meta["approximate"]
+def test_identity_preconditioner_on_an_explicit_mesh_matches_the_product(float64):
+    """``preconditioner="identity"``, ``time_horizon`` and ``num_mesh_steps`` given: the same closed form, and
+    every node ran on the mesh asked for (not the guidance's)."""
+    # Near-isotropic sub-posteriors, where Lambda_c = I is a sensible choice: on the poorly scaled ones above
+    # (spread 0.4) the exact estimator's Poisson counts explode and the weights collapse (measured: ESS/N 0.002
+    # after 104 s at N = 500, T = 0.5), which is why the covariance is the default preconditioner.
+    subposteriors, mean, covariance = _gaussian_subposteriors(2000, spread=0.1)
+    horizon, steps = 1.0, 4  # the guidance would take T = 1.0 to 1.3 and 2 steps per node here
+    posterior = Fusion(method="gbf", tree="balanced", num_particles=2000, preconditioner="identity",
+                       time_horizon=horizon, num_mesh_steps=steps).fuse(subposteriors, seed=0, progress=False)
+    assert all(node["time_horizon"] == horizon and node["mesh_steps"] == steps for node in posterior.meta["nodes"])
+    assert_matches_the_product(posterior, mean, covariance, ESS_FRACTION_FLOOR["gbf"])
+
+
+# C = 32 sub-posteriors in d = 10 (the trust issue's failing case: fork-and-join 0.45 sd off) costs minutes,
+# so CI runs C = 8 in d = 4 (balanced 3.8 s, fork-and-join 3.4 s of CPU); BAYESKIT_FULL=1 runs C = 32, d = 10.
+MANY_SHARDS, MANY_DIM, MANY_PARTICLES = (32, 10, 1000) if FULL else (8, 4, 1000)
+
+
+@pytest.mark.slow
+def test_many_shards_balanced_matches_and_fork_and_join_matches_or_warns(float64):
+    """The balanced tree fuses many shards to the product within the budgets; fork-and-join either does too,
+    or its health report says so (a node whose particles descend from few of its children's draws)."""
+    subposteriors, mean, covariance = _gaussian_subposteriors(MANY_PARTICLES, dim=MANY_DIM, shards=MANY_SHARDS)
+    balanced = Fusion(method="gbf", tree="balanced", num_particles=MANY_PARTICLES).fuse(
+        subposteriors, seed=0, progress=False)
+    assert_matches_the_product(balanced, mean, covariance, ESS_FRACTION_FLOOR["gbf"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HealthWarning)
+        fork_and_join = Fusion(method="gbf", tree="fork_and_join", num_particles=MANY_PARTICLES).fuse(
+            subposteriors, seed=0, progress=False)
+    warned = [str(w.message) for w in caught if issubclass(w.category, HealthWarning)]
+    try:
+        assert_matches_the_product(fork_and_join, mean, covariance, ESS_FRACTION_FLOOR["gbf"])
+    except AssertionError as error:
+        assert warned, f"fork-and-join is off ({error}) and its health report is silent"
+
+
+def _gaussian_product(means, covariances):
+    """Mean and covariance of the normalised product of N(means[c], covariances[c])."""
+    precisions = torch.linalg.inv(covariances)
+    covariance = torch.linalg.inv(precisions.sum(0))
+    return covariance @ (precisions @ means.unsqueeze(-1)).sum(0).squeeze(-1), covariance
+
+
+def _z_scores(draws, mean, covariance, inverse_n):
+    """The largest |error| / standard error of the draws' mean and covariance entries (Gaussian fourth moments)."""
+    variances = covariance.diagonal()
+    mean_z = ((draws.mean(0) - mean).abs() / (variances * inverse_n).sqrt()).max()
+    entry_se = ((variances[:, None] * variances[None] + covariance.square()) * inverse_n).sqrt()
+    return float(mean_z), float(((torch.cov(draws.T) - covariance).abs() / entry_se).max())
+
+
+def test_consensus_is_exact_for_gaussians_and_weierstrass_samples_its_transforms(float64):
+    """Consensus MC is exact for Gaussian sub-posteriors; the Weierstrass sampler draws the product of the
+    transforms N(m_c, S_c + h^2 D), D the pooled within-set variances, h the bandwidth it reports (closed form).
+
+    5 standard errors, as in test_fusion_baselines.py: N draws for consensus; for Weierstrass, accepted draws
+    reuse the N draws of each set, so 1/N + 1/M (that file's calibrated rule)."""
+    subposteriors, _, _ = _gaussian_subposteriors(3000)
+    means = torch.stack([sub.density.mean for sub in subposteriors])
+    covariances = torch.stack([torch.linalg.inv(sub.density.precision) for sub in subposteriors])
+    mean, covariance = _gaussian_product(means, covariances)
+    consensus = Fusion(method="consensus", num_particles=3000).fuse(subposteriors, seed=0, progress=False)
+    assert max(_z_scores(consensus.samples["theta"][0], mean, covariance, 1 / 3000)) < 5
+    weierstrass = Fusion(method="weierstrass", num_particles=500).fuse(subposteriors, seed=0, progress=False)
+    h = weierstrass.meta["bandwidth"]
+    pooled = torch.stack([sub.samples.var(0) for sub in subposteriors]).mean(0)
+    transformed_mean, transformed_covariance = _gaussian_product(means, covariances + h**2 * torch.diag(pooled))
+    z = _z_scores(weierstrass.samples["theta"][0], transformed_mean, transformed_covariance, 1 / 500 + 1 / 500)
+    assert max(z) < 5, f"Weierstrass draws at h = {h:.3g} off the product of transforms by {z} standard errors"
+    assert weierstrass.meta["approximate"]
 
 
 def test_fuse_is_reproducible_from_its_seed(float64):
@@ -207,7 +295,7 @@ def gaussian_mean_model(x):
 
 
 def test_shards_temper_the_prior(float64):
-    x = torch.randn(40, dtype=torch.float64)
+    x = torch.randn(40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     shards = split_data(gaussian_mean_model, (x,), {}, 4)
     z = torch.tensor([[0.3]])
     theta = torch.tensor(0.3, dtype=torch.float64)
@@ -216,22 +304,101 @@ def test_shards_temper_the_prior(float64):
     assert sum(len(s.args[0]) for s in shards) == 40
 
 
+def normal_mean_posterior(x):
+    """The closed form of ``gaussian_mean_model``: prior N(0, 1), unit noise, so N(sum x / (n + 1), 1 / (n + 1))."""
+    return float(x.sum() / (len(x) + 1)), 1 / math.sqrt(len(x) + 1)
+
+
+def assert_matches_the_normal_mean(posterior, x, *, ess_floor):
+    """Weighted fused draws of theta against the closed form: ESS/N above ``ess_floor``, then the mean within
+    0.1 sd + 4 sd / sqrt(ESS) and the sd within 10% + 4 sqrt(1 / (2 ESS)) (its relative standard error)."""
+    mean, sd = normal_mean_posterior(x)
+    draws = posterior.samples["theta"][0]
+    w = torch.full((len(draws),), 1 / len(draws)) if posterior.log_weights is None \
+        else torch.softmax(posterior.log_weights[0], 0)
+    ess = 1 / float(w.square().sum())
+    assert ess / len(draws) >= ess_floor, f"ESS/N {ess / len(draws):.3f} below the floor {ess_floor}"
+    mean_error = abs(float(w @ draws) - mean) / sd
+    assert mean_error < MEAN_BUDGET + Z / math.sqrt(ess), f"mean off by {mean_error:.3f} sd (ESS {ess:.0f})"
+    sd_ratio = math.sqrt(float(w @ (draws - float(w @ draws)) ** 2)) / sd
+    assert abs(sd_ratio - 1) < COVARIANCE_BUDGET + Z * math.sqrt(1 / (2 * ess)), f"sd ratio {sd_ratio:.3f}"
+
+
 def test_run_on_a_conjugate_model_matches_the_closed_form(float64):
-    """A model without bounds: autograd phi, the discretised estimator, labelled approximate."""
+    """A model without bounds: NUTS on each shard, autograd phi, the discretised estimator, labelled approximate.
+    ESS/N floor 0.3 (GBF's; measured 0.67 here, mean 0.03 sd off, sd ratio 0.97)."""
     x = 0.7 + torch.randn(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     posterior = Fusion(gaussian_mean_model, num_shards=3, num_particles=800, method="gbf",
                        sampler=NUTSSampler(num_warmup=150)).run(x, seed=0, progress=False)
-    mean, sd = float(x.sum() / 61), 1 / math.sqrt(61)
-    draws = posterior.samples["theta"][0]
-    w = torch.softmax(posterior.log_weights[0], 0)
-    ess = 1 / float(w.square().sum())
-    assert abs(float(w @ draws) - mean) < 5 * sd / math.sqrt(ess) + 0.05 * sd
-    assert math.sqrt(float(w @ (draws - mean) ** 2)) == pytest.approx(sd, rel=0.15)
+    assert_matches_the_normal_mean(posterior, x, ess_floor=ESS_FRACTION_FLOOR["gbf"])
     assert posterior.meta["approximate"] and "discretised" in posterior.meta["estimator"]
+
+
+def exact_normal_mean_sampler(shard, num_samples, seed):
+    """Exact draws of ``gaussian_mean_model``'s sub-posterior N(0, 1)^(1/C) x likelihood, a Gaussian."""
+    data = shard.args[0]
+    precision = shard.prior_exponent + len(data)
+    noise = torch.randn(num_samples, 1, generator=torch.Generator().manual_seed(seed), dtype=data.dtype)
+    return data.sum() / precision + noise / math.sqrt(precision)
+
+
+def test_shuffle_false_keeps_the_rows_in_order_and_true_only_permutes_them():
+    x = torch.arange(40.0)  # each value is its row number: a shard's contents say which rows it holds
+    in_order = Fusion(gaussian_mean_model, num_shards=4, shuffle=False).shards(x, seed=0)
+    assert [shard.args[0].tolist() for shard in in_order] == [x[10 * c:10 * (c + 1)].tolist() for c in range(4)]
+    shuffled, again, other = (Fusion(gaussian_mean_model, num_shards=4).shards(x, seed=seed) for seed in (0, 0, 1))
+    pooled = torch.cat([shard.args[0] for shard in shuffled])
+    assert [shard.num_data for shard in shuffled] == [10] * 4
+    assert torch.equal(pooled.sort().values, x) and not torch.equal(pooled, x)  # every row once, in a new order
+    assert all(torch.equal(a.args[0], b.args[0]) for a, b in zip(shuffled, again))  # the seed fixes the split
+    assert not all(torch.equal(a.args[0], b.args[0]) for a, b in zip(shuffled, other))
+
+
+def consensus_mean_se(shards, num_draws):
+    """Standard error of Consensus MC's fused mean for exact Gaussian sub-posterior draws.
+
+    The draws' own error, sd / sqrt(N), and that of the weights: each shard's weight is its estimated precision
+    over their sum, the precision from N draws (relative error sqrt(2 / N)), so the fused mean
+    sum_c W_c m_c moves by sum_c W_c (dP_c / P_c) (m_c - m), which matters when the shards disagree."""
+    precisions = torch.tensor([shard.prior_exponent + shard.num_data for shard in shards])
+    means = torch.stack([shard.args[0].sum() for shard in shards]) / precisions
+    weights = precisions / precisions.sum()
+    fused = float(weights @ means)
+    weight_variance = float((weights.square() * (means - fused).square()).sum()) * 2 / num_draws
+    return math.sqrt(1 / float(precisions.sum()) / num_draws + weight_variance)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_shuffle_changes_the_shards_not_the_fused_law(float64, shuffle):
+    """Rows with a trend, so that in-order shards disagree (sub-posterior means from -1.6 to 2.6) and shuffled
+    ones do not: both fuse to the same closed form. Exact shard draws and Consensus MC, exact for Gaussian
+    sub-posteriors, leave only Monte Carlo error: N = 40000 draws (cheap: no path estimates), 4 standard errors
+    (consensus_mean_se). An untempered prior (exponent 1, not 1/4; mean 0.14 sd off) fails the shuffled case;
+    in order, the weights' own error (4 SE = 0.17 sd) hides it."""
+    x = torch.linspace(-2.0, 3.0, 60) + torch.randn(60, generator=torch.Generator().manual_seed(0))
+    engine = Fusion(gaussian_mean_model, num_shards=4, num_particles=40000, method="consensus",
+                    sampler=exact_normal_mean_sampler, shuffle=shuffle)
+    draws = engine.run(x, seed=0, progress=False).samples["theta"][0]
+    mean, sd = normal_mean_posterior(x)
+    assert abs(float(draws.mean()) - mean) < 4 * consensus_mean_se(engine.shards(x, seed=0), len(draws))
+    assert abs(float(draws.std()) / sd - 1) < 4 * math.sqrt(1 / (2 * len(draws)))
+
+
+# IAD above the floor (two independent 1000-draw NUTS runs of the full posterior, measured in the test) that a
+# fusion may add: measured 0.023 for D&C-GBF and 0.018 for Consensus MC (floor 0.037; IAD 0.060 and 0.055).
+# With 2,000 rows each sub-posterior is close to Gaussian, so Consensus MC is held to the same bound.
+IAD_MARGIN = 0.04
+
+
+def _nuts_reference(x, y, sampler, seed):
+    """1000 full-data NUTS draws (one shard of all rows: the prior untempered)."""
+    return Fusion(logistic_regression, num_shards=1, num_particles=1000, sampler=sampler) \
+        .sample_subposteriors(x, y, seed=seed)[0].samples
 
 
 @pytest.mark.slow
 def test_logistic_regression_fusion_is_close_to_full_data_nuts(float64):
+    """D&C-GBF and Consensus MC on 4 shards against full-data NUTS: IAD < the NUTS-to-NUTS floor + IAD_MARGIN."""
     # real data, 2,000 flights: the authors' simulated design (rare positives, large slopes) makes the bounds
     # of phi wide and the exact estimator slow (see the closing note of the Fusion issue)
     from bayeskit.datasets import load_flight_delays
@@ -240,14 +407,15 @@ def test_logistic_regression_fusion_is_close_to_full_data_nuts(float64):
     data = load_flight_delays(dtype=torch.float64).standardized().subset(torch.arange(2000))
     x, y = data.x, data.y
     sampler = NUTSSampler(num_warmup=200, jit_compile=True)
-    reference = Fusion(logistic_regression, num_shards=1, num_particles=1000, sampler=sampler) \
-        .sample_subposteriors(x, y, seed=1)[0].samples
+    reference = _nuts_reference(x, y, sampler, seed=1)
+    floor = float(integrated_absolute_distance(_nuts_reference(x, y, sampler, seed=2), reference))
     engine = Fusion(logistic_regression, num_shards=4, num_particles=1000, sampler=sampler, tree="balanced")
     subposteriors = engine.sample_subposteriors(x, y, seed=0)
     target = engine.shards(x, y, seed=0)[0].target()
     iad = {}
     for method in ("gbf", "consensus"):
-        fused = Fusion(method=method, tree="balanced", num_particles=1000).fuse(subposteriors, seed=0, target=target)
+        fused = Fusion(method=method, tree="balanced", num_particles=1000).fuse(subposteriors, seed=0, target=target,
+                                                                                progress=False)
         draws = torch.cat([fused.samples["alpha"][0, :, None], fused.samples["beta"][0]], -1)
         if fused.log_weights is not None:
             assert fused.meta["estimator"] == "exact" and not fused.meta["approximate"]
@@ -255,11 +423,18 @@ def test_logistic_regression_fusion_is_close_to_full_data_nuts(float64):
                                       generator=torch.Generator().manual_seed(0))
             draws = draws[index]
         iad[method] = float(integrated_absolute_distance(draws, reference))
-    # two 1000-draw NUTS runs of the same posterior differ by about 0.05 IAD
-    assert iad["gbf"] < 0.12
+    assert all(value < floor + IAD_MARGIN for value in iad.values()), f"IAD {iad} against a floor of {floor:.3f}"
+
+
+# SVGD's variance shrinkage with 100 particles in 1-D: the sd 1.3% narrow (0.987 on both shards, seeds 0-2);
+# the mean off by < 4e-4 sd.
+SVGD_SD_TOLERANCE = 0.05
 
 
 def test_engine_sampler_runs_a_bayeskit_engine(float64):
+    """SVGD through EngineSampler on each shard: the sub-posterior N(0, 1)^(1/2) x likelihood is
+    N(sum x_c / (n_c + 1/2), 1 / (n_c + 1/2)). 100 particles of a 1-D Gaussian: mean within 0.1 sd, sd within
+    SVGD_SD_TOLERANCE (its stated shrinkage allowance)."""
     from bayeskit.inference import SVGD
 
     x = 0.7 + torch.randn(30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -268,8 +443,10 @@ def test_engine_sampler_runs_a_bayeskit_engine(float64):
     subposteriors = engine.sample_subposteriors(x, seed=0)
     for sub, shard in zip(subposteriors, engine.shards(x, seed=0)):
         data = shard.args[0]
-        exact_mean = float(data.sum() / (len(data) + 0.5))  # prior N(0, 1) raised to 1/2
-        assert float(sub.samples.mean()) == pytest.approx(exact_mean, abs=0.1)
+        precision = len(data) + 0.5  # prior N(0, 1) raised to 1/2
+        exact_mean, exact_sd = float(data.sum() / precision), 1 / math.sqrt(precision)
+        assert abs(float(sub.samples.mean()) - exact_mean) < 0.1 * exact_sd
+        assert float(sub.samples.std()) / exact_sd == pytest.approx(1, abs=SVGD_SD_TOLERANCE)
 
 
 def test_ray_backend_gives_the_in_process_result(float64, ray_cluster):
@@ -328,7 +505,9 @@ def test_bad_arguments_are_refused():
         Fusion(method="gbf").run(torch.randn(3))
     with pytest.raises(TypeError, match="SubPosterior"):
         Fusion().fuse([torch.randn(3, 2)])
-    no_bounds = [SubPosterior(torch.randn(50, 2), LogDensity(lambda z: -z.square().sum(-1))) for _ in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    no_bounds = [SubPosterior(torch.randn(50, 2, generator=generator), LogDensity(lambda z: -z.square().sum(-1)))
+                 for _ in range(2)]
     with pytest.raises(ValueError, match="bounds"):
         Fusion(method="mcf", num_particles=50).fuse(no_bounds, seed=0)
     with pytest.raises(ValueError, match="non-finite"):
