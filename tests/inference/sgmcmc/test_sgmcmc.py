@@ -1,16 +1,26 @@
 """SG-MCMC engines on a Bayesian linear regression whose posterior is known in closed form.
 
-The must-show of the SG-MCMC issue: 10,000 rows, minibatches of 100, 4
-chains; posterior means within 0.1 posterior sd of the truth, variances
-within 20%, r_hat < 1.05 for SGLD (small step), SGHMC and SGNHT.  Those are
-the sizes under ``BAYESKIT_FULL=1``.  CI runs the same code with 2,000 rows
-and minibatches of 200: the gradient noise relative to the curvature scales
-with ``N / B``, and every SG-MCMC method's mixing time with it, so a ten times
-smaller ratio buys the same statistical power in a tenth of the steps.
+The must-show of the SG-MCMC issue: 10,000 rows, minibatches of 100;
+posterior means within 0.1 posterior sd of the truth, variances within 20%,
+for SGLD (small step), SGHMC and SGNHT.  Those are the sizes under
+``BAYESKIT_FULL=1`` (the Pyro model itself, ``jit_compile=True``).  CI runs
+1,000 rows and minibatches of 200: the gradient noise relative to the
+curvature scales with ``N / B``, and every SG-MCMC method's mixing time with
+it, so a twenty times smaller ratio buys the same statistical power in a
+twentieth of the steps.  In CI the density is ``PerChainRegression`` (the
+same posterior as one batched expression, one minibatch per chain, checked
+against the model in ``test_sgmcmc_defaults.py``), so ``CHAINS`` chains cost
+little more than one; the Pyro model costs one call per chain and step.
 
-Tolerances: the issue's, widened only where the chains' own Monte Carlo error
-(from ArviZ's ESS) is larger: means within ``max(0.1 sd, 3 MCSE)``,
-variances within ``20% + 3 sqrt(2 / ESS)``.
+Bounds (fixed, never widened by the run's own mixing): every coordinate's
+ArviZ bulk ESS at least ``MIN_ESS`` (else the run is too short to decide
+and fails), then mean error < 0.1 sd + 2 MCSE, |variance ratio - 1| < 0.2
+and r_hat < 1.01.  At ESS >= 1,000 the MCSE is at most 0.032 sd and the
+Monte Carlo sd of a variance ratio at most sqrt(2 / 1000) = 0.045, so the
+20% is the bias budget (SGLD's and pSGLD's steps add 9-15% here) with >= 1.1
+Monte Carlo sd to spare.  r_hat < 1.01 needs about 150 effective draws per
+chain (split-R-hat sits near 1 + 1 / ESS per chain): the chains' length is
+set by that, their number by ``MIN_ESS``.
 """
 
 import math
@@ -20,6 +30,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from conftest import FULL, assert_steps_are_pure
+from test_sgmcmc_defaults import PerChainRegression
 
 from bayeskit import NonFiniteError, Target
 from bayeskit.inference import (
@@ -36,12 +47,13 @@ from bayeskit.inference import (
 from bayeskit.inference.sgmcmc.engines import DrawLog
 from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain
 
-# The mechanics tests run a few dozen steps from prior draws: chains that have not converged yet are
-# flagged, rightly; test_a_chain_that_ran_off_is_flagged checks that warning.
-pytestmark = pytest.mark.filterwarnings("ignore:median log density of the draws far below")
+# Thousands of steps on tiny tensors: one intra-op thread (torch's pool costs more than it saves here).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-NUM_ROWS, BATCH = (10_000, 100) if FULL else (2_000, 200)
+NUM_ROWS, BATCH = (10_000, 100) if FULL else (1_000, 200)
 DIM, PRIOR_SD, NOISE_SD = 4, 1.0, 1.0
+#: Independent chains of the closed-form tests, and the bulk ESS every coordinate must reach (module docstring).
+CHAINS, MIN_ESS = 16, 1_000
 
 
 def linear_regression(x, y, batch_size):
@@ -64,65 +76,81 @@ def exact_posterior(x, y):
     return covariance @ x.T @ y / NOISE_SD**2, covariance.diagonal()
 
 
-def engines():
-    """Settings from the problem's scales: curvature ~ N, gradient-noise variance ~ N^2 / B."""
+def engine_settings(name):
+    """Settings from the problem's scales: curvature ~ N, gradient-noise variance ~ N^2 / B.
+
+    Chains long enough for r_hat < 1.01 (~150 effective draws each), ``CHAINS`` of them for ``MIN_ESS``.
+    """
     ratio = NUM_ROWS / BATCH
-    # SGLD: eps * curvature = 0.3 B / N keeps the discretisation + gradient-noise excess
-    # variance near eps * curvature * (N / B) / 4 = 7.5%; the chains mix in about 13 N / B steps.
-    # Full size: ESS ~ 1,000 over 4 chains, enough to resolve 0.1 sd (at CI size the MCSE rule decides).
-    sgld_steps = int(250 * 13 * ratio) if FULL else 10_000
-    sgld = SGLD(linear_regression, step_size=0.3 / ratio / NUM_ROWS, num_warmup=2_000, num_samples=sgld_steps)
+    if name == "SGLD":
+        # eps * curvature = 0.3 B / N keeps the discretisation + gradient-noise excess variance near
+        # eps * curvature * (N / B) / 4 = 7.5%; the chains' autocorrelation time is then about 13 N / B steps.
+        return dict(step_size=0.3 / ratio / NUM_ROWS, num_warmup=2_000,
+                    num_samples=int(250 * 13 * ratio) if FULL else 16_000)
     # SGHMC and SGNHT with mass ~ the posterior precision (N): unit-scale dynamics, eps = 0.05.
     # The minibatch noise variance in those units is N / B; SGHMC subtracts an estimate of it
     # (friction must exceed eps * noise / 2); SGNHT's thermostat finds it.
-    steps = int(1_000 * ratio) if FULL else 5_000
-    sghmc = SGHMC(linear_regression, step_size=0.05, friction=max(1.0, 0.05 * ratio), noise_estimate="ema",
-                  mass=float(NUM_ROWS), num_warmup=1_000, num_samples=steps)
-    # From a prior draw, ~50 posterior sd away, the thermostat overshoots to xi ~ 100 and relaxes
-    # back at about eps per step: SGNHT needs the longer warm-up.
-    sgnht = SGNHT(linear_regression, step_size=0.05, diffusion=1.0, mass=float(NUM_ROWS), num_warmup=5_000,
-                  num_samples=steps)
-    return {"SGLD": sgld, "SGHMC": sghmc, "SGNHT": sgnht}
+    steps = int(1_000 * ratio) if FULL else 8_000
+    if name == "SGHMC":
+        return dict(step_size=0.05, friction=max(1.0, 0.05 * ratio), noise_estimate="ema", mass=float(NUM_ROWS),
+                    num_warmup=1_000, num_samples=steps)
+    # From a prior draw, ~30-100 posterior sd away, the thermostat overshoots to xi ~ 100 and relaxes
+    # back at about eps per step: SGNHT needs the longer warm-up (5,000 steps left r_hat at 1.07).
+    return dict(step_size=0.05, diffusion=1.0, mass=float(NUM_ROWS), num_warmup=8_000, num_samples=steps)
+
+
+ENGINES = {"SGLD": SGLD, "SGHMC": SGHMC, "SGNHT": SGNHT}
+
+
+def run_on_the_regression(engine_class, x, y, batch, **settings):
+    """``CHAINS`` chains on the regression's posterior: the batched density in CI, the Pyro model under FULL."""
+    if FULL:  # the user's path: the model, one call per chain and step, traced
+        return engine_class(linear_regression, num_chains=CHAINS, **settings).run(
+            x, y, batch, seed=1, progress=False, jit_compile=True)
+    return engine_class(PerChainRegression(x, y, batch), num_chains=CHAINS, **settings).run(seed=1, progress=False)
 
 
 def assert_matches_closed_form(post, x, y, label):
+    """Fixed bounds, decided by a stated ESS floor (module docstring); an under-mixed run fails, never passes."""
     mean, variance = exact_posterior(x, y)
     summary = post.summary()
-    draws = post.samples["w"].reshape(-1, DIM)
+    draws = post.samples["w"]
+    assert draws.shape[0] >= CHAINS
+    pooled = draws.reshape(-1, DIM)
     sd = variance.sqrt()
     ess = torch.tensor(summary["ess_bulk"].to_numpy())
     mcse = torch.tensor(summary["mcse_mean"].to_numpy())
     r_hat = torch.tensor(summary["r_hat"].to_numpy())
-    mean_error = (draws.mean(0) - mean).abs() / sd
-    variance_ratio = draws.var(0) / variance
-    print(f"{label}: mean error / sd {mean_error.tolist()}, variance ratio {variance_ratio.tolist()}, "
-          f"ESS {ess.tolist()}, r_hat {r_hat.tolist()}")
-    assert (mean_error < torch.clamp(3 * mcse / sd, min=0.1)).all()
-    assert ((variance_ratio - 1).abs() < 0.2 + 3 * (2 / ess).sqrt()).all()
-    assert (r_hat < 1.05).all()
+    mean_error = (pooled.mean(0) - mean).abs() / sd
+    variance_ratio = pooled.var(0) / variance
+    print(f"{label}: mean error / sd {mean_error.tolist()}, MCSE / sd {(mcse / sd).tolist()}, variance ratio "
+          f"{variance_ratio.tolist()}, ESS {ess.tolist()}, r_hat {r_hat.tolist()}")
+    assert (ess >= MIN_ESS).all(), f"{label}: run too short to decide the bounds, ESS {ess.tolist()}"
+    assert (mean_error < 0.1 + 2 * mcse / sd).all(), f"{label}: mean error / sd {mean_error.tolist()}"
+    assert ((variance_ratio - 1).abs() < 0.2).all(), f"{label}: variance ratio {variance_ratio.tolist()}"
+    assert (r_hat < 1.01).all(), f"{label}: r_hat {r_hat.tolist()}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["SGLD", "SGHMC", "SGNHT"])
+@pytest.mark.parametrize("name", list(ENGINES))
 def test_linear_regression_matches_the_closed_form_posterior(name):
     x, y = regression_data()
-    engine = engines()[name]
-    assert engine.num_chains == 4
-    # jit_compile: the traced density (2x faster here) must give the same posterior as the model
-    post = engine.run(x, y, BATCH, seed=1, progress=False, jit_compile=True)
+    post = run_on_the_regression(ENGINES[name], x, y, BATCH, **engine_settings(name))
     assert_matches_closed_form(post, x, y, name)
 
 
-def test_psgld_on_the_linear_regression():
+def psgld_settings(num_rows, batch):
     # RMSprop scales steps by about 1 / sqrt(gradient-noise variance V), so the excess variance
     # is about eps sqrt(V) / 4: eps = 0.4 / sqrt(V) keeps it near 10%.  The chains then move
-    # eps * curvature / sqrt(V) ~ 0.4 B / N per step: N / B = 5 gives an ESS of a few hundred over 4
-    # chains (with N / B = 10 it was ~100 and r_hat ~1.05, once each chain drew its own minibatches).
+    # eps * curvature / sqrt(V) ~ 0.4 B / N per step: N / B = 5 needs 12,000 steps for r_hat < 1.01
+    # (4,000 left it at 1.01-1.02, 8,000 at up to 1.012).
+    noise_sd = num_rows / batch**0.5
+    return dict(step_size=0.4 / noise_sd, num_warmup=2_000, num_samples=12_000)
+
+
+def test_psgld_on_the_linear_regression():
     x, y = regression_data(num_rows=500)
-    batch = 100
-    noise_sd = len(y) / batch**0.5
-    post = PSGLD(linear_regression, step_size=0.4 / noise_sd, num_warmup=2_000, num_samples=4_000).run(
-        x, y, batch, seed=0, progress=False, jit_compile=True)
+    post = run_on_the_regression(PSGLD, x, y, 100, **psgld_settings(500, 100))
     assert_matches_closed_form(post, x, y, "pSGLD")
 
 
@@ -133,7 +161,8 @@ def test_each_chain_is_scored_on_its_own_minibatch(jit_compile):
     x, y = regression_data(num_rows=200)
     target = Target.from_pyro(linear_regression, x, y, 10, jit_compile=jit_compile)
     assert target.subsampled
-    point = torch.randn(DIM, dtype=x.dtype)
+    torch.manual_seed(0)  # the model's minibatches come from the global stream
+    point = torch.randn(DIM, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
     _, score = log_prob_and_score_per_chain(target, point.expand(3, 2, DIM))  # 3 chains, 2 points each
     assert torch.equal(score[:, 0], score[:, 1])  # a chain's points (a curvature probe's pair) share its minibatch
     assert not torch.equal(score[0, 0], score[1, 0]) and not torch.equal(score[1, 0], score[2, 0])
@@ -190,6 +219,9 @@ def test_full_data_models_export_the_pointwise_log_likelihood():
     torch.testing.assert_close(post.log_likelihood["y"], expected)
 
 
+# 50 steps from prior draws: a chain not yet converged is flagged, rightly (test_a_chain_that_ran_off_is_flagged
+# checks that warning, and the closed-form tests keep it).
+@pytest.mark.filterwarnings(r"ignore:chain \d+. median log density of the draws far below")
 def test_same_seed_same_draws_and_checkpoint_resume_is_exact(tmp_path):
     x, y = regression_data(num_rows=300)
     engine = SGHMC(linear_regression, step_size=1e-3, num_warmup=10, num_samples=40, num_chains=2)
@@ -300,8 +332,11 @@ def test_adaptive_sghmc_samples_a_badly_scaled_posterior_without_a_hand_set_mass
     x = x * torch.tensor([0.1, 1.0, 3.0, 10.0], dtype=x.dtype)
     y = x @ torch.tensor([1.0, -0.5, 0.3, 0.1], dtype=x.dtype) + NOISE_SD * torch.randn(
         len(y), generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    # A full-data model is scored in one call for all chains: CHAINS cost little more than one.  The slowest
+    # coordinate (scale 0.1) has ~1 effective draw per 130 steps: 8,000 draws left its r_hat at 1.024.
     post = AdaptiveSGHMC(full_data_regression, step_size=0.01, momentum_decay=0.02, num_warmup=2_000,
-                         num_samples=20_000 if FULL else 8_000).run(x, y, seed=0, progress=False, jit_compile=True)
+                         num_samples=40_000 if FULL else 24_000, num_chains=CHAINS).run(
+        x, y, seed=0, progress=False, jit_compile=True)
     assert_matches_closed_form(post, x, y, "AdaptiveSGHMC")
 
 

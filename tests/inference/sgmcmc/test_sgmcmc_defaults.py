@@ -40,6 +40,7 @@ minibatch is checked in CI by ``tests/inference/sgmcmc/test_sgmcmc.py``.
 """
 
 import time
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -48,7 +49,7 @@ import torch
 from conftest import FULL
 from torch.distributions import constraints
 
-from bayeskit import Target
+from bayeskit import HealthWarning, Target
 from bayeskit.diagnostics import ess
 from bayeskit.inference import SGHMC, SGLD, SGNHT, AdaptiveSGHMC
 from bayeskit.target import build_sites
@@ -123,7 +124,8 @@ def closed_form(x, y):
 
 def test_the_vectorised_density_scores_each_chain_on_its_own_minibatch_of_the_model():
     x, y = regression_data(300)
-    z = torch.randn(3, 2, len(SCALES), dtype=torch.float64)  # 3 chains, 2 points each (a probe's pair)
+    # 3 chains, 2 points each (a probe's pair)
+    z = torch.randn(3, 2, len(SCALES), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
     log_prob, score = PerChainRegression(x, y, 10).log_prob_and_score(z)
     torch.manual_seed(0)
@@ -162,6 +164,54 @@ def test_defaults_match_the_closed_form_posterior(name, density, num_rows):
           f"{ess_sd.min():.0f}, {time.perf_counter() - start:.1f}s, step {post.meta['adapted']['step_size']:.3g}")
     assert (ess_mean >= MIN_ESS).all() and (ess_sd >= MIN_ESS).all(), \
         f"run too short to decide the bounds: ESS of the mean {ess_mean.tolist()}, of the sd {ess_sd.tolist()}"
+    assert (mean_error < 0.1).all(), mean_error
+    assert ((variance_ratio - 1).abs() < 0.2).all(), variance_ratio
+
+
+def rule_step_size_for_sghmc_alone(x, y, batch_size):
+    """The step :func:`hmc_step_size_rule` gives SGHMC's settings for a given step (mass 1, friction
+    ``0.1 / eps``), written out from the closed form: ``eps = min(alpha / max_i v_i, 0.25 / omega)`` with
+    ``alpha = 0.1 / eps``, i.e. ``eps = min(sqrt(0.1 / max_i v_i), 0.25 / omega)``; ``v_i`` the variance of
+    the minibatch score (rows with replacement) at the posterior mean, ``omega^2`` the largest eigenvalue
+    of the posterior precision."""
+    mean, _ = closed_form(x, y)
+    residual = y - x @ mean
+    noise = len(y) ** 2 / batch_size * (x * residual.unsqueeze(-1)).square().mean(0)
+    omega = torch.linalg.eigvalsh(x.T @ x + torch.eye(x.shape[1], dtype=x.dtype)).max().sqrt()
+    return min(float((0.1 / noise.max()).sqrt()), float(0.25 / omega))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SGHMC(model, step_size=eps) alone keeps noise_estimate=0, so the minibatch noise is never subtracted: "
+    "at the rule's eps it is half the momentum noise and the variances come out ~1.5x the closed form "
+    "(measured 1.42-1.53x at 500 rows, B = 100, eps = 0.0058, 16 chains, ESS 2,490-2,690; means within "
+    "0.02 sd), and no HealthWarning says so"))
+def test_sghmc_given_only_a_step_size_matches_the_closed_form_or_warns():
+    """What a user gets from ``SGHMC(model, step_size=eps)`` and nothing else, with ``eps`` from the
+    documented rule, on a unit-scale Bayesian linear regression (closed-form posterior): the means within
+    0.1 sd and the variances within 20% (ESS >= MIN_ESS first), or a :class:`HealthWarning`.  500 rows:
+    the overdamped chains (friction ~16, omega^2 ~500) have an autocorrelation time of ~10-20 steps, so
+    3,000 draws per chain keep r_hat clear of its 1.01 warning unless the chains really disagree."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(500, len(SCALES), generator=generator, dtype=torch.float64)
+    y = x @ WEIGHTS + torch.randn(500, generator=generator, dtype=torch.float64)
+    mean, variance = closed_form(x, y)
+    step_size = rule_step_size_for_sghmc_alone(x, y, BATCH)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = SGHMC(PerChainRegression(x, y, BATCH), step_size=step_size, num_chains=16, num_warmup=200,
+                     num_samples=3_000).run(seed=1, progress=False)
+    health = [str(warning.message) for warning in caught if issubclass(warning.category, HealthWarning)]
+    draws = post.samples["w"]
+    pooled = draws.reshape(-1, len(SCALES))
+    mean_error = (pooled.mean(0) - mean).abs() / variance.sqrt()
+    variance_ratio = pooled.var(0) / variance
+    ess_mean, ess_sd = ess(draws, "mean"), ess(draws, "sd")
+    print(f"SGHMC, step {step_size:.3g} alone: mean error / sd {mean_error.tolist()}, variance ratio "
+          f"{variance_ratio.tolist()}, ESS {ess_mean.tolist()}, health warnings {health}")
+    if health:
+        return  # the user was told
+    assert (ess_mean >= MIN_ESS).all() and (ess_sd >= MIN_ESS).all(), (ess_mean, ess_sd)
     assert (mean_error < 0.1).all(), mean_error
     assert ((variance_ratio - 1).abs() < 0.2).all(), variance_ratio
 

@@ -11,7 +11,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from test_sgmcmc_kernels import sghmc_stationary_covariance
 
+from bayeskit.inference.sgmcmc import federated
 from bayeskit.inference.sgmcmc.federated import (
     DSGLD,
     FSGLD,
@@ -92,7 +94,7 @@ def test_sub_posteriors_sum_to_the_full_posterior(float64):
 
 
 def test_prior_scale_messenger_scales_latent_sites_only(float64):
-    x = torch.randn(4, 2)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     trace = pyro.poutine.trace(gaussian_mean_model).get_trace(x)
     with PriorScaleMessenger(0.25):
         scaled = pyro.poutine.trace(pyro.poutine.replay(gaussian_mean_model, trace=trace)).get_trace(x)
@@ -176,13 +178,51 @@ def test_posterior_layout_trace_and_checkpoint_resume(float64, tmp_path):
     torch.testing.assert_close(resumed.samples["theta"], post.samples["theta"], rtol=0, atol=0)
 
 
-def test_given_surrogates_skip_the_fit_and_any_kernel_plugs_in(float64):
+def exact_surrogates(shards):
+    """Each shard's sub-posterior, N(0, tau^2)^(1/S) prod_i N(x_i | theta, 1), is Gaussian: precision
+    N_s + 1 / (S tau^2) per coordinate, mean sum(x_s) / precision.  Conjugate algebra, not a fit."""
+    surrogates = []
+    for (x,) in shards:
+        precision = x.shape[0] + 1 / (len(shards) * PRIOR_SCALE**2)
+        surrogates.append(GaussianSurrogate(x.sum(0) / precision, torch.full((2,), precision)))
+    return surrogates
+
+
+def test_given_surrogates_skip_the_fit_and_any_kernel_plugs_in(float64, monkeypatch):
+    """Given surrogates, nothing is fitted (both fitting functions raise if called).  With exact ones
+    (q_s = pi_s) FSGLD's estimator is the full posterior's gradient whatever the shard, so the SGHMC
+    kernel's draws follow the closed-form posterior, up to its eps = 0.02 discretisation, which the
+    stationary covariance of its recursion (scipy's discrete Lyapunov solver) gives.  The warm-up forgets a
+    prior draw (~20 sd away, decay rate alpha / 2 = 2.5 per time unit: e^-7.5 in 150 steps); 256 chains with
+    an integrated autocorrelation time of ~10 steps (2 alpha / omega^2 = 0.2 time units) then give an ESS
+    of ~1,800 in 100 draws: the bounds are fixed (mean < 0.1 sd + 2 MCSE, variance within 10% of the recursion's), with
+    an ESS floor of 1,000 that keeps the variance's Monte Carlo sd (sqrt(2 / ESS)) under a half of 10%."""
+    def no_fit(*args, **kwargs):
+        raise AssertionError("surrogates were given: nothing should be fitted")
+
+    monkeypatch.setattr(federated, "run_surrogate_task", no_fit)
+    monkeypatch.setattr(federated, "fit_gaussian_surrogate", no_fit)
     shards = non_iid_shards([20, 30], [[-1.0, 0.0], [1.0, 0.0]])
-    surrogates = [GaussianSurrogate(torch.zeros(2), torch.ones(2) * n) for n in (20, 30)]
-    post = FSGLD(gaussian_mean_model, step_size=1e-3, num_samples=5, num_warmup=5, num_chains=2, local_steps=5,
-                 kernel="sghmc").run(shards, surrogates=surrogates, seed=0, progress=False)
+    mean, variance = closed_form_posterior(shards)
+    step_size = 0.02
+    post = FSGLD(gaussian_mean_model, step_size=step_size, num_samples=100, num_warmup=150, num_chains=256,
+                 local_steps=5, kernel="sghmc").run(shards, surrogates=exact_surrogates(shards), seed=0,
+                                                    progress=False)
     assert post.meta["settings"]["kernel"] == "SGHMC"
-    assert torch.isfinite(post.samples["theta"]).all()
+    friction = 0.1 / step_size  # the SGHMC engine's default (checked below)
+    stationary = sghmc_stationary_covariance(step_size, friction, float(1 / variance[0]),
+                                             momentum_noise=2 * friction * step_size)[0, 0]
+    summary = post.summary()
+    ess = torch.tensor(summary["ess_bulk"].to_numpy())
+    mcse = torch.tensor(summary["mcse_mean"].to_numpy())
+    draws = post.samples["theta"].reshape(-1, 2)
+    mean_error = (draws.mean(0) - mean).abs() / variance.sqrt()
+    variance_ratio = draws.var(0) / stationary
+    print(f"FSGLD-SGHMC: ESS {ess.tolist()}, mean error / sd {mean_error.tolist()}, variance / Lyapunov "
+          f"{variance_ratio.tolist()} (Lyapunov / posterior {stationary / float(variance[0]):.4f})")
+    assert (ess >= 1_000).all(), ess
+    assert (mean_error < 0.1 + 2 * mcse / variance.sqrt()).all(), mean_error
+    assert ((variance_ratio - 1).abs() < 0.1).all(), variance_ratio
 
 
 # --------------------------------------------------------------------- Ray
@@ -200,7 +240,11 @@ def test_ray_backend_gives_the_same_draws_as_in_process(ray_cluster):
 
 
 # --------------------------------------------------------------------- bad input
-SHARDS = [(torch.randn(5, 2),), (torch.randn(6, 2),)]
+def seeded_randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+SHARDS = [(seeded_randn(5, 2),), (seeded_randn(6, 2, seed=1),)]
 
 
 @pytest.mark.parametrize("options, match", [
@@ -220,10 +264,10 @@ def test_bad_engine_arguments_are_refused(options, match):
 
 @pytest.mark.parametrize("shards, options, error, match", [
     ([], {}, ValueError, "shards is empty"),
-    (torch.randn(5, 2), {}, TypeError, "shards must be a list"),
-    ([(torch.randn(5, 2),), "data"], {}, TypeError, r"shards\[1\] must be a tuple"),
+    (seeded_randn(5, 2), {}, TypeError, "shards must be a list"),
+    ([(seeded_randn(5, 2),), "data"], {}, TypeError, r"shards\[1\] must be a tuple"),
     (SHARDS, dict(shard_probs=[0.2, 0.3, 0.5]), ValueError, "shard_probs has 3 entries but there are 2 shards"),
-    ([(torch.randn(5, 2),), (torch.randn(5, 3),)], {}, ValueError, r"shards\[1\] gives latent sites"),
+    ([(seeded_randn(5, 2),), (seeded_randn(5, 3, seed=1),)], {}, ValueError, r"shards\[1\] gives latent sites"),
 ])
 def test_bad_shards_are_refused(shards, options, error, match):
     engine = DSGLD(width_model, step_size=1e-3, num_samples=2, num_warmup=0, **options)
@@ -240,7 +284,7 @@ def test_bad_surrogates_and_models_are_refused():
         engine.run(SHARDS, surrogates=[one, GaussianSurrogate(torch.zeros(3), torch.ones(3))], seed=0,
                    progress=False)
     with pytest.raises(TypeError, match="need a Pyro model"):
-        FSGLD(Target.from_pyro(gaussian_mean_model, torch.randn(3, 2)), step_size=1e-3)
+        FSGLD(Target.from_pyro(gaussian_mean_model, seeded_randn(3, 2)), step_size=1e-3)
 
 
 def test_fsgld_with_the_sghmc_kernel_takes_the_sghmc_engines_default_friction():
