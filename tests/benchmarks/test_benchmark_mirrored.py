@@ -5,9 +5,10 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_benchmark
+from conftest import FULL, REPO, load_benchmark
 
 BENCHMARK = REPO / "benchmarks" / "mirrored_stein.py"
 
@@ -44,14 +45,40 @@ def test_mirrored_benchmark_quick_mode(tmp_path):
         assert math.isfinite(row["seconds_per_step"]) and row["seconds_per_step"] > 0
         assert 0 <= row["fraction_below_floor"] <= 1
         assert row["energy_distance_max"] >= row["energy_distance_mean"]
-    # peers: a number where they ran, a stated reason where they did not
-    for name in (module.PYRO, module.NUMPYRO, module.NUMPYRO_PLAIN):
+    # peers: Pyro and NumPyro are both installed wherever the tests run (the bench and jax extras), so a row
+    # that is not "ok" is a crash of the peer's code path and fails here; the as-written NumPyro model is
+    # not attempted in quick mode (its initialisation alone costs more than the smoke run)
+    for name in (module.PYRO, module.NUMPYRO):
         row = rows[name]
-        if row["status"] == "ok":
-            assert all(math.isfinite(v) and v >= 0 for v in row["energy_distance_per_seed"]), row
-            assert row["seconds_per_step"] > 0 and row["lr"] in settings["peer_lrs"]
-        else:
-            assert row["status"] in {"not installed", "failed", "skipped", "not run", "ran"} and row["error"], row
+        assert row["status"] == "ok", row
+        assert all(math.isfinite(v) and v > 0 for v in row["energy_distance_per_seed"]), row
+        assert row["seconds_per_step"] > 0 and row["lr"] in settings["peer_lrs"]
+    assert rows[module.NUMPYRO_PLAIN]["status"] == "skipped", rows[module.NUMPYRO_PLAIN]
+
+
+@pytest.mark.slow
+def test_the_headline_holds_at_the_benchmarks_own_size(float64, one_thread):
+    """The table's claim (benchmarks/results/mirrored_stein.md): MirroredSVGD at its defaults (500 steps) and
+    SVMD at its defaults (1,000 steps) from the benchmark's Dir(5 * 1) starts beat the i.i.d. floor, the
+    median energy distance of 50 sets of 50 exact draws to 1,000 exact draws (torch's Dirichlet sampler).
+
+    Quick mode's 50 steps are too few for it (MirroredSVGD ~900x the floor there), so this runs the benchmark's
+    own helpers at the published size: seeds 0 and 1 in CI (the sparse-Dirichlet test in
+    tests/inference/stein covers seed 2), all five with BAYESKIT_FULL=1.  Bound: the mean over seeds below
+    1.0x the floor and every seed below 1.5x (published: 0.43x and 0.39x, max 0.44x and 0.59x).
+    """
+    from bayeskit.inference import SVMD, MirroredSVGD
+
+    module = load_module()
+    alpha = module.concentration()
+    exact = module.dirichlet_draws(alpha, 1000, seed=0)
+    floor = float(np.median(module.iid_floor(alpha, exact, particles=50, reps=50)))
+    for engine, steps in ((MirroredSVGD, 500), (SVMD, 1000)):
+        ratios = []
+        for seed in range(5 if FULL else 2):
+            particles, _ = module.run_bayeskit(engine, alpha, module.initial_particles(50, seed), steps, seed)
+            ratios.append(module.energy(particles, exact) / floor)
+        assert np.mean(ratios) < 1.0 and max(ratios) < 1.5, f"{engine.__name__}: energy / floor by seed {ratios}"
 
 
 def test_simplex_projection():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FULL
 from scipy import stats
-from scipy.special import logsumexp
+from scipy.special import logsumexp, softmax
 
 import bayeskit as bk
 from bayeskit.inference import SGHMC, SVGD, find_modes
@@ -52,8 +52,8 @@ def as_posterior(values, num_chains=1):
     return bk.Posterior({name: v.reshape(num_chains, -1, *v.shape[1:]) for name, v in values.items()})
 
 
-def manual_log_likelihood(moe, params, x, y, groups):
-    """sum_i log sum_k softmax(eta_i)_k f_k(y_i), with numpy and scipy.stats, one row at a time."""
+def manual_log_joint(moe, params, x, y, groups):
+    """log softmax(eta_i)_k + log f_k(y_i), ``(rows, K)``, with numpy and scipy.stats, one row at a time."""
     p = {name: v.double().numpy() for name, v in params.items()}
     K = moe.num_experts
     if moe.prior == "horseshoe":
@@ -61,7 +61,7 @@ def manual_log_likelihood(moe, params, x, y, groups):
             if f"{block}_coef_raw" in p:
                 p[f"{block}_coef"] = p[f"{block}_coef_raw"] * p[f"{block}_global"] * p["coef_local"]
     x, y = x.double().numpy(), y.double().numpy()
-    total = 0.0
+    rows = []
     for i in range(len(y)):
         eta = np.zeros(K)
         if K > 1:
@@ -76,8 +76,32 @@ def manual_log_likelihood(moe, params, x, y, groups):
             log_f = stats.bernoulli.logpmf(y[i], 1 / (1 + np.exp(-linear)))
         else:
             log_f = stats.poisson.logpmf(y[i], np.exp(linear))
-        total += logsumexp(log_gate + log_f)
-    return total
+        rows.append(log_gate + log_f)
+    return np.array(rows)
+
+
+def manual_log_likelihood(moe, params, x, y, groups):
+    """sum_i log sum_k softmax(eta_i)_k f_k(y_i)."""
+    return float(logsumexp(manual_log_joint(moe, params, x, y, groups), axis=-1).sum())
+
+
+def manual_expert_moments(moe, params, x):
+    """Per row and expert, the gate probability and the expert's mean and variance, ``(rows, K)`` each, by hand."""
+    p = {name: v.double().numpy() for name, v in params.items()}
+    x = x.double().numpy()
+    eta = np.zeros((len(x), moe.num_experts))
+    if moe.num_experts > 1:
+        eta[:, :-1] = p["gate_intercept"] + x @ p["gate_coef"].T
+    gate = np.exp(eta - logsumexp(eta, axis=-1, keepdims=True))
+    linear = p["expert_intercept"] + x @ p["expert_coef"].T
+    if moe.family == "gaussian":
+        mean, variance = linear, np.broadcast_to(p["expert_scale"] ** 2, linear.shape)
+    elif moe.family == "bernoulli":
+        mean = 1 / (1 + np.exp(-linear))
+        variance = mean * (1 - mean)
+    else:
+        mean = variance = np.exp(linear)
+    return gate, mean, variance
 
 
 MODELS = {
@@ -123,7 +147,7 @@ def test_vectorised_density_equals_point_by_point(name, float64):
     assert torch.allclose(lp_b, lp_s, rtol=1e-10) and torch.allclose(score_b, score_s, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["gaussian", "mixed", "bernoulli"])
+@pytest.mark.parametrize("name", ["gaussian", "mixed", "bernoulli", "poisson"])
 def test_predictive_is_the_weighted_mixture_over_draws_and_experts(name, float64):
     moe = MODELS[name]()
     x, y, groups = data_for(moe, n=6)
@@ -137,6 +161,43 @@ def test_predictive_is_the_weighted_mixture_over_draws_and_experts(name, float64
                     for s in range(5)]
         assert float(lpd[i]) == pytest.approx(float(logsumexp(np.array(per_draw) + log_weights.numpy())),
                                               rel=1e-10)
+
+
+def _weighted_draws(moe, p, seed):
+    """Five random draws with unequal weights, as a Posterior, and the draws and weights themselves."""
+    draws = random_params(moe, p, 5, seed=seed)
+    weights = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
+    return bk.Posterior({k: v[None] for k, v in draws.items()}, log_weights=weights.log()[None]), draws, weights
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixed", "bernoulli", "poisson"])
+def test_responsibilities_are_the_weighted_posterior_expert_probabilities_by_hand(name, float64):
+    """sum_s w_s softmax_k(log gate_k + log f_k(y_i)) at fixed draws, the softmax taken with scipy by hand."""
+    moe = MODELS[name]()
+    x, y, groups = data_for(moe, n=6)
+    post, draws, weights = _weighted_draws(moe, x.shape[1], seed=3)
+    ours = moe.responsibilities(post, x, y, groups=groups)
+    by_hand = sum(float(weights[s]) * softmax(manual_log_joint(moe, {k: v[s] for k, v in draws.items()}, x, y, groups),
+                                              axis=-1) for s in range(5))
+    np.testing.assert_allclose(ours.numpy(), by_hand, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.sum(-1).numpy(), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "bernoulli", "poisson"])
+def test_predictive_variance_is_the_mixture_variance_by_hand(name, float64):
+    """Law of total variance over draws s and experts k, with the experts' own means m and variances v:
+    Var = sum_sk w_s pi_sk (v_sk + m_sk^2) - (sum_sk w_s pi_sk m_sk)^2."""
+    moe = MODELS[name]()
+    x, _, _ = data_for(moe, n=6)
+    post, draws, weights = _weighted_draws(moe, x.shape[1], seed=4)
+    predictive = moe.predictive(post, x)
+    first, second = 0.0, 0.0
+    for s in range(5):
+        gate, mean, variance = manual_expert_moments(moe, {k: v[s] for k, v in draws.items()}, x)
+        first = first + float(weights[s]) * (gate * mean).sum(-1)
+        second = second + float(weights[s]) * (gate * (variance + mean**2)).sum(-1)
+    np.testing.assert_allclose(predictive.mean.numpy(), first, rtol=1e-9)
+    np.testing.assert_allclose(predictive.variance.numpy(), second - first**2, rtol=1e-9)
 
 
 def test_new_groups_draw_their_effects_from_the_prior(float64):
@@ -217,11 +278,16 @@ def test_pyro_predictive_simulates_from_the_same_mixture():
     moe = MixtureOfExperts(3)
     x = torch.linspace(-2.5, 2.5, 5)[:, None]
     draws = {k: v.expand(1000, *v.shape) for k, v in TRUTH.items()}
+    pyro.set_rng_seed(0)  # the draws feed a 4-SE test: reproducible alone and in any order
     simulated = pyro.infer.Predictive(moe, posterior_samples=draws, return_sites=["y"])(x)["y"]
     exact = moe.predictive(as_posterior(draws), x)
     assert simulated.shape == (1000, 5)
     error = 4 * exact.stddev / math.sqrt(1000)
     assert ((simulated.mean(0) - exact.mean).abs() < error).all()
+    # the spread too: the mean squared deviation from the exact mean is unbiased for the variance; its
+    # standard error from the draws' own fourth moment
+    squared = (simulated - exact.mean) ** 2
+    assert ((squared.mean(0) - exact.variance).abs() < 4 * squared.std(0) / math.sqrt(1000)).all()
 
 
 # ------------------------------------------------------------------ statistical: recovery and engines
@@ -243,7 +309,19 @@ def predictive_means(moe, post, grid):
     return (mixture.mixture_distribution.probs * mixture.component_distribution.mean).sum(-1)
 
 
+RECOVERY_ESS_FLOOR = 400
+
+
+class TooFewEffectiveDraws(Exception):
+    """The chains mixed too little for their summary to be trusted (a known shortfall, strict xfail below)."""
+
+
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=TooFewEffectiveDraws, reason=(
+    "SGHMC (step 2e-3, 1,000 + 1,000 steps, 4 chains from find_modes) barely moves the gate: after relabelling "
+    "bulk ESS 4.5-5.6 for gate_intercept and gate_coef[0], 17-30 for others (r_hat up to 3.1), against a floor "
+    "of 400; the z-scores themselves pass (max |z| 1.49) and are asserted first, so a biased posterior still "
+    "fails outright"))
 def test_sghmc_recovers_the_three_experts_after_relabelling(three_experts):
     x, y = three_experts
     moe = MixtureOfExperts(3)
@@ -251,9 +329,15 @@ def test_sghmc_recovers_the_three_experts_after_relabelling(three_experts):
                  init=start(moe, x, y, 4)).run(x, y, seed=0, progress=False)
     post = moe.relabel(post, reference=TRUTH)
     summary = post.summary(var_names=list(TRUTH))
-    error = (summary["mean"] - np.concatenate([v.flatten().numpy() for v in TRUTH.values()])).abs()
-    # Stated tolerance: each posterior mean within 4 posterior sd (+0.05) of the truth.
-    assert (error <= 4 * summary["sd"] + 0.05).all(), summary.assign(error=error)
+    # The simulating truth is one draw from the posterior's sampling distribution: its z-scores are about
+    # N(0, 1) for a calibrated posterior, so over 17 scalars max |z| ~ 2.4, and 3.5 is exceeded with
+    # probability ~1%; a bias of 1.5-3 sd in any scalar shows.  The ESS floor keeps the posterior sd and
+    # mean honest (a stuck chain shrinks sd and inflates z, or hides behind a wide sd).
+    z = (summary["mean"] - np.concatenate([v.flatten().numpy() for v in TRUTH.values()])) / summary["sd"]
+    print("z-scores against the truth:", z.round(2).to_dict(), "min ESS", summary["ess_bulk"].min())
+    assert z.abs().max() < 3.5, summary.assign(z=z)
+    if (summary["ess_bulk"] < RECOVERY_ESS_FLOOR).any():
+        raise TooFewEffectiveDraws(summary["ess_bulk"].round(1).to_dict())
 
 
 @pytest.fixture(scope="module")
@@ -314,10 +398,34 @@ def test_pyro_nuts_predictive_matches_numpyro_nuts(three_experts, numpyro_refere
     assert "expert" in post.to_arviz().posterior["expert_coef"].dims
 
 
+def _ess_per_point(means, num_chains):
+    """Bulk ESS of each grid point's E[y | x] draws ``(chains * draws, grid)``."""
+    return torch.tensor([float(bk.diagnostics.ess(means[:, j].reshape(num_chains, -1))) for j in range(means.shape[1])])
+
+
+# SVGD's 32 particles in the 17-dimensional MoE posterior shrink the posterior spread of E[y | x], as SVGD
+# does beyond 2-D (see tests/inference/stein/test_svgd.py): measured sd ratio 0.54-0.75 to NUTS's on the
+# 9 grid points.  Stated bound: a ratio in (0.45, 1.1), never wider than NUTS's.  Its mean error has no Monte
+# Carlo term of its own (the particles are a deterministic quadrature): the 0.2 sd budget and NUTS's error
+# only (measured at most 0.05 sd).
+SVGD_SD_RATIO = (0.45, 1.1)
+
+
+# Below this ESS per grid point the 4-MC-error term outgrows the 0.2 sd bias budget (4 / sqrt(400) = 0.2 sd)
+PREDICTIVE_ESS_FLOOR = 400
+_SGHMC_MIXING = pytest.mark.xfail(strict=True, raises=TooFewEffectiveDraws, reason=(
+    "SGHMC (step 1e-3, 1,000 + 1,000 steps, 4 chains from find_modes): E[y | x] passes the mean and sd checks "
+    "(mean errors 0.05-0.62 NUTS sd, sd ratio 0.74-1.07) only because 4 MC errors are 1.2-1.9 NUTS sd there: "
+    "bulk ESS 4.7-5.8 per grid point (4,000 draws), against a floor of 400"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["sghmc", "svgd"])
+@pytest.mark.parametrize("engine", [pytest.param("sghmc", marks=_SGHMC_MIXING), "svgd"])
 def test_gradient_engines_predictive_matches_numpyro_nuts(engine, three_experts, numpyro_reference):
-    """Approximate engines from find_modes: predictive means within half a posterior sd of NUTS's (+ MC error)."""
+    """Approximate engines from find_modes against NumPyro NUTS on E[y | x] over a 9-point grid:
+    the posterior mean within 0.2 NUTS posterior sd + 4 combined Monte Carlo errors, and the posterior sd
+    within a ratio of 0.7-1.3 for SGHMC (SVGD: its stated shrinkage bound, SVGD_SD_RATIO); SGHMC's ESS at
+    least PREDICTIVE_ESS_FLOOR per grid point, checked last (strict xfail: a known mixing shortfall)."""
     x, y = three_experts
     grid, reference, reference_ess = numpyro_reference
     moe = MixtureOfExperts(3)
@@ -329,8 +437,18 @@ def test_gradient_engines_predictive_matches_numpyro_nuts(engine, three_experts,
         sampler = SVGD(moe, num_particles=32, init=start(moe, x, y, 32), dims=moe.dims, coords=moe.coords)
         post = sampler.run(x, y, num_steps=300, seed=0, progress=False)
     ours = predictive_means(moe, post, grid).double()
-    tolerance = 0.5 * reference.std(0) + 4 * _mc_error(reference, reference_ess) + 0.02
-    assert ((ours.mean(0) - reference.mean(0)).abs() <= tolerance).all(), (ours.mean(0), reference.mean(0))
+    ours_ess = _ess_per_point(ours, 4) if engine == "sghmc" else None
+    ours_error = _mc_error(ours, ours_ess) if engine == "sghmc" else torch.zeros(len(grid))
+    mc_error = torch.sqrt(ours_error**2 + _mc_error(reference, reference_ess) ** 2)
+    z_bias = (ours.mean(0) - reference.mean(0)).abs() / reference.std(0)
+    sd_ratio = ours.std(0) / reference.std(0)
+    print(f"{engine}: |mean error| / NUTS sd {z_bias.numpy().round(3)}, sd ratio {sd_ratio.numpy().round(3)}, "
+          f"4 MC errors / NUTS sd {(4 * mc_error / reference.std(0)).numpy().round(3)}, ESS {ours_ess}")
+    assert ((ours.mean(0) - reference.mean(0)).abs() <= 0.2 * reference.std(0) + 4 * mc_error).all(), z_bias
+    low, high = (0.7, 1.3) if engine == "sghmc" else SVGD_SD_RATIO
+    assert ((sd_ratio > low) & (sd_ratio < high)).all(), sd_ratio
+    if ours_ess is not None and (ours_ess < PREDICTIVE_ESS_FLOOR).any():
+        raise TooFewEffectiveDraws(f"bulk ESS of E[y | x] per grid point {ours_ess.numpy().round(1)}")
 
 
 @pytest.mark.slow

@@ -12,6 +12,11 @@ from bayeskit.inference import SVGD, SVMD, SVNG, CustomMirrorMap, IMQKernel, Mir
 from bayeskit.inference.stein.core import MirrorGeometry, msvgd_direction, svgd_direction, svmd_direction
 from bayeskit.inference.stein.mirror_maps import SiteMirrors, dual_target
 from bayeskit.models import logistic_regression
+from bayeskit.models.glm import linear_predictor
+
+# Hundreds of steps on tiny tensors: one intra-op thread (torch's pool costs these far more than it saves,
+# worst on a shared 2-core machine: 57 s instead of a few for one SVGD test under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_alpha():
@@ -124,8 +129,10 @@ def family_alpha(dim, index):
 NUM_STEPS = {"MirroredSVGD": 500, "SVMD": 1000}
 # (target, seeds): the paper's target with 5 seeds (seed 2 froze SVMD at 12x the floor with trace_fraction
 # 0.98) and a family of sparse Dirichlets, d = 5, 10, 20, 50, three concentrations each (d5-alpha1 has
-# alpha = (3.1, 93, 0.06, 0.1, 19), 1.4x the floor with the paper's lr 0.1); CI runs those two seeds/cells
-_FAMILY = [(d, i) for d in (5, 10, 20, 50) for i in range(3)] if FULL else [(5, 1)]
+# alpha = (3.1, 93, 0.06, 0.1, 19), 1.4x the floor with the paper's lr 0.1); CI runs seed 2 of the paper's
+# target (seeds 0 and 1 run in tests/benchmarks/test_benchmark_mirrored.py through the benchmark's own code)
+# and seed 0 of two family cells
+_FAMILY = [(d, i) for d in (5, 10, 20, 50) for i in range(3)] if FULL else [(5, 1), (20, 1)]
 _CELLS = [("paper", None, range(5) if FULL else (2,))] + [
     (f"d{d}-alpha{i}", (d, i), range(3) if FULL else (0,)) for d, i in _FAMILY]
 _SLOW_SPREAD = pytest.mark.xfail(strict=True, reason=(
@@ -197,13 +204,23 @@ def test_custom_mirror_map_for_a_site(float64):
 
 
 def test_mixed_sites_match_nuts_free_closed_forms(float64):
-    """Independent sites of four kinds at once: each marginal's mean from its own closed form."""
+    """Independent sites of four kinds at once: each marginal's mean and variance against its own closed form
+    (torch.distributions' mean and variance of Dirichlet(2, 3, 0.5), Gamma(3, 2), Beta(0.8, 1.5), N(0, I)).
+
+    Bounds: means as before; each variance within 15% (200 particles; measured 0.93-1.01 of the truth, the
+    simplex the most shrunk).  Particles collapsed at the mean, or spread by a wrong map's Jacobian, fail.
+    """
     post = MirroredSVGD(mixed_model, num_particles=200).run(num_steps=300, seed=1, progress=False)
     w = post.samples["w"].reshape(-1, 3)
     torch.testing.assert_close(w.mean(0), torch.tensor([2.0, 3.0, 0.5]) / 5.5, atol=0.03, rtol=0)
     assert abs(post.samples["scale"].mean() - 1.5) < 0.1
     assert abs(post.samples["rate"].mean() - 0.8 / 2.3) < 0.03
     assert post.samples["loc"].mean((0, 1)).abs().max() < 0.1
+    exact = {"w": dist.Dirichlet(torch.tensor([2.0, 3.0, 0.5])), "scale": dist.Gamma(3.0, 2.0),
+             "rate": dist.Beta(0.8, 1.5), "loc": dist.Normal(torch.zeros(2), 1.0)}
+    for site, law in exact.items():
+        ratio = post.samples[site].reshape(200, -1).var(0) / law.variance
+        assert ((ratio - 1).abs() < 0.15).all(), (site, ratio)
 
 
 def test_unsupported_support_and_bad_arguments_are_refused():
@@ -258,8 +275,10 @@ def test_sampled_fisher_matches_the_logistic_regression_fisher(float64):
         assert (estimate - exact).abs().max() < (0.06 if subsample_size is None else 0.25) * exact.abs().max()
 
 
-def test_svng_with_the_exact_metric_of_a_gaussian_recovers_its_mean(float64):
-    """Correlated Gaussian with a constant metric (its precision): particles centre on the mean."""
+def test_svng_with_the_exact_metric_of_a_gaussian_recovers_its_mean_and_covariance(float64):
+    """Correlated Gaussian (correlation 0.95, sds 1 and 3) with a constant metric, its precision: the exact
+    natural-gradient SVMD.  Ground truth the Gaussian's own mean and covariance.  Bounds: each covariance entry
+    within 0.15 sd_i sd_j and the correlation within 0.03 (100 particles: measured -0.07 and 0.947)."""
     covariance = torch.tensor([[1.0, 0.95], [0.95, 1.0]]) * torch.tensor([[1.0, 3.0], [3.0, 9.0]])
     precision, mean = torch.linalg.inv(covariance), torch.tensor([1.0, -2.0])
     target = Target.from_log_prob(dist.MultivariateNormal(mean, covariance).log_prob, 2)
@@ -267,22 +286,22 @@ def test_svng_with_the_exact_metric_of_a_gaussian_recovers_its_mean(float64):
                 damping=1e-6).run(num_steps=200, seed=0, progress=False)
     draws = post.samples["theta"].reshape(-1, 2)
     torch.testing.assert_close(draws.mean(0), mean, atol=0.1, rtol=0)
-    empirical = torch.cov(draws.T)
-    assert 0.5 < empirical[1, 1] / covariance[1, 1] < 1.5 and empirical[0, 1] / empirical.diagonal().prod().sqrt() > 0.8
+    empirical, sd = torch.cov(draws.T), covariance.diagonal().sqrt()
+    assert ((empirical - covariance) / torch.outer(sd, sd)).abs().max() < 0.15, empirical
+    correlation = empirical[0, 1] / empirical.diagonal().prod().sqrt()
+    assert abs(correlation - 0.95) < 0.03, correlation
 
 
-@pytest.mark.parametrize("metric", ["exact", "sampled"])
-def test_svng_reaches_a_held_out_log_likelihood_in_fewer_steps_than_svgd(float64, metric):
+def test_svng_reaches_a_held_out_log_likelihood_in_fewer_steps_than_svgd(float64):
     """The paper's claim on Bayesian logistic regression (breast cancer), SVGD with its best step size of a grid.
 
-    With the exact Fisher SVNG reaches the level in about half SVGD's steps.  The sampled Fisher (32
-    simulated data sets per particle) is too noisy on this small data set to win: recorded as xfail.
+    With the exact Fisher SVNG reaches the level in about half SVGD's steps.  No speed claim is made for the
+    sampled Fisher (32 simulated data sets per particle: too noisy on this small data set to win); its
+    accuracy is what the two ``test_svng_at_its_defaults_*`` tests check.
     """
     from bayeskit.datasets import load_breast_cancer
     from bayeskit.models.glm import logistic_regression_fisher
 
-    if metric == "sampled" and not FULL:
-        pytest.skip("the sampled-Fisher comparison runs with BAYESKIT_FULL=1")
     data = load_breast_cancer().standardized()
     train, test = data.split(test_fraction=0.2, seed=0)
     target = Target.from_pyro(logistic_regression, train.x, train.y)
@@ -298,13 +317,83 @@ def test_svng_reaches_a_held_out_log_likelihood_in_fewer_steps_than_svgd(float64
         engine.run(num_steps=budget, seed=0, progress=False, callback=callback)
         return reached[0] if reached else budget + 1
 
-    fisher = logistic_regression_fisher(train.x) if metric == "exact" else "fisher"
-    svng = steps_to(SVNG(target, metric=fisher, num_particles=20, lr=5.0))
+    svng = steps_to(SVNG(target, metric=logistic_regression_fisher(train.x), num_particles=20, lr=5.0))
     svgd = min(steps_to(SVGD(target, num_particles=20, optimizer="sgd", lr=0.03)),
                steps_to(SVGD(target, num_particles=20)))
-    if metric == "sampled" and svng >= svgd:
-        pytest.xfail(f"sampled Fisher: SVNG {svng} steps, SVGD {svgd}")
     assert svng < svgd, f"SVNG {svng} steps, SVGD {svgd} steps to a held-out log-likelihood of {level}"
+
+
+# SVNG's accuracy at its defaults (the sampled Fisher, 20 particles, plain SGD at lr 2): each particle mean
+# within 0.2 posterior sd, each variance within 30%.  20 interacting particles shrink the variance like
+# SVGD's do (0.72-0.82 of the truth measured in 2-3 dimensions), hence 30% and not an i.i.d. band.
+SVNG_MEAN_TOL_SD, SVNG_VAR_TOL = 0.2, 0.3
+
+
+def linear_regression(x, y=None):
+    """beta ~ N(0, I), y ~ N(x beta, 1): conjugate, and its Fisher x'x does not depend on beta."""
+    beta = pyro.sample("beta", dist.Normal(torch.zeros(x.shape[1], dtype=x.dtype), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Normal(linear_predictor(x, beta), 1.0), obs=y)
+
+
+def _correlated_regression(num_rows=30, dim=3, seed=1):
+    """Columns sharing 90% of a common factor: a posterior with correlations near -0.7, where a natural
+    gradient matters."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(num_rows, dim, generator=generator)
+    x = base + 0.9 * base[:, :1]
+    y = x @ torch.linspace(1.0, -1.0, dim) + torch.randn(num_rows, generator=generator)
+    return x, y
+
+
+def _svng_errors(draws, mean, variance):
+    """(max |mean error| in posterior sd, max |variance ratio - 1|) of particles ``(chain, particle, dim)``;
+    the variance is each chain's (a particle set is one approximation), averaged over the chains."""
+    mean_error = ((draws.mean((0, 1)) - mean) / variance.sqrt()).abs().max()
+    variance_error = (draws.var(1).mean(0) / variance - 1).abs().max()
+    return float(mean_error), float(variance_error)
+
+
+def test_svng_at_its_defaults_matches_a_conjugate_linear_regression(float64, one_thread):
+    """Ground truth: the Gaussian posterior N((I + x'x)^{-1} x'y, (I + x'x)^{-1}).  The Fisher is constant here,
+    so SVNG's locally-constant metric (no divergence term) is exact and only the sampled Fisher's noise and
+    the particles' shrinkage remain (measured: mean within 0.01 sd, variances 0.75-0.78 of the truth)."""
+    x, y = _correlated_regression()
+    covariance = torch.linalg.inv(torch.eye(x.shape[1]) + x.T @ x)
+    mean = covariance @ x.T @ y
+    post = SVNG(linear_regression, num_chains=2).run(x, y, num_steps=100, seed=0, progress=False)
+    assert post.meta["settings"]["metric"] == "fisher"
+    mean_error, variance_error = _svng_errors(post.samples["beta"], mean, covariance.diagonal())
+    assert mean_error < SVNG_MEAN_TOL_SD and variance_error < SVNG_VAR_TOL, (mean_error, variance_error)
+
+
+def _logistic_grid_moments(x, y, lower=-2.0, upper=4.0, points=301):
+    """Posterior mean and variance of (alpha, beta) for one covariate by quadrature on a 301 x 301 grid
+    (step 0.02, about a tenth of a posterior sd), with torch.distributions' own densities."""
+    axis = torch.linspace(lower, upper, points)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    logits = grid[:, :1] + grid[:, 1:] * x[:, 0]
+    log_post = (dist.Bernoulli(logits=logits).log_prob(y).sum(-1) + dist.Normal(0.0, 1.0).log_prob(grid).sum(-1))
+    weights = torch.softmax(log_post, 0)[:, None]
+    mean = (weights * grid).sum(0)
+    return mean, (weights * (grid - mean) ** 2).sum(0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SVNG at its defaults on a 100-row logistic regression: beta's mean 0.37 sd below the quadrature "
+    "posterior's (variances 0.74-0.78, inside 30%).  The exact Fisher gives the same bias (0.38 sd in 4-D) "
+    "and a constant metric (the Fisher at the posterior mean) removes it (0.11 sd, as SVGD): it comes from "
+    "the metric's variation, the divergence term SVNG leaves out (see its docstring)"))
+def test_svng_at_its_defaults_matches_a_logistic_regression_posterior(float64, one_thread):
+    """Ground truth: the posterior of logistic_regression with one covariate by grid quadrature."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 1, generator=generator)
+    y = torch.bernoulli(torch.sigmoid(0.4 + 1.5 * x[:, 0]), generator=generator)
+    mean, variance = _logistic_grid_moments(x, y)
+    post = SVNG(logistic_regression, num_chains=2).run(x, y, num_steps=100, seed=0, progress=False)
+    draws = torch.cat([post.samples["alpha"][..., None], post.samples["beta"]], -1)
+    mean_error, variance_error = _svng_errors(draws, mean, variance)
+    assert mean_error < SVNG_MEAN_TOL_SD and variance_error < SVNG_VAR_TOL, (mean_error, variance_error)
 
 
 def _lpd(samples, x, y):

@@ -9,6 +9,10 @@ from bayeskit import Target
 from bayeskit.inference import SVGD, IMQKernel, RBFKernel
 from bayeskit.inference.stein import RMSprop, svgd_direction
 
+# Hundreds of steps on tiny tensors: one intra-op thread (torch's pool costs these far more than it saves,
+# worst on a shared 2-core machine: 57 s instead of a few for one SVGD test under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("kernel", [RBFKernel(), RBFKernel(bandwidth=0.7), IMQKernel(), IMQKernel(beta=-0.3)])
 def test_kernel_repulsion_matches_autograd(float64, kernel):
@@ -103,6 +107,27 @@ def test_correlated_gaussian_from_a_log_prob(float64):
     torch.testing.assert_close(torch.cov(draws.T), cov, atol=0.15, rtol=0)
 
 
+# SVGD's known variance shrinkage beyond 2-D (Ba et al. 2021, "Understanding the variance collapse of SVGD
+# in high dimensions"): 100 particles with the default RBF kernel (median / log n bandwidth) on N(0, I_d)
+# settle with each marginal variance at 0.44 of the truth in d = 10 and 0.19 in d = 20 (the same at 300 and
+# 600 steps, and with 50 particles in d = 20).  Documented tolerance: the band below, both ways, so that a
+# worse collapse fails and a change that removes it is noticed and this note updated.
+SHRINKAGE_BAND = {10: (0.35, 0.55), 20: (0.14, 0.25)}
+
+
+@pytest.mark.parametrize("dim", sorted(SHRINKAGE_BAND))
+def test_variance_shrinkage_beyond_two_dimensions_stays_in_its_documented_band(float64, dim):
+    """Standard Gaussian in d dimensions: each marginal variance (per chain of 100 particles) in the band, the
+    mean within 0.05 of 0 (the shrinkage is symmetric, so the mean stays exact)."""
+    target = Target.from_log_prob(dist.Normal(torch.zeros(dim), 1.0).to_event(1).log_prob, dim)
+    post = SVGD(target, num_particles=100, num_chains=2).run(num_steps=300, seed=0, progress=False)
+    theta = post.samples["theta"]
+    variance = theta.var(1)
+    low, high = SHRINKAGE_BAND[dim]
+    assert low < variance.min() and variance.max() < high, (float(variance.min()), float(variance.max()))
+    assert theta.mean(1).abs().max() < 0.05
+
+
 def test_chains_are_independent_particle_sets(float64):
     y = torch.randn(10, generator=torch.Generator().manual_seed(3))
     post = SVGD(normal_normal, num_particles=30, num_chains=3).run(y, 2.0, num_steps=200, seed=0,
@@ -138,12 +163,16 @@ class Momentum:
 
 
 def test_any_pure_optimiser_can_drive_the_particles(float64):
+    """Every optimiser reaches the conjugate posterior N(sum y / 10.25, 1 / 10.25): mean within 0.1 posterior
+    sd, variance within 10% (SVGD's 50 particles in 1-D shrink it by about 4.5%: measured 0.952-0.957)."""
     y = torch.randn(10, generator=torch.Generator().manual_seed(3))
-    exact_mean = y.sum() / (0.25 + 10)
+    exact_mean, exact_var = y.sum() / (0.25 + 10), 1 / 10.25
     for optimizer in ("adam", RMSprop(lr=0.02, alpha=0.99, eps=1e-8), Momentum(), "sgd"):
         post = SVGD(normal_normal, num_particles=50, optimizer=optimizer, lr=0.05).run(
             y, 2.0, num_steps=400, seed=0, progress=False)
-        assert abs(post.samples["mu"].mean() - exact_mean) < 0.1
+        mu = post.samples["mu"]
+        assert abs(mu.mean() - exact_mean) < MEAN_TOL_SD * exact_var**0.5, optimizer
+        assert abs(mu.var() / exact_var - 1) < VAR_TOL, (optimizer, float(mu.var() / exact_var))
     settings = post.meta["settings"]
     assert (settings["optimizer"], settings["lr"]) == ("sgd", 0.05)
     settings = SVGD(normal_normal, optimizer=Momentum()).run(y, 2.0, num_steps=1, seed=0, progress=False).meta[
