@@ -475,24 +475,32 @@ def test_mixed_moe_beats_plain_moe_on_grouped_data():
     assert gain.mean() > 3 * gain.std() / math.sqrt(len(gain))
 
 
-@pytest.mark.slow
-def test_sparse_moe_ranks_the_active_covariates_first():
-    """p = 200 covariates, n = 150 rows, 5 active (2 in the gate, 3 in the experts), Laplace prior.
+def sparse_moe_top_five_precision(seed):
+    """p = 200 covariates, n = 150 rows, 5 active (2 in the gate, 3 in the experts), Laplace prior: the share of
+    the five strongest inclusion signals that are active (= recall: five picked, five active).
 
     Started from the best modes of the same model; the noise floor keeps the
     modes off the spikes where an expert interpolates its rows.
     """
     n, p = 150, 200
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, p, generator=generator)
     first = torch.rand(n, generator=generator) < torch.sigmoid(2 * x[:, 0] - 2 * x[:, 1])
     y = torch.where(first, 3 + 2 * x[:, 2] + 1.5 * x[:, 3], -3 - 2 * x[:, 2] + 2 * x[:, 4])
     y = y + 0.5 * torch.randn(n, generator=generator)
     moe = MixtureOfExperts(2, prior="laplace", coef_scale=0.2, noise_floor=0.25)
-    modes = find_modes(moe, x, y, num_restarts=32 if FULL else 16, num_steps=1000 if FULL else 600, seed=0)
+    modes = find_modes(moe, x, y, num_restarts=32 if FULL else 16, num_steps=1000 if FULL else 600, seed=seed)
     post = SGHMC(moe, step_size=4e-3, num_chains=4, num_warmup=2000 if FULL else 1000, num_samples=1000,
-                 init=modes.starts(4)).run(x, y, seed=0, progress=False)
+                 init=modes.starts(4)).run(x, y, seed=seed, progress=False)
     top = set(torch.argsort(moe.inclusion_signal(post), descending=True)[:5].tolist())
-    precision = len(top & set(range(5))) / 5  # = recall: five picked, five active
-    print(f"top-5 precision = recall = {precision:.1f}: {sorted(top)}")
-    assert precision >= 0.8
+    print(f"seed {seed}: top-5 precision {len(top & set(range(5))) / 5:.1f}: {sorted(top)}")
+    return len(top & set(range(5))) / 5
+
+
+@pytest.mark.slow
+def test_sparse_moe_ranks_the_active_covariates_first():
+    """Over several data sets (3 seeds in CI, 5 with BAYESKIT_FULL=1), not the one it was tuned on: the mean
+    top-5 precision at least 0.9 and none below 0.8. Measured at CI size, seeds 0-3: 0.8, 1.0, 1.0, 1.0 (seed 0,
+    the old single case, is the hardest: covariate 3 ranks 31st)."""
+    precisions = [sparse_moe_top_five_precision(seed) for seed in range(5 if FULL else 3)]
+    assert sum(precisions) / len(precisions) >= 0.9 and min(precisions) >= 0.8, precisions
