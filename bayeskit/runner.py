@@ -375,7 +375,8 @@ class Fit:
     weights): before it runs, each of them is pointed at a copy of the
     state's value (``tensor.data``), so whatever the loss does to them in
     place (a re-initialisation) becomes part of the step and never reaches
-    the state it was given. After the run they hold the returned values.
+    the state it was given. After each step they hold the new state's
+    values, and after the run the returned ones.
 
     Parameters
     ----------
@@ -466,6 +467,8 @@ class Fit:
         finite = finite & torch.stack([torch.isfinite(v).all() for v in values.values()]).all()
         new = {"step": state["step"] + 1, "parameters": values, "optimizer": moments, "gradient": gradient,
                "carry": self._carried()}
+        for key, p in self.parameters.items():  # between steps (in a callback, say) the module shows the newest
+            p.data = values[key]
         self._live = new
         recorded = {k: torch.as_tensor(v).detach() for k, v in info.items()}
         return new, {"loss": value.detach(), **recorded, "finite": finite}
@@ -481,7 +484,18 @@ class Fit:
         return state
 
     def load_state(self, problem, saved):
-        return {**saved, "step": int(saved["step"])}
+        # checkpoints load onto the CPU: values, gradients and moments go back to their parameter's device
+        return {**saved, "step": int(saved["step"]),
+                **{part: {key: self._placed(key, value) for key, value in saved[part].items()}
+                   for part in ("parameters", "gradient", "optimizer")}}
+
+    def _placed(self, key, tree):
+        """``tree`` (a tensor or an optimiser's dict) on parameter ``key``'s device; integer tensors such as
+        Adam's step count stay on the CPU, where the optimisers keep them."""
+        device = self.parameters[key].device
+        if torch.is_tensor(tree):
+            return tree.to(device) if tree.is_floating_point() else tree
+        return {name: self._placed(key, value) for name, value in tree.items()}
 
     def finite_values(self, state, problem):
         return state["parameters"], state["gradient"]

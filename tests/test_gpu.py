@@ -170,3 +170,26 @@ def test_sparse_inverse_cholesky_gp_on_cuda_matches_cpu():
     x_new = torch.rand(500, 2, generator=generator, dtype=torch.float64)
     latent = gpu.predict(x_new.cuda())
     assert latent.mean.device.type == "cuda" and bool(torch.isfinite(latent.variance).all())
+
+
+def test_a_fit_on_cuda_resumes_exactly_from_a_checkpoint(tmp_path):
+    """Fit's checkpoint loads onto the CPU; its values and Adam's moments must go back to the parameters'
+    device (Adam's step count stays on the CPU) so that the resumed fit ends as the uninterrupted one."""
+    from bayeskit.runner import Fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 3, generator=g).cuda(), torch.randn(50, generator=g).cuda()
+
+    def fit():
+        weights, bias = torch.zeros(3, device="cuda", requires_grad=True), torch.zeros((), device="cuda",
+                                                                                     requires_grad=True)
+        return Fit(lambda step: ((x @ weights + bias - y) ** 2).mean(), {"w": weights, "b": bias}, lr=0.05)
+
+    whole = fit().run(num_steps=40, seed=0, progress=False)
+    path = tmp_path / "fit.pt"
+    fit().run(num_steps=40, seed=0, progress=False, checkpoint=path, checkpoint_every=10,
+              callback=lambda step, state, info: step == 20)
+    resumed = fit().run(num_steps=40, seed=0, progress=False, checkpoint=path, resume=True)
+    assert resumed.samples["w"].device.type == "cuda"
+    assert torch.equal(resumed.samples["w"], whole.samples["w"]) and torch.equal(resumed.samples["b"],
+                                                                                 whole.samples["b"])

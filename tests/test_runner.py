@@ -140,6 +140,17 @@ def test_fit_reaches_the_least_squares_solution_and_records_its_trace():
     assert result.meta["sample_kind"] == "point"
 
 
+def test_between_steps_the_users_tensors_hold_the_newest_state():
+    """What a callback sees on the module is the state it is handed, and after the run the returned values."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 3, generator=g, dtype=torch.float64), torch.randn(30, generator=g, dtype=torch.float64)
+    fit, weights = least_squares_fit(x, y)
+    seen = []
+    result = fit.run(num_steps=5, seed=0, progress=False, callback=lambda step, state, info: seen.append(
+        torch.equal(weights.detach(), state["parameters"]["weights"])))
+    assert seen == [True] * 5 and torch.equal(weights.detach(), result.samples["weights"][0, 0])
+
+
 def test_fit_resumes_from_a_checkpoint_exactly(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(20, 2, dtype=torch.float64, generator=g), torch.randn(20, dtype=torch.float64, generator=g)
