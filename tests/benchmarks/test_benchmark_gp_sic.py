@@ -16,6 +16,22 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 DKLGP_RMSE_FRACTION = 0.6
 
 
+def exact_gp_metrics(module, n, seed):
+    """The benchmark's metrics for the exact GP posterior of f with the simulating kernel and noise (0.1^2),
+    trained on the same first 80% of the benchmark's simulated points and tested on the rest."""
+    x, f, y = module.simulate(n, seed)
+    split = int(0.8 * n)
+    covariance = module.matern32(x, x, torch.tensor(module.LENGTHSCALES, dtype=torch.float64))
+    covariance.diagonal().add_(1e-4)  # the simulation's jitter
+    train, test = slice(0, split), slice(split, None)
+    factor = torch.linalg.cholesky(covariance[train, train] + 0.01 * torch.eye(split, dtype=torch.float64))
+    cross = covariance[test, train]
+    mean = cross @ torch.cholesky_solve(y["gaussian"][train].unsqueeze(-1), factor).squeeze(-1)
+    half = torch.linalg.solve_triangular(factor, cross.T, upper=False)
+    var = covariance[test, test].diagonal() - half.square().sum(0)
+    return module.metrics(mean, var, f[test], y["gaussian"][test], "gaussian", 0.01)
+
+
 def load_module():
     return load_benchmark("gp_sic_vs_gpytorch.py")
 
@@ -111,6 +127,15 @@ def test_gp_sic_benchmark_quick_mode(tmp_path):
     assert by["gaussian", "dklgp"]["nll_f"] < HALF_LOG_2PI + zero**2 / 2, by["gaussian", "dklgp"]
     # on the Bernoulli data DKLGP's predictive of y beats the coin, log 2
     assert by["bernoulli", "dklgp"]["nll_y"] < math.log(2), by["bernoulli", "dklgp"]
+    # against ground truth: the exact GP posterior at the simulating hyperparameters on the same split (the
+    # Bayes predictor of f). Quick mode (3 epochs, hyperparameters still learning): DKLGP RMSE(f) 0.38 against
+    # the exact 0.23, NLL(f) 0.45 against -0.13; the margins below fail a DKLGP 10% worse in RMSE(f)
+    exact = exact_gp_metrics(module, settings["n"], settings["seed"])
+    assert by["gaussian", "dklgp"]["rmse_f"] < 1.8 * exact["rmse_f"], (by["gaussian", "dklgp"], exact)
+    assert by["gaussian", "dklgp"]["nll_f"] < exact["nll_f"] + 0.7, (by["gaussian", "dklgp"], exact)
+    # the headline as published (benchmarks/results): DKLGP's NLL(f) below every peer's on the Bernoulli data;
+    # on the Gaussian data the full-size table says no, so it is not claimed there
+    assert report["verdicts"]["bernoulli"]["dklgp_nll_f_below_every_other"] is True
 
     markdown = (tmp_path / f"{name}.md").read_text()
     table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
