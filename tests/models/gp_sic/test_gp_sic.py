@@ -283,13 +283,20 @@ def test_a_pyro_kernel_is_trained_in_place(float64):
     torch.testing.assert_close(gp.kernel.lengthscale.detach(), kernel.lengthscale.detach())
 
 
+FULL_SIZE_HYPERPARAMETER_GAP = (
+    "at n = 600 (60 epochs) the minibatch DKL fit's log-lengthscales land 0.30-0.37 above the exact GP's MLE "
+    "(seeds 0 and 1; 0.58 in one unseeded run) and its noise 0.87-0.89x; at n = 300 within 0.11 and 1%. "
+    "Whether the SIC prior's own optimum or the fit's budget moves them is open (the papers'-claims issue)")
+
+
 @pytest.mark.slow
+@pytest.mark.xfail(FULL, strict=True, reason=FULL_SIZE_HYPERPARAMETER_GAP)
 def test_learnt_hyperparameters_approach_the_exact_gp_mle(float64):
     """Hyperparameters from the minibatch DKL fit land near the maximiser of the exact log marginal likelihood."""
     n = 600 if FULL else 300
     x, _, y = simulate(n, seed=7)
     gp = SparseInverseCholeskyGP(x, y, rho=3.0, lengthscale=torch.tensor([0.6, 0.6]), noise=0.05)
-    gp.fit(num_epochs=60 if FULL else 40, batch_size=64, lr=0.03, reorder_after=5, progress=False)
+    gp.fit(num_epochs=60 if FULL else 40, batch_size=64, lr=0.03, reorder_after=5, seed=0, progress=False)
     reference = SparseInverseCholeskyGP(x, y, rho=1e6, lengthscale=torch.tensor([0.6, 0.6]), noise=0.05)
     hyper = [reference.kernel.log_lengthscale, reference.kernel.log_outputscale, reference.likelihood.log_noise,
              reference.mean]
