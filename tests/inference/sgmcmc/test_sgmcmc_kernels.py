@@ -69,15 +69,20 @@ def test_sgld_temperature_scales_the_variance():
 
 
 def sghmc_stationary_covariance(eps, friction, precision, momentum_noise):
-    """Stationary covariance of (theta, m) under m' = m - eps h theta - eps alpha m + xi, theta' = theta + eps m'.
+    """Stationary covariance of (theta, m) under m' = m - eps H theta - eps alpha m + xi, theta' = theta + eps m'.
 
-    ``momentum_noise`` is the variance of ``xi``, which enters theta through ``theta' = theta + eps m'``.
+    ``precision`` H is a number or a (d, d) matrix (unit mass); ``momentum_noise``, the covariance of ``xi``
+    (a number for ``c I``, or a (d, d) matrix), enters theta through ``theta' = theta + eps m'``. Returns the
+    (2d, 2d) covariance, positions first.
     """
-    momentum_row = np.array([-eps * precision, 1 - eps * friction])
-    position_row = np.array([1.0, 0.0]) + eps * momentum_row
-    transition = np.vstack([position_row, momentum_row])
-    noise_loading = np.array([[eps], [1.0]])
-    return solve_discrete_lyapunov(transition, momentum_noise * noise_loading @ noise_loading.T)
+    precision = np.atleast_2d(precision)
+    eye, zero = np.eye(len(precision)), np.zeros_like(precision)
+    momentum_rows = np.hstack([-eps * precision, (1 - eps * friction) * eye])
+    position_rows = np.hstack([eye, zero]) + eps * momentum_rows
+    transition = np.vstack([position_rows, momentum_rows])
+    noise = momentum_noise * eye if np.ndim(momentum_noise) == 0 else momentum_noise
+    loading = np.vstack([eps * eye, eye])
+    return solve_discrete_lyapunov(transition, loading @ noise @ loading.T)
 
 
 @pytest.mark.parametrize("friction", [0.5, 3.0])

@@ -21,6 +21,7 @@ import pyro.distributions as dist
 import pytest
 import scipy.linalg
 import torch
+from test_sgmcmc_kernels import sghmc_stationary_covariance
 
 from bayeskit import Target
 from bayeskit.inference.sgmcmc.engines import SGLD
@@ -96,19 +97,15 @@ def mean_field_sghmc_covariances(step_size, friction):
     d_k <- d_k + eps m_k (the new momentum), with e_-k an independent draw of the other block, whose
     covariance V_-k enters the momentum as gradient noise eps^2 Lambda_k,-k V_-k Lambda_-k,k.
     """
-    eye, zero = np.eye(2), np.zeros((2, 2))
+    eye = np.eye(2)
     covariances = [np.linalg.inv(PRECISION[b, b]) for b in BLOCKS]
     for _ in range(100):  # a contraction: the context noise is O(eps^2)
         updated = []
         for k, (own, other) in enumerate([BLOCKS, BLOCKS[::-1]]):
-            momentum_rows = np.hstack([-step_size * PRECISION[own, own], (1 - step_size * friction) * eye])
-            position_rows = np.hstack([eye, zero]) + step_size * momentum_rows
-            transition = np.vstack([position_rows, momentum_rows])
             coupling = PRECISION[own, other]
             momentum_noise = (step_size**2 * coupling @ covariances[1 - k] @ coupling.T
                               + 2 * friction * step_size * eye)
-            loading = np.vstack([step_size * eye, eye])
-            joint = scipy.linalg.solve_discrete_lyapunov(transition, loading @ momentum_noise @ loading.T)
+            joint = sghmc_stationary_covariance(step_size, friction, PRECISION[own, own], momentum_noise)
             updated.append(joint[:2, :2])
         covariances = updated
     return covariances
