@@ -138,7 +138,9 @@ _CELLS = [("paper", None, range(5) if FULL else (2,))] + [
 _SLOW_SPREAD = pytest.mark.xfail(strict=True, reason=(
     "d = 50 with large concentrations of only 3.3 and 2.4: a third of the mass sits in 48 coordinates "
     "with alpha < 0.1, and SVMD leaves them too evenly filled (1.2-1.5x the floor at 500, 1,000 or 2,000 "
-    "steps, from Dir(1) too; started at exact draws it stays at 0.7x; MirroredSVGD 0.8x at 500 steps)"))
+    "steps, from Dir(1) too; started at exact draws it stays at 0.7x; MirroredSVGD 0.8x at 500 steps); "
+    "the kernel's average of the simplex Hessian pulls sparse particles back to even filling "
+    "(SVMD's docstring has the evidence)"))
 
 
 def _cases():
