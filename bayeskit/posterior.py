@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bayeskit._arviz_workarounds import arviz_plots_workarounds
 from bayeskit.parallel import resolve_seed
 from bayeskit.resampling import systematic
 
@@ -31,7 +32,10 @@ __all__ = ["Posterior", "load", "weighted_quantile", "predictive_mixture"]
 
 FORMAT = "posterior/1"
 SAMPLE_DIMS = ("chain", "draw")
-PLOT_KINDS = ("dist", "trace", "forest", "rank", "pair")
+PLOT_KINDS = ("dist", "trace", "forest", "rank", "pair", "ppc", "energy")
+#: The arviz-plots function that draws each plot kind.
+_PLOT_FUNCTIONS = {"dist": "plot_dist", "trace": "plot_trace_dist", "forest": "plot_forest", "rank": "plot_rank_dist",
+                   "pair": "plot_pair", "ppc": "plot_ppc_dist", "energy": "plot_energy"}
 #: Groups of the DataTree that hold per-variable tensors, and the Posterior attribute of each.
 GROUPS = {"posterior": "samples", "sample_stats": "sample_stats", "log_likelihood": "log_likelihood",
           "observed_data": "observed_data", "trace": "trace"}
@@ -532,40 +536,99 @@ class Posterior:
                          dims=self.dims, coords=self.coords)
 
     # ------------------------------------------------------------------ plots
-    def plot(self, kind: str = "dist", var_names=None, path=None, **kwargs):
-        """Plot the draws with arviz-plots (matplotlib).
+    def plot(self, kind: str = "dist", var_names=None, path=None, *, posterior_predictive=None, **kwargs):
+        """Plot the draws with arviz-plots (matplotlib), as ArviZ ships its plots.
 
-        ============  =====================================================
-        ``dist``      marginal densities, ``arviz_plots.plot_dist``
-        ``trace``     draws against draw index, ``arviz_plots.plot_trace``
-        ``forest``    intervals per variable, ``arviz_plots.plot_forest``
-        ``rank``      rank histograms per chain, ``arviz_plots.plot_rank``
-        ``pair``      pairwise scatter with marginals, ``arviz_plots.plot_pair``
-        ============  =====================================================
+        ==========  =====================  ==================================================
+        ``kind``    arviz-plots function   panels
+        ==========  =====================  ==================================================
+        ``dist``    ``plot_dist``          a marginal density per scalar element
+        ``trace``   ``plot_trace_dist``    per variable, densities per chain (left) and
+                                           draws against draw index (right)
+        ``forest``  ``plot_forest``        credible intervals per element and chain
+        ``rank``    ``plot_rank_dist``     per variable, densities per chain (left) and
+                                           fractional-rank ECDF differences per chain (right)
+        ``pair``    ``plot_pair``          scatter of every pair of scalar elements, with
+                                           the marginals on the diagonal
+        ``ppc``     ``plot_ppc_dist``      densities of posterior-predictive draws over the
+                                           observed data's density
+        ``energy``  ``plot_energy``        BFMI per chain; marginal and transition energy
+        ==========  =====================  ==================================================
 
-        ArviZ plots take no weights, so a weighted posterior is first
-        resampled to one unweighted chain with :meth:`resample` (systematic,
-        seed 0, ``chain * draw`` draws). For ``pair`` every element of a
-        vector site becomes its own scalar panel labelled like the summary
-        rows (``beta[age]``). ``plot_trace_dist`` and ``plot_pair`` on mixed
-        scalar/vector sites fail inside arviz-plots 0.8 with current xarray,
-        which is why ``trace`` and ``pair`` go the way described.
+        ArviZ plots take no weights, so a weighted posterior (SMC, importance
+        sampling, Fusion) is first resampled to one unweighted chain with
+        :meth:`resample` (systematic, seed 0, ``chain * draw`` draws);
+        ``posterior_predictive`` draws follow the same resample. Particle
+        posteriors (SVGD) show their particle index as the draw index.
+
+        ``ppc`` needs the posterior's ``observed_data`` (engines record the
+        observed sites of a Pyro model) and draws of the posterior
+        predictive, which no engine stores: pass them as
+        ``posterior_predictive``, for instance from Pyro::
+
+            from pyro.infer import Predictive
+            y = Predictive(model, posterior_samples=post.flat_draws()[0], return_sites=["y"])(x)["y"]
+            y = y.reshape(post.num_chains, post.num_draws, *y.shape[1:])
+            post.plot("ppc", posterior_predictive={"y": y})
+
+        ``energy`` needs ``sample_stats["energy"]``, the Hamiltonian at each
+        draw that HMC and NUTS record. No bayeskit engine records one
+        (SG-MCMC and the Stein engines record ``log_prob``, SMC and Fusion
+        weights), so it plots a posterior built from an HMC or NUTS run.
+
+        Earlier versions fell back to ``plot_trace``, ``plot_rank`` and, for
+        ``pair``, a tree of one scalar variable per element, because of
+        arviz-plots 0.8 bugs that our export layout meets. Each is now worked
+        around for the length of the call, only where the installed versions
+        have it (see ``bayeskit._arviz_workarounds``):
+
+        * ``plot_trace_dist`` and ``plot_rank_dist`` lay out one row per
+          variable with ``PlotCollection.grid``, which in arviz-plots < 1.1
+          then passes its root ``Dataset`` to ``xr.Dataset`` again; xarray
+          >= 2026.4 refuses that with a ``TypeError``, whatever the data.
+          Fixed in arviz-plots 1.1, which needs Python >= 3.12.
+        * ``plot_pair`` fails with "cannot set a PandasIndex from the scalar
+          variable" where a variable has a single row (a scalar next to a
+          vector, or a vector of one element): arviz-plots < 1.0 selects its
+          labels on a coordinate that is already scalar. Fixed in 1.0.
+        * ``plot_pair`` marks a variable without a dimension with ``None``;
+          with pandas >= 3 xarray stores a ``None`` among string labels (such
+          as ``coords={"feature": ["age", "sex"]}``) as NaN, which
+          ``PlotMatrix.set_fixed_var_attributes`` keeps as a label to select,
+          with the same error, or not, depending on the order of a set of
+          dimension names (arviz-plots 1.3 still tests for ``None`` only).
 
         Parameters
         ----------
         kind : str
-            One of ``dist``, ``trace``, ``forest``, ``rank``, ``pair``.
+            One of ``dist``, ``trace``, ``forest``, ``rank``, ``pair``,
+            ``ppc``, ``energy``.
         var_names : str or list of str, optional
-            Variables to plot; all by default.
+            Variables to plot; all by default. For ``ppc``, observed variables
+            (those of ``posterior_predictive`` by default); ``energy`` takes
+            none.
         path : str or Path, optional
             Save the figure there (format from the suffix, e.g. ``.png``) and
             close it in pyplot; the returned collection can still save again.
+        posterior_predictive : mapping of str to Tensor or array, optional
+            For ``ppc`` only: draws of the observed variables of the same
+            names, shape ``(chain, draw, *observed shape)``, one per posterior
+            draw.
         **kwargs
-            Passed to the arviz-plots function.
+            Passed to the arviz-plots function (``coords=``, ``combined=``,
+            ``compact=``, ``kind=``, ``visuals=``, ...).
 
         Returns
         -------
         arviz_plots.PlotCollection
+            A ``PlotMatrix`` for ``pair``.
+
+        Raises
+        ------
+        ValueError
+            For an unknown ``kind`` or variable; for ``ppc`` without
+            ``observed_data`` or ``posterior_predictive`` (or with draws of
+            the wrong shape); for ``energy`` without ``sample_stats["energy"]``.
 
         Notes
         -----
@@ -575,36 +638,82 @@ class Posterior:
         """
         import arviz_plots
 
-        functions = {"dist": arviz_plots.plot_dist, "trace": arviz_plots.plot_trace,
-                     "forest": arviz_plots.plot_forest, "rank": arviz_plots.plot_rank,
-                     "pair": arviz_plots.plot_pair}
-        if kind not in functions:
+        if kind not in PLOT_KINDS:
             raise ValueError(f"unknown plot kind {kind!r}; choose one of {list(PLOT_KINDS)}")
-        var_names = self._check_var_names(var_names)
-        source = self.resample(seed=0) if self.is_weighted else self
-        if kind == "pair":
-            tree = source._scalar_tree(var_names)
-            collection = functions[kind](tree, backend="matplotlib", **kwargs)
+        if posterior_predictive is not None and kind != "ppc":
+            raise ValueError(f"posterior_predictive is for plot kind 'ppc', not {kind!r}")
+        if kind == "ppc":
+            var_names, tree = self._predictive_tree(var_names, posterior_predictive)
+        elif kind == "energy":
+            tree = self._energy_tree(var_names)
         else:
+            var_names = self._check_var_names(var_names)
+            source = self.resample(seed=0) if self.is_weighted else self
             tree = source._posterior_tree(var_names)
-            collection = functions[kind](tree, var_names=var_names, backend="matplotlib", **kwargs)
+        if kind != "energy":  # plot_energy has no var_names
+            kwargs["var_names"] = var_names
+        with arviz_plots_workarounds():
+            collection = getattr(arviz_plots, _PLOT_FUNCTIONS[kind])(tree, backend="matplotlib", **kwargs)
         if path is not None:
             collection.savefig(str(path))
             _close_figure(collection)
         return collection
 
-    def _scalar_tree(self, var_names):
-        """A posterior tree with one scalar variable per element, named like the summary rows."""
+    def _predictive_tree(self, var_names, posterior_predictive):
+        """``(var_names, DataTree)`` with ``posterior_predictive`` and ``observed_data`` groups, for ``ppc``."""
         from arviz_base import from_dict
 
-        draws = {}
-        for name in var_names:
-            value = self.samples[name]
-            flat = value.reshape(self.num_chains, self.num_draws, -1)
-            flat = flat.to(torch.int8) if flat.dtype == torch.bool else flat
-            for column, label in enumerate(self._element_labels(name)):
-                draws[label] = flat[..., column].numpy()
-        return from_dict({"posterior": draws})
+        if not self.observed_data:
+            raise ValueError("plot kind 'ppc' compares posterior-predictive draws with the observed data, but this "
+                             "posterior has no observed_data: engines record the observed sites of a Pyro model "
+                             "(obs=...); give a posterior built by hand Posterior(..., observed_data={'y': y})")
+        if posterior_predictive is None:
+            raise ValueError(f"plot kind 'ppc' needs posterior_predictive={{name: draws}}, draws of the observed "
+                             f"variable(s) {list(self.observed_data)} of shape (chain, draw, *observed shape), e.g. "
+                             f"from pyro.infer.Predictive(model, posterior_samples=posterior.flat_draws()[0]) "
+                             f"reshaped to ({self.num_chains}, {self.num_draws}, ...)")
+        predictive = _tensor_mapping(posterior_predictive, "posterior_predictive")
+        if not predictive:
+            raise ValueError("posterior_predictive is empty")
+        for name, value in predictive.items():
+            if name not in self.observed_data:
+                raise ValueError(f"posterior_predictive[{name!r}]: no observed variable of that name; "
+                                 f"observed_data has {list(self.observed_data)}")
+            expected = (self.num_chains, self.num_draws, *self.observed_data[name].shape)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"posterior_predictive[{name!r}] must have shape (chain, draw, *observed shape) = "
+                                 f"{expected}, got {tuple(value.shape)}")
+        var_names = [var_names] if isinstance(var_names, str) else list(var_names or predictive)
+        unknown = [name for name in var_names if name not in predictive]
+        if unknown:
+            raise ValueError(f"var_names: {unknown} have no posterior_predictive draws; given {list(predictive)}")
+        predictive = {name: predictive[name] for name in var_names}
+        if self.is_weighted:  # the same weights and seed pick the same draws as self.resample(seed=0)
+            predictive = Posterior(predictive, log_weights=self.log_weights).resample(seed=0).samples
+        observed = {name: self.observed_data[name] for name in var_names}
+        dims = self._dims_of(predictive)
+        tree = from_dict({"posterior_predictive": _numpy(_plottable(predictive)),
+                          "observed_data": _numpy(_plottable(observed))},
+                         dims=dims, coords=self._coords_of(dims))
+        return var_names, tree
+
+    def _energy_tree(self, var_names):
+        """A DataTree with the ``sample_stats`` group of ``energy``, for ``energy``."""
+        from arviz_base import from_dict
+
+        if var_names is not None:
+            raise ValueError("plot kind 'energy' plots sample_stats['energy'], not variables: leave var_names out")
+        if "energy" not in self.sample_stats:
+            raise ValueError("plot kind 'energy' needs sample_stats['energy'], the Hamiltonian at each draw that "
+                             "HMC and NUTS record, and this posterior has none: no bayeskit engine records one "
+                             "(SG-MCMC and the Stein engines record log_prob, SMC and Fusion weights). Plot an HMC "
+                             "or NUTS run, e.g. NumPyro's MCMC.run(..., extra_fields=('energy',)), as "
+                             "Posterior(samples, sample_stats={'energy': energy}) with energy (chain, draw)")
+        source = self.resample(seed=0) if self.is_weighted else self
+        energy = source.sample_stats["energy"]
+        if energy.dim() != 2:
+            raise ValueError(f"sample_stats['energy'] must have shape (chain, draw), got {tuple(energy.shape)}")
+        return from_dict({"sample_stats": {"energy": energy.double().numpy()}})
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> Path:
@@ -710,6 +819,12 @@ def _close_figure(collection):
     figure = collection.viz["figure"].item() if "figure" in collection.viz.dataset else None
     if figure is not None:
         plt.close(figure)
+
+
+# ------------------------------------------------------------------- plot helpers
+def _plottable(tensors):
+    """Bool tensors as int8: ArviZ's densities and quantiles fail on bool."""
+    return {name: (value.to(torch.int8) if value.dtype == torch.bool else value) for name, value in tensors.items()}
 
 
 def _temporary_sibling(path, directory):

@@ -12,12 +12,15 @@
 
 # %%
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
@@ -126,7 +129,8 @@ print(f"largest |SVGD mean - NUTS mean| / NUTS sd over the 30 coefficients: {gap
 # %%
 tree = post.to_arviz()
 print(list(tree.children))
-post.plot("forest", var_names=["beta"], path=OUT / "forest.png")
+post.plot("forest", var_names=["beta"]).savefig(str(OUT / "forest.png"))
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 post.save(OUT / "svgd.nc")
 again = bk.load(OUT / "svgd.nc")
 assert torch.equal(again.samples["beta"], post.samples["beta"])

@@ -17,12 +17,14 @@
 # %%
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import arviz_plots
 import arviz_stats
 import matplotlib.pyplot as plt
@@ -141,7 +143,7 @@ axis.set(xlabel="step", ylabel="mean log density (minibatch)", title="SGHMC trac
 axis.legend()
 figure.tight_layout()
 figure.savefig(OUT / "sghmc_trace.png", dpi=120)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 for first, last in [(warmup // 2, warmup), (warmup, (warmup + num_steps) // 2), ((warmup + num_steps) // 2, num_steps)]:
     window = log_density[first:last]
     print(f"steps {first + 1:>5}-{last:<5} mean log density {window.mean():8.1f}, sd {window.std():5.1f}")
@@ -221,8 +223,9 @@ arviz_plots.plot_trace(predictions, coords={"test_point": uncertain}, backend="m
     str(OUT / "prediction_trace.png"))
 arviz_plots.plot_rank(predictions, coords={"test_point": uncertain}, backend="matplotlib").savefig(
     str(OUT / "prediction_rank.png"))
-plt.close("all")
-post.plot("trace", var_names=["b1"], path=OUT / "trace_b1.png")
+plt.show()
+post.plot("trace", var_names=["b1"]).savefig(str(OUT / "trace_b1.png"))
+plt.show()
 
 # %% [markdown]
 # `to_arviz()` holds the draws, the per-draw minibatch log density
@@ -385,14 +388,14 @@ right.set_xticks([0, 1], [f"correct ({int(correct.sum())})", f"misclassified ({i
 right.set(ylabel="predictive entropy (nats)", title="entropy of SGHMC predictions (dotted: log 2)")
 figure.tight_layout()
 figure.savefig(OUT / "calibration.png", dpi=120)
-plt.close(figure)
+plt.show()
 
 generator = torch.Generator().manual_seed(1)
 predictive_y = torch.bernoulli(test_probs, generator=generator).to(torch.int64)
 predictive = from_dict({"posterior_predictive": {"y": predictive_y.numpy()},
                         "observed_data": {"y": test.y.to(torch.int64).numpy()}}, dims={"y": ["test_point"]})
 arviz_plots.plot_ppc_pava(predictive, backend="matplotlib").savefig(str(OUT / "calibration_pava.png"))
-plt.close("all")
+plt.show()
 
 # %% [markdown]
 # ## SGHMC, SGLD and cyclical SGLD at the same number of steps

@@ -23,12 +23,14 @@
 
 # %%
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pyro
 import pyro.distributions as dist
@@ -154,7 +156,7 @@ axis.set(yscale="log", xlabel="step", ylabel="energy distance to exact draws", t
 axis.legend()
 figure.tight_layout()
 figure.savefig(OUT / "dirichlet_energy_distance.png", dpi=120)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 
 figure, axes = plt.subplots(1, 3, figsize=(11, 3.2))
 for i, axis in enumerate(axes):
@@ -165,7 +167,7 @@ for i, axis in enumerate(axes):
 axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "dirichlet_marginals.png", dpi=120)
-plt.close(figure)
+plt.show()
 print("figures:", OUT / "dirichlet_energy_distance.png", OUT / "dirichlet_marginals.png")
 
 # %% [markdown]
@@ -247,7 +249,8 @@ print(post.samples["w"].mean(1).numpy().round(3))
 tree = post.to_arviz()
 print(list(tree.children))
 print(tree["posterior"])
-post.plot("forest", var_names=["w", "sigma"], path=OUT / "mixture_forest.png")
+post.plot("forest", var_names=["w", "sigma"]).savefig(str(OUT / "mixture_forest.png"))
+plt.show()
 print("figure:", OUT / "mixture_forest.png")
 
 # %% [markdown]

@@ -23,13 +23,15 @@
 
 # %%
 import os
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -85,7 +87,7 @@ axis.set(xlabel="log radon", ylabel="homes", title="Minnesota radon")
 axis.legend()
 figure.tight_layout()
 figure.savefig(OUT / "radon_histogram.png", dpi=120)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 
 # %% [markdown]
 # A random 20% of the homes are held out for testing. `split` and `subset`
@@ -336,8 +338,9 @@ print(summarise(mixed_post, PARAMETERS)[["mean", "sd", "eti89_lb", "eti89_ub", "
 # determined. The forest plot shows both experts' parameters.
 
 # %%
-mixed_post.plot("forest", var_names=["expert_intercept", "expert_coef", "expert_scale"], combined=True,
-                path=OUT / "mixed_moe_experts_forest.png")
+mixed_post.plot("forest", var_names=["expert_intercept", "expert_coef", "expert_scale"], combined=True).savefig(
+    str(OUT / "mixed_moe_experts_forest.png"))
+plt.show()
 
 # %% [markdown]
 # ## County effects
@@ -355,8 +358,9 @@ effects = bk.Posterior({"county_effect": effect}, dims={"county_effect": ["count
 train_homes = torch.bincount(train.groups["county"], minlength=len(counties))
 order = torch.argsort(train_homes, descending=True, stable=True)
 shown = [counties[i] for i in torch.cat([order[:6], order[-6:]])]
-effects.plot("forest", var_names=["county_effect"], coords={"county": shown}, combined=True,
-             path=OUT / "mixed_moe_county_effects.png")
+effects.plot("forest", var_names=["county_effect"], coords={"county": shown}, combined=True).savefig(
+    str(OUT / "mixed_moe_county_effects.png"))
+plt.show()
 sd = mixed_post.samples["gate_county_sd"]
 print(f"gate_county_sd: mean {sd.mean():.2f}, 89% interval {sd.quantile(0.055):.2f} to {sd.quantile(0.945):.2f}")
 print(pd.DataFrame({"train homes": train_homes[order[:6]].numpy(),
@@ -396,7 +400,7 @@ axes[0].set_ylabel("log radon: predictive mean ± sd")
 axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "predictive_vs_uranium.png", dpi=120)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # The means hardly differ between the models (the two MoEs' curves lie on
@@ -430,7 +434,7 @@ axis.set(xlabel="log uranium (first-floor homes shifted right by 0.03)", ylabel=
          title="Mixed MoE: responsibilities on the training homes")
 figure.tight_layout()
 figure.savefig(OUT / "responsibilities.png", dpi=120)
-plt.close(figure)
+plt.show()
 print("figures:", *sorted(path.name for path in OUT.glob("*.png")))
 
 # %% [markdown]

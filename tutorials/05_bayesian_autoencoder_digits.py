@@ -26,13 +26,15 @@
 
 # %%
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
@@ -176,5 +178,6 @@ for row, (images, title) in enumerate([(test[:10], "test"), (mean, "mean"), (sd 
     axes[row, 0].set_title(title, loc="left", fontsize=9)
 fig.tight_layout()
 fig.savefig(OUT / "bae_digits.png", dpi=100)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 post.save(OUT / "bae_posterior.nc")
 print(f"wrote {OUT / 'bae_digits.png'} and {OUT / 'bae_posterior.nc'}")

@@ -31,13 +31,15 @@
 # %%
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -100,7 +102,7 @@ axis.plot(dates, y.numpy(), lw=0.6, color="k")
 axis.set(ylabel="log-return (%)", title="GBP/USD daily log-returns")
 figure.tight_layout()
 figure.savefig(OUT / "sv_returns.png", dpi=120)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 
 # %% [markdown]
 # ## The log-evidence by particle filtering
@@ -173,7 +175,7 @@ for axis, name in zip(axes, ("mu", "phi", "sigma")):
 axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "sv_fit_traces.png", dpi=120)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # ## Did the likelihood go up?
@@ -218,7 +220,7 @@ axes[0].set(ylabel="log-evidence")
 figure.suptitle("particle-filter profiles around the PPG fit", fontsize=10)
 figure.tight_layout()
 figure.savefig(OUT / "sv_profiles.png", dpi=120)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # ## Smoothing at the fitted parameters
@@ -294,7 +296,7 @@ axes[1].set(ylabel="x_t (log variance)")
 axes[1].legend(fontsize=7, loc="upper right", ncol=3)
 figure.tight_layout()
 figure.savefig(OUT / "sv_smoothed_volatility.png", dpi=120)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # ## Convergence across chains

@@ -35,13 +35,15 @@
 
 # %%
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -112,7 +114,7 @@ for axis, kind, exact_kind in zip(axes, ("I", "II"), ("mandelbrot_van_ness", "ri
 axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fsde_variance.png", dpi=110)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 
 # %% [markdown]
 # ## 2. The fOU bridge
@@ -169,7 +171,7 @@ for axis, ((hurst, theta), (paths, sd, exact_sd)) in zip(axes, bridges.items()):
 axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fsde_bridge.png", dpi=110)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # At full size (1,000 Adam steps) the sd of 256 posterior paths is within
@@ -261,7 +263,7 @@ axis.set_ylabel("H")
 axis.legend()
 figure.tight_layout()
 figure.savefig(OUT / "fsde_hurst.png", dpi=110)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # At full size (300 steps, under two minutes each) the ELBO finds
@@ -313,7 +315,7 @@ for dim, axis in enumerate(axes):
 axes[0].legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fsde_lorenz.png", dpi=110)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # At full size (600 steps, about 40 s) the held-out reconstruction MSE is

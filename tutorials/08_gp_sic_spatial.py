@@ -26,13 +26,15 @@
 
 # %%
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pyro
 import pyro.contrib.gp as pyro_gp
@@ -79,7 +81,7 @@ axes[0].scatter(ordered[members, 0], ordered[members, 1], s=30, facecolors="none
 axes[0].legend(loc="lower left", fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "gp_sic_ordering.png", dpi=110)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 
 # %% [markdown]
 # ## 2. Fit
@@ -191,7 +193,7 @@ for axis, field, title, cmap in ((axes[0], mean, "predictive mean depth (km)", "
 axes[0].set_ylabel("latitude")
 figure.tight_layout()
 figure.savefig(OUT / "gp_sic_maps.png", dpi=110)
-plt.close(figure)
+plt.show()
 print(f"wrote {OUT / 'gp_sic_ordering.png'} and {OUT / 'gp_sic_maps.png'}")
 
 # %% [markdown]

@@ -28,13 +28,15 @@
 
 # %%
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script writes its figures to files and opens no windows
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
@@ -92,7 +94,7 @@ axis.set(xlabel=names[0], ylabel=names[1], title=f"{num_shards} sub-posteriors")
 axis.legend(fontsize=7)
 figure.tight_layout()
 figure.savefig(OUT / "fusion_subposteriors.png", dpi=110)
-plt.close(figure)
+plt.show()  # inline in a notebook (and on the documentation site); nothing under Agg
 
 # %% [markdown]
 # ## 2. D&C-GBF
@@ -138,7 +140,7 @@ axis.set(xlabel="mesh step (all nodes, leaves' parents first)", ylim=(0, 1.05))
 axis.legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fusion_ess.png", dpi=110)
-plt.close(figure)
+plt.show()
 
 # %% [markdown]
 # ## 3. Trees and methods
@@ -186,7 +188,7 @@ axis.set_xticks(SHARD_COUNTS, [str(c) for c in SHARD_COUNTS])
 axis.legend(fontsize=8)
 figure.tight_layout()
 figure.savefig(OUT / "fusion_iad.png", dpi=110)
-plt.close(figure)
+plt.show()
 print({label: [round(v, 3) for v in values] for label, values in sweep.items()})
 
 # %% [markdown]

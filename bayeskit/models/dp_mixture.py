@@ -200,6 +200,8 @@ class DirichletProcessMixture:
         ``s``, scalar or ``(d,)``: the prior's component spread ``Psi_0 = diag(s^2)`` and the unit the fit
         standardises by.  Default: the fitted data's per-dimension standard deviation.
 
+    Notes
+    -----
     After :meth:`fit`: ``weights (K,)``, ``means (K, d)``, ``scale_tril (K, d, d)``, ``sites`` (the
     model's latent sites at the fitted values, for ``poutine.condition``) and ``fit_result``.
     """

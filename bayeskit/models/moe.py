@@ -134,6 +134,8 @@ class MixtureOfExperts:
     covariate_names : sequence of str, optional
         Labels for the covariate axis of the coefficients in ArviZ.
 
+    Notes
+    -----
     Sites: ``gate_intercept`` ``(K-1,)``, ``gate_coef`` ``(K-1, p)``,
     ``expert_intercept`` ``(K,)``, ``expert_coef`` ``(K, p)``, ``expert_scale``
     ``(K,)`` (Gaussian), ``gate_<level>_sd`` and ``gate_<level>_z``

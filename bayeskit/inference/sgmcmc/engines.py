@@ -447,8 +447,22 @@ class SGLD(SGMCMC):
 
     Examples
     --------
-    >>> post = SGLD(model, step_size=1e-5, num_samples=1000).run(x, y, seed=0)  # doctest: +SKIP
-    >>> post.summary()  # doctest: +SKIP
+    Minibatches of 20 from 100 rows; the warm-up picks the step size:
+
+    >>> from bayeskit.inference import SGLD
+    >>> import pyro, torch
+    >>> import pyro.distributions as dist
+    >>> def model(y, batch_size=None):  # a Normal mean, N(0, 1) prior, unit noise: conjugate
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", len(y), subsample_size=batch_size) as rows:
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[rows])
+    >>> y = 1.0 + torch.randn(100, generator=torch.Generator().manual_seed(0))
+    >>> post = SGLD(model, num_chains=4, num_warmup=500, num_samples=2000).run(y, 20, seed=0, progress=False)
+    >>> exact_mean, exact_sd = y.sum() / 101, 101 ** -0.5
+    >>> bool(abs(post.samples["mu"].mean() - exact_mean) < 0.2 * exact_sd)
+    True
+    >>> bool(abs(post.samples["mu"].std() / exact_sd - 1) < 0.1)
+    True
     """
 
     name = "SGLD"
@@ -553,8 +567,21 @@ class AdaptiveSGHMC(SGMCMC):
 
     Examples
     --------
-    >>> post = AdaptiveSGHMC(model, step_size=0.01, num_warmup=2000, num_samples=200, thin=10).run(
-    ...     x, seed=0)  # doctest: +SKIP
+    >>> from bayeskit.inference import AdaptiveSGHMC
+    >>> import pyro, torch
+    >>> import pyro.distributions as dist
+    >>> def model(y, batch_size=None):  # a Normal mean, N(0, 1) prior, unit noise: conjugate
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", len(y), subsample_size=batch_size) as rows:
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[rows])
+    >>> y = 1.0 + torch.randn(100, generator=torch.Generator().manual_seed(0))
+    >>> post = AdaptiveSGHMC(model, num_chains=4, num_warmup=500, num_samples=500).run(y, 20, seed=0,
+    ...                                                                                progress=False)
+    >>> exact_mean, exact_sd = y.sum() / 101, 101 ** -0.5
+    >>> bool(abs(post.samples["mu"].mean() - exact_mean) < 0.1 * exact_sd)
+    True
+    >>> bool(abs(post.samples["mu"].std() / exact_sd - 1) < 0.1)
+    True
     """
 
     name = "AdaptiveSGHMC"

@@ -60,8 +60,22 @@ class SVGD(Engine):
 
     Examples
     --------
-    >>> post = SVGD(model, num_particles=100).run(x, y, num_steps=500, seed=0)  # doctest: +SKIP
-    >>> post.summary()  # doctest: +SKIP
+    A Normal mean, whose posterior is known in closed form:
+
+    >>> from bayeskit.inference import SVGD
+    >>> import pyro, torch
+    >>> import pyro.distributions as dist
+    >>> def model(y, batch_size=None):  # a Normal mean, N(0, 1) prior, unit noise: conjugate
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", len(y), subsample_size=batch_size) as rows:
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[rows])
+    >>> y = 1.0 + torch.randn(20, generator=torch.Generator().manual_seed(0))
+    >>> post = SVGD(model, num_particles=100).run(y, num_steps=200, seed=0, progress=False)
+    >>> exact_mean, exact_sd = y.sum() / 21, 21 ** -0.5
+    >>> bool(abs(post.samples["mu"].mean() - exact_mean) < 0.05 * exact_sd)
+    True
+    >>> bool(abs(post.samples["mu"].std() / exact_sd - 1) < 0.05)
+    True
     """
 
     name = "SVGD"
@@ -185,7 +199,23 @@ class MirroredSVGD(SVGD):
 
     Examples
     --------
-    >>> post = MirroredSVGD(model, num_particles=50).run(data, num_steps=500, seed=0)  # doctest: +SKIP
+    A coin's bias with a Beta prior (conjugate): the particles stay inside (0, 1).
+
+    >>> import pyro, torch
+    >>> import pyro.distributions as dist
+    >>> from bayeskit.inference import MirroredSVGD
+    >>> def coin(flips):
+    ...     p = pyro.sample("p", dist.Beta(2.0, 2.0))
+    ...     with pyro.plate("flips", len(flips)):
+    ...         pyro.sample("flip", dist.Bernoulli(p), obs=flips)
+    >>> flips = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    >>> post = MirroredSVGD(coin, num_particles=100).run(flips, num_steps=500, seed=0, progress=False)
+    >>> exact = dist.Beta(2.0 + 8, 2.0 + 2)
+    >>> p = post.samples["p"]
+    >>> bool(abs(p.mean() - exact.mean) < 0.01 and abs(p.std() - exact.stddev) < 0.01)
+    True
+    >>> bool(((p > 0) & (p < 1)).all())
+    True
     """
 
     name = "MirroredSVGD"
@@ -281,7 +311,10 @@ class SVMD(MirroredSVGD):
         target (39x the floor on seed 0), as RMSprop's per-coordinate scale
         is set by the rank-one :math:`\mathbf{1}\mathbf{1}^\top/\theta_K` term of
         the simplex Hessian when the reference coordinate is tiny.
-    Other parameters as for :class:`MirroredSVGD` (``kernel_space`` is primal).
+
+    See Also
+    --------
+    MirroredSVGD : the other parameters (``kernel_space`` is primal).
     """
 
     name = "SVMD"

@@ -283,6 +283,8 @@ class MarkovFBM(torch.nn.Module):
     learn_hurst : bool
         Make H a parameter, stored as ``logit(H)`` so any value maps into (0, 1).
 
+    Notes
+    -----
     ``weights()`` is recomputed from H on each call (a 5x5 float64 solve),
     so gradients reach H through every use.
     """
