@@ -413,7 +413,10 @@ SVGD_SD_RATIO = (0.45, 1.1)
 
 # Below this ESS per grid point the 4-MC-error term outgrows the 0.2 sd bias budget (4 / sqrt(400) = 0.2 sd)
 PREDICTIVE_ESS_FLOOR = 400
-_SGHMC_MIXING = pytest.mark.xfail(strict=True, raises=TooFewEffectiveDraws, reason=(
+# At full size the same shortfall already fails the sd check (ratios 0.45-1.35 over the grid, measured once),
+# before the ESS floor is reached: there the xfail takes the AssertionError too.
+_SGHMC_MIXING = pytest.mark.xfail(strict=True, raises=(TooFewEffectiveDraws, AssertionError) if FULL else
+                                  TooFewEffectiveDraws, reason=(
     "SGHMC (step 1e-3, 1,000 + 1,000 steps, 4 chains from find_modes): E[y | x] passes the mean and sd checks "
     "(mean errors 0.05-0.62 NUTS sd, sd ratio 0.74-1.07) only because 4 MC errors are 1.2-1.9 NUTS sd there: "
     "bulk ESS 4.7-5.8 per grid point (4,000 draws), against a floor of 400"))

@@ -38,10 +38,12 @@ ESS_CAP = NUM_SAMPLES / 2
 # ESS/N measured 0.42 to 0.67 in every cell at CI size (C = 4 and 8, splits 0 and 1); CMC and MCF draw
 # unweighted (ESS/N = 1). With the floor the mean tolerance is at most K / sqrt(0.3 N) = 0.16 sd at CI size.
 ESS_FRACTION_FLOOR = 0.3
-# D&C-MCF here uses the discretised (trapezoid, one step) path integral: it narrows the fused sd by 5-8 %
-# on these models (measured at N = 2000 and 8000), a bias of the estimator, not of the sharding. Consensus
+# D&C-MCF here uses the discretised (trapezoid, one step) path integral: it narrows the fused sd, a bias of
+# the estimator, not of the sharding: by 5-8 % on splits 0-1 at N = 2000, and at full size (N = 8000, splits
+# 0-2) by up to 11 % (fused sd / exact 0.896 and 0.902 on Gamma-Poisson split 2, C = 4 and 8; 0.905 and 0.889
+# on Beta-Binomial split 0), which the earlier allowance of 0.05 (from the 5-8 %) did not cover. Consensus
 # MC's Gaussian combination widened it by up to 15% on the Dirichlet at C = 8 (splits 0-2).
-SD_ALLOWANCE = {"dc_mcf": 0.05, "consensus": 0.1}
+SD_ALLOWANCE = {"dc_mcf": 0.07, "consensus": 0.1}
 # Every cell runs on three random splits of the rows into shards (the split decides how skewed each
 # sub-posterior is). The approximate methods' own error depends on the split: over splits 0-2 (fusion seed
 # 1; measured) D&C-MCF's fused mean was up to 0.20 sd off (discretisation) and Consensus MC's up to 0.50 sd

@@ -3,14 +3,17 @@
 The must-show of the SG-MCMC issue: 10,000 rows, minibatches of 100;
 posterior means within 0.1 posterior sd of the truth, variances within 20%,
 for SGLD (small step), SGHMC and SGNHT.  Those are the sizes under
-``BAYESKIT_FULL=1`` (the Pyro model itself, ``jit_compile=True``).  CI runs
+``BAYESKIT_FULL=1``.  CI runs
 1,000 rows and minibatches of 200: the gradient noise relative to the
 curvature scales with ``N / B``, and every SG-MCMC method's mixing time with
 it, so a twenty times smaller ratio buys the same statistical power in a
-twentieth of the steps.  In CI the density is ``PerChainRegression`` (the
-same posterior as one batched expression, one minibatch per chain, checked
+twentieth of the steps.  The density is ``PerChainRegression`` (the same
+posterior as one batched expression, one minibatch per chain, checked
 against the model in ``test_sgmcmc_defaults.py``), so ``CHAINS`` chains cost
-little more than one; the Pyro model costs one call per chain and step.
+little more than one; the Pyro model costs one call per chain and step, which
+at full size (SGLD: 16 chains x 327,000 steps) would take hours.  The Pyro
+model's own path at 10,000 rows runs under ``BAYESKIT_FULL=1`` in
+``test_sgmcmc_defaults.py``.
 
 Bounds (fixed, never widened by the run's own mixing): every coordinate's
 ArviZ bulk ESS at least ``MIN_ESS`` (else the run is too short to decide
@@ -103,10 +106,7 @@ ENGINES = {"SGLD": SGLD, "SGHMC": SGHMC, "SGNHT": SGNHT}
 
 
 def run_on_the_regression(engine_class, x, y, batch, **settings):
-    """``CHAINS`` chains on the regression's posterior: the batched density in CI, the Pyro model under FULL."""
-    if FULL:  # the user's path: the model, one call per chain and step, traced
-        return engine_class(linear_regression, num_chains=CHAINS, **settings).run(
-            x, y, batch, seed=1, progress=False, jit_compile=True)
+    """``CHAINS`` chains on the regression's posterior through the batched density (module docstring)."""
     return engine_class(PerChainRegression(x, y, batch), num_chains=CHAINS, **settings).run(seed=1, progress=False)
 
 

@@ -260,8 +260,16 @@ def exact_mle(y):
     return model.parameter_values()
 
 
+PARIS_SCORE_BIAS = (
+    "At full size (300 observations, 400 steps, 50 particles) PaRIS's Fisher-identity score, biased at finite N, "
+    "ends on the Q-R ridge away from the exact MLE: A 0.831 / Q 0.361 / R 1.289 against 0.783 / 0.563 / 1.067, "
+    "0.70 nats below the MLE's log-likelihood (Kalman), where PPG is at 0.785 / 0.550 / 1.076, 0.00 nats: the "
+    "bias that PaRIS particle Gibbs removes (the papers'-claims issue). CI size passes for both.")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ppg", "paris"])
+@pytest.mark.parametrize("method", ["ppg", pytest.param("paris", marks=pytest.mark.xfail(
+    FULL, strict=True, reason=PARIS_SCORE_BIAS))])
 def test_maximum_likelihood_recovers_the_linear_gaussian_parameters(method):
     truth = scalar_model()
     y = data(truth, 300 if FULL else 150, seed=3)
