@@ -35,11 +35,11 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     print(f"fit ({fit.meta['num_epochs']} epochs, {time.perf_counter() - began:.1f} s, m = {gp.num_neighbours:.1f}): "
           f"lengthscales {gp.kernel.lengthscale.detach().numpy().round(2)} degrees, Student-t df "
           f"{float(gp.likelihood.df):.1f}; held-out RMSE {rmse:.1f} km (sd of depths {float(test.y.std()):.1f} km)")
-    grid = torch.cartesian_prod(torch.linspace(165.5, 188.5, 60), torch.linspace(-39.0, -10.5, 60)).double()
-    latent = gp.predict(grid)
+    longitude, latitude = torch.linspace(165.5, 188.5, 60).double(), torch.linspace(-39.0, -10.5, 60).double()
+    latent = gp.predict(torch.cartesian_prod(longitude, latitude))  # longitude-major: (60, 60) after reshape
+    depth = (latent.mean * depth_sd + depth_mean).reshape(len(longitude), len(latitude))
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    image = axis.scatter(grid[:, 0], grid[:, 1], c=latent.mean * depth_sd + depth_mean, s=9, marker="s",
-                         cmap="viridis_r")
+    image = axis.pcolormesh(longitude, latitude, depth.T, shading="nearest", cmap="viridis_r")
     axis.scatter(train.x[:, 0], train.x[:, 1], s=1, c="w")
     axis.set(xlabel="longitude", ylabel="latitude", title="predictive mean depth (km)")
     figure.colorbar(image, ax=axis)
