@@ -499,7 +499,11 @@ if FULL:
         ("SVMD", "beta_binomial"): ("full size: mean +0.147 sd against a tolerance of 0.141", True),
         ("SVNG", "gamma_poisson"): ("full size: mean +0.149 sd (tolerance 0.141), sd ratio 1.186 "
                                     "(tolerance 1 +- 0.156)", True),
-        ("SVNG", "normal_precision"): ("full size: sd ratio 1.186 (tolerance 1 +- 0.156)", True)})
+        ("SVNG", "normal_precision"): ("full size: sd ratio 1.186 (tolerance 1 +- 0.156)", True),
+        # the D&C-MCF gap above reaches two more rows at full size (seen failing in a partial full-size run
+        # of the matrix; the fork-and-join rows and progressive normal_mean stayed failing, as listed)
+        **{("Fusion-dc_mcf-balanced", "normal_precision"): (DC_MCF_GAP + "; fails at full size", True),
+           ("Fusion-dc_mcf-progressive", "dirichlet_categorical"): (DC_MCF_GAP + "; fails at full size", True)}})
 
 
 def _cells():
