@@ -360,10 +360,8 @@ class Posterior:
         from arviz_base import from_dict
 
         samples = {name: self.samples[name] for name in var_names}
-        draws = {name: (value.to(torch.int8) if value.dtype == torch.bool else value)
-                 for name, value in samples.items()}
         dims = self._dims_of(samples)
-        return from_dict({"posterior": _numpy(draws)}, dims=dims, coords=self._coords_of(dims))
+        return from_dict({"posterior": _numpy(_plottable(samples))}, dims=dims, coords=self._coords_of(dims))
 
     # ----------------------------------------------------------------- summary
     def summary(self, var_names=None, ci_prob: float = 0.89, *, health: bool = True):
