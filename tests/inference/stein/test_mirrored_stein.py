@@ -143,17 +143,30 @@ _SLOW_SPREAD = pytest.mark.xfail(strict=True, reason=(
     "(SVMD's docstring has the evidence)"))
 
 
+# under BAYESKIT_FULL=1, three seeds per cell, every run below the floor but the median above the audit's
+# 0.8x on two cells (ratios measured on seeds 0, 1, 2)
+_NEAR_FLOOR = {
+    ("MirroredSVGD", (50, 2)): "MirroredSVGD on d50-alpha2: every seed below the floor, median 0.88x "
+                               "(0.52, 0.88, 0.89), above the audit's 0.8x",
+    ("SVMD", (20, 2)): "SVMD on d20-alpha2: every seed below the floor, median 0.85x (0.83, 0.85, 0.87), "
+                       "above the audit's 0.8x: the same even filling of the small coordinates as d50-alpha0",
+}
+
+
 def _cases():
     for engine in (MirroredSVGD, SVMD):
         for name, cell, seeds in _CELLS:
             marks = [_SLOW_SPREAD] if engine is SVMD and cell == (50, 0) else []
+            if (engine.__name__, cell) in _NEAR_FLOOR:
+                marks.append(pytest.mark.xfail(strict=True, reason=_NEAR_FLOOR[engine.__name__, cell]))
             yield pytest.param(engine, name, cell, seeds, marks=marks, id=f"{engine.__name__}-{name}")
 
 
 @pytest.mark.parametrize("engine, name, cell, seeds", list(_cases()))
 def test_sparse_dirichlet_beats_the_iid_floor(float64, one_thread, engine, name, cell, seeds):
     """The issue's experiment: 50 particles from Dir(5 * 1), energy distance to 1,000 exact draws below the
-    median distance of 50 i.i.d. exact draws, on every seed, on the paper's target and a sparse family."""
+    median distance of 50 i.i.d. exact draws, on every seed, on the paper's target and a sparse family; with
+    three seeds or more, the median run below 0.8 of that floor."""
     alpha = sparse_alpha() if cell is None else family_alpha(*cell)
     dim = alpha.shape[0]
     exact = dist.Dirichlet(alpha)
@@ -162,6 +175,7 @@ def test_sparse_dirichlet_beats_the_iid_floor(float64, one_thread, engine, name,
         reference = exact.sample((1000,))
         floor = torch.stack([energy_distance(exact.sample((50,)), reference) for _ in range(50)]).median()
     start = torch.distributions.Dirichlet(torch.full((dim,), 5.0))
+    ratios = []
     for seed in seeds:
         torch.manual_seed(1000 + seed)
         init = {"p": start.sample((50,))}
@@ -173,6 +187,12 @@ def test_sparse_dirichlet_beats_the_iid_floor(float64, one_thread, engine, name,
         distance = energy_distance(particles, reference)
         assert distance < floor, (f"{engine.__name__} on {name}, seed {seed}: {float(distance):.2e} >= floor "
                                   f"{float(floor):.2e} ({float(distance / floor):.2f}x)")
+        ratios.append(float(distance / floor))
+    # below the floor on every seed could still be a method that scrapes in at 0.99x; where a cell has
+    # several seeds (BAYESKIT_FULL=1) the typical run must be clearly better than i.i.d. draws
+    if len(ratios) >= 3:
+        median = sorted(ratios)[len(ratios) // 2]
+        assert median < 0.8, f"{engine.__name__} on {name}: median distance/floor {median:.2f} (runs {ratios})"
 
 
 def box_and_orthant_model():
