@@ -309,9 +309,10 @@ def test_learnt_hyperparameters_approach_the_exact_gp_mle(float64):
         return loss
 
     optimizer.step(closure)
+    # measured at n = 300 with fit seeds 0, 1, 2: log-lengthscales within 0.007-0.109, noise 0.96-1.007x
     torch.testing.assert_close(gp.kernel.lengthscale.detach().log(), reference.kernel.lengthscale.detach().log(),
-                               atol=0.25, rtol=0)
-    assert float(gp.likelihood.noise) == pytest.approx(float(reference.likelihood.noise), rel=0.25)
+                               atol=0.15, rtol=0)
+    assert float(gp.likelihood.noise) == pytest.approx(float(reference.likelihood.noise), rel=0.1)
     # at the learnt values the ELBO bounds the evidence under the SIC prior N(mu, (U U^T)^{-1}), and nearly attains it
     evidence = float(_vecchia_evidence(gp))
     assert evidence - 1.0 < float(gp.elbo().detach()) < evidence + 1e-3
