@@ -494,7 +494,7 @@ def sparse_moe_top_five_precision(seed):
     moe = MixtureOfExperts(2, prior="laplace", coef_scale=0.2, noise_floor=0.25)
     modes = find_modes(moe, x, y, num_restarts=32 if FULL else 16, num_steps=1000 if FULL else 600, seed=seed)
     post = SGHMC(moe, step_size=4e-3, num_chains=4, num_warmup=2000 if FULL else 1000, num_samples=1000,
-                 init=modes.starts(4)).run(x, y, seed=seed, progress=False)
+                 init=modes.starts(4, seed=seed)).run(x, y, seed=seed, progress=False)
     top = set(torch.argsort(moe.inclusion_signal(post), descending=True)[:5].tolist())
     print(f"seed {seed}: top-5 precision {len(top & set(range(5))) / 5:.1f}: {sorted(top)}")
     return len(top & set(range(5))) / 5
