@@ -348,9 +348,11 @@ FUSION_SPECS = [
 ] + [
     # Consensus MC is a Gaussian approximation: exact for Gaussian sub-posteriors, biased by their skewness
     # otherwise. In the unconstrained coordinates these sub-posteriors (a quarter of the data each) have
-    # skewness ~ 1 / sqrt(shape) ~ 0.2, which moves the combined mean by a fraction of that in sds: up to
-    # 0.166 sd measured (Normal precision; the allowance was 0.1 until the task seeds changed and showed it).
-    Spec("Fusion-consensus", _fusion("consensus", "balanced"), FUSION_SAMPLES, None, mean_bias=0.15,
+    # skewness ~ 1 / sqrt(shape) ~ 0.2, which moves the combined mean by a fraction of that in sds. On the
+    # Normal precision the shard posteriors of log tau are log-Gamma, so Consensus's limit (infinitely many
+    # draws, inverse-variance weights) has a closed form: +0.160 sd off, sd ratio 1.028, at this seed's split.
+    # Measured +0.166 sd at CI size and +0.184 at full size (Monte Carlo share up to 0.028 there).
+    Spec("Fusion-consensus", _fusion("consensus", "balanced"), FUSION_SAMPLES, None, mean_bias=0.17,
          sd_bias=0.05, why="Consensus MC: a Gaussian approximation, biased on skewed sub-posteriors"),
 ]
 
