@@ -360,9 +360,19 @@ def _accepted_means(scaled: Tensor, offsets: Tensor, num_draws: int, size: int, 
 
 
 def _check_budget(count: int, wanted: int, proposed: int, max_proposals: int, num_sets: int, dim: int) -> None:
-    """Raise when ``max_proposals`` is spent, or cannot plausibly suffice, before ``wanted`` acceptances.
+    """Weierstrass's rejection budget (see :func:`check_rejection_budget`), with its advice."""
+    check_rejection_budget(
+        "weierstrass", count, wanted, proposed, max_proposals,
+        f"Raise `bandwidth` (the rate grows roughly as h^{(num_sets - 1) * dim} for small h, here with "
+        f"C = {num_sets} and d = {dim}), raise `max_proposals`, or ask for fewer `num_samples`.")
 
-    The second case spares a run at a hopeless bandwidth from proposing all ``max_proposals`` first:
+
+def check_rejection_budget(sampler: str, count: int, wanted: int, proposed: int, max_proposals: int,
+                           advice: str) -> None:
+    """Raise when a rejection sampler's ``max_proposals`` is spent, or cannot plausibly suffice, before
+    ``wanted`` acceptances (Weierstrass here, Monte Carlo Fusion in ``core.fuse_mcf``).
+
+    The second case spares a run at a hopeless acceptance rate from proposing all ``max_proposals`` first:
     ``count + 3 sqrt(count) + 9`` acceptances bound the Poisson count from above (for ``count = 0`` a
     rate that high would have shown no acceptance with probability ``e^-9``), so with the rate at that
     bound the proposals still needed, ``needed``, are a lower bound on the truth.
@@ -373,7 +383,6 @@ def _check_budget(count: int, wanted: int, proposed: int, max_proposals: int, nu
         return
     reason = "were spent" if proposed >= max_proposals else "cannot suffice"
     raise RuntimeError(
-        f"weierstrass accepted {count} of the {wanted} draws wanted in {proposed} proposals (acceptance rate "
+        f"{sampler} accepted {count} of the {wanted} draws wanted in {proposed} proposals (acceptance rate "
         f"{count / proposed:.3g}): max_proposals = {max_proposals} {reason}, at least about {needed:.2g} would be "
-        f"needed. Raise `bandwidth` (the rate grows roughly as h^{(num_sets - 1) * dim} for small h, here with "
-        f"C = {num_sets} and d = {dim}), raise `max_proposals`, or ask for fewer `num_samples`.")
+        f"needed. {advice}")

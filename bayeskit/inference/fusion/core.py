@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bayeskit.diagnostics import weighted_ess
+from bayeskit.inference.fusion.baselines import check_rejection_budget
 from bayeskit.inference.fusion.bridges import log_discretised_estimate, log_exact_estimate
 from bayeskit.inference.fusion.densities import product_density
 from bayeskit.resampling import systematic
@@ -265,10 +266,12 @@ def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner
     floors = [d.phi_lower_bound(a) for d, a in zip(densities, scales)]
     max_proposals = max_proposals or 1000 * num_particles
     accepted, proposed = [], 0
-    while sum(len(a) for a in accepted) < num_particles:
-        if proposed >= max_proposals:
-            raise RuntimeError(f"Monte Carlo Fusion accepted {sum(len(a) for a in accepted)} of {proposed} "
-                               "proposals; lower the time horizon, or use method='gbf'")
+    while (count := sum(len(a) for a in accepted)) < num_particles:
+        if proposed:  # stop once the budget is spent or, at the rate seen so far, cannot suffice
+            check_rejection_budget("Monte Carlo Fusion", count, num_particles, proposed, max_proposals,
+                                   "The acceptance rate falls fast with the number of sub-posteriors a node "
+                                   "fuses and with their spread: use tree='balanced' or 'progressive' (two "
+                                   "per node), a shorter `time_horizon`, or method='gbf' or 'dc_mcf'.")
         x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
         consensus = consensus_mean(x, inverses, combined)
         y = consensus + math.sqrt(horizon) * torch.randn(consensus.shape, generator=generator, dtype=x.dtype,

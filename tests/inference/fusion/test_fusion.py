@@ -23,6 +23,7 @@ from bayeskit.inference.fusion import (
     core,
     split_data,
 )
+from bayeskit.inference.fusion.baselines import check_rejection_budget
 from bayeskit.models import logistic_regression
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -309,6 +310,21 @@ def test_consensus_on_skewed_subposteriors_reaches_its_closed_form_limit_not_the
     print(f"consensus {float(draws.mean()):.4f}, limit {limit:.4f} (sd {math.sqrt(limit_var):.4f}), "
           f"posterior {posterior_mean:.4f}")
     assert abs(limit - posterior_mean) > 10 * math.sqrt(limit_var / 40_000)
+
+
+def test_rejection_budget_stops_when_even_an_optimistic_rate_cannot_suffice():
+    """Monte Carlo Fusion and Weierstrass share the budget rule: stop when max_proposals are spent, or when
+    even the Poisson upper bound on the rate, (k + 3 sqrt(k) + 9) / n after k acceptances in n proposals,
+    would need more than max_proposals in all (by hand: k = 0 in 5,000 gives 9 / 5,000, so 1,000 draws need
+    5,000 + 1,000 * 5,000 / 9 = 560,556 > 100,000)."""
+    check_rejection_budget("MCF", 0, 1000, 1000, 200_000, "advice")  # 1,000 + 111,111 would be needed: go on
+    check_rejection_budget("MCF", 50, 1000, 5000, 100_000, "advice")  # (50 + 21.2 + 9) / 5,000: 64,200 needed
+    with pytest.raises(RuntimeError, match=r"MCF accepted 0 of the 1000 draws wanted in 5000 proposals \(acceptance "
+                                           r"rate 0\): max_proposals = 100000 cannot suffice, at least about 5.6e\+05 "
+                                           r"would be needed. advice"):
+        check_rejection_budget("MCF", 0, 1000, 5000, 100_000, "advice")
+    with pytest.raises(RuntimeError, match="max_proposals = 100000 were spent"):
+        check_rejection_budget("MCF", 999, 1000, 100_000, 100_000, "advice")
 
 
 def test_fuse_is_reproducible_from_its_seed(float64):
