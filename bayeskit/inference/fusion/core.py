@@ -271,7 +271,8 @@ def fuse_mcf(children, *, num_particles, generator, horizon=None, preconditioner
             check_rejection_budget("Monte Carlo Fusion", count, num_particles, proposed, max_proposals,
                                    "The acceptance rate falls fast with the number of sub-posteriors a node "
                                    "fuses and with their spread: use tree='balanced' or 'progressive' (two "
-                                   "per node), a shorter `time_horizon`, or method='gbf' or 'dc_mcf'.")
+                                   "per node), or method='gbf' or 'dc_mcf'. `time_horizon` trades the rate's "
+                                   "two factors: the spread term wants it longer, the path term shorter.")
         x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
         consensus = consensus_mean(x, inverses, combined)
         y = consensus + math.sqrt(horizon) * torch.randn(consensus.shape, generator=generator, dtype=x.dtype,
