@@ -67,9 +67,9 @@ def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
     assert moe.meta["engine"] == "SGHMC" and moe.samples["expert_coef"].shape == (4, 100, 2, 2)
     assert moe.meta["relabelled"] >= 0  # relabelled before saving
     # the two-expert posterior predicts held-out log radon better than a normal fitted to the training homes
-    radon_train, radon_test = load_radon().split(test_fraction=0.2, seed=0)
-    two_experts = MixtureOfExperts(2, intercept_scale=2.5, noise_floor=0.1,
-                                   covariate_names=load_radon().feature_names)
+    radon = load_radon()
+    radon_train, radon_test = radon.split(test_fraction=0.2, seed=0)
+    two_experts = MixtureOfExperts(2, intercept_scale=2.5, noise_floor=0.1, covariate_names=radon.feature_names)
     normal = dist.Normal(radon_train.y.mean(), radon_train.y.std())
     gain = two_experts.log_predictive_density(moe, radon_test.x, radon_test.y) - normal.log_prob(radon_test.y)
     assert float(gain.mean()) > 0.05, float(gain.mean())
