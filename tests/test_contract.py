@@ -496,9 +496,8 @@ KNOWN_GAPS = {**{("Fusion-dc_mcf-fork_and_join", model): (DC_MCF_GAP + "; fails 
 if FULL:
     # At full size (200 particles, 800 steps; SVNG 300) the Monte Carlo tolerances shrink below what the
     # positive-support rows of SVNG leave (its sampled Fisher from 16 simulated data sets, and the divergence
-    # term it omits, see its docstring) and what SVMD leaves on the Beta-Binomial, by a hair; measured once.
+    # term it omits, see its docstring), by a hair; measured once.
     KNOWN_GAPS.update({
-        ("SVMD", "beta_binomial"): ("full size: mean +0.147 sd against a tolerance of 0.141", True),
         ("SVNG", "gamma_poisson"): ("full size: mean +0.149 sd (tolerance 0.141), sd ratio 1.186 "
                                     "(tolerance 1 +- 0.156)", True),
         ("SVNG", "normal_precision"): ("full size: sd ratio 1.186 (tolerance 1 +- 0.156)", True),

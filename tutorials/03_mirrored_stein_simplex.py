@@ -144,7 +144,7 @@ for name, (post, _) in results.items():
 # The first figure shows the energy distance along the runs; the second
 # compares the particles' marginals of the three large coordinates with the
 # exact draws (empirical CDFs). In the full run the MSVGD and SVMD curves
-# follow the exact ones, apart from a single stray SVMD particle.
+# follow the exact ones.
 
 # %%
 figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -281,12 +281,16 @@ for name, truth in [("w", true_w), ("loc", true_loc), ("sigma", torch.tensor([1.
 # - **MirroredSVGD** is the default for simplex, positive or interval sites:
 #   it costs about as much per step as SVGD and handles mass piled against a
 #   boundary. Sites of different supports in one model each get their own map.
-# - **SVMD** adapts the kernel to the mirror map's geometry, at the price of an
-#   `n x n` eigendecomposition per particle set and step. On the sparse
-#   Dirichlet it also reached the floor. On the mixture above (not run here)
-#   its particles were still about three times too spread out after 2,500
-#   steps (sd of the weights about 0.12 against NUTS's 0.04), so check it
-#   against a reference before relying on it for models that mix site types.
+# - **SVMD** shapes the kernel by the mirror map's curvature. By default it
+#   takes the curvature at the particles' mean, which makes its step
+#   MirroredSVGD's times one matrix per step (the paper's kernel, with the
+#   curvature at each particle and an `n x n` eigendecomposition, is
+#   `hessian_at="particles"`). On the sparse Dirichlet it also reached the
+#   floor. On the mixture above (not run here) two of its four particle sets
+#   still had location sds about twice NUTS's after 2,500 steps (0.5 against
+#   0.22 and 0.33; with the paper's kernel one set's weights were three to
+#   four times too wide), so check it against a reference before relying on
+#   it for models that mix site types.
 # - **SVGD** with Pyro's bijections works for any continuous model and is
 #   the usual choice when the posterior sits well inside its support. When
 #   mass piles up against the boundary, as in the sparse Dirichlet, its

@@ -86,6 +86,10 @@ class MirrorGeometry:
     def hessian(self, v):
         return self.mirrors.hessian_apply(self._points(v), v)
 
+    def at_mean(self):
+        """The same maps with every particle's point replaced by the particles' mean (per chain, primal)."""
+        return MirrorGeometry(self.mirrors, self.mirrors.dual_mean(self.eta).expand_as(self.eta))
+
 
 class MetricGeometry:
     """A dense positive-definite metric per particle, ``(C, n, D, D)``, used through its Cholesky factor."""
@@ -124,7 +128,7 @@ def msvgd_direction(theta, dual_score, geometry, kernel):
     return (k @ dual_score + repulsion) / n, bandwidth
 
 
-def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, jitter=1e-5):
+def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, jitter=1e-5, kernel_geometry=None):
     r"""The Stein variational mirror descent direction in the dual space.
 
     The kernel adapts to the mirror map:
@@ -142,8 +146,15 @@ def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, 
               + \nabla^2\psi(\theta_l)^{-1}\nabla_{\theta_l} A(\theta_l, \theta_m)\big],
 
     computed in O(n^2 r d) with O(d) (inverse) Hessian actions.
+    ``kernel_geometry`` supplies the :math:`\nabla^2\psi(\theta_m)` inside the
+    kernel (default ``geometry``, the paper's choice); the inverse Hessians of
+    the divergence term always come from ``geometry``, as they change the
+    variable of the derivative.  The kernel's matrices are held fixed in the
+    divergence, so any positive-definite choice keeps the target a fixed point
+    (:class:`SVMD` documents ``hessian_at="mean"``).
     Returns ``(g, bandwidth, num_eigen)``.
     """
+    kernel_geometry = geometry if kernel_geometry is None else kernel_geometry
     n = theta.shape[-2]
     gram, f_prime, bandwidth = kernel.matrices(theta)
     if not bool(torch.isfinite(gram).all()):
@@ -170,7 +181,7 @@ def svmd_direction(theta, dual_score, geometry, kernel, *, trace_fraction=0.98, 
         fv[..., None] * theta[..., :, None, :] - torch.einsum("...lm,...ma,...md->...lad", f_prime, vectors, theta))
     b = geometry.inverse_hessian(grad_u).sum(-3)  # (a, d): sum_l H_l^{-1} grad u_a(theta_l)
     q = a_matrix.transpose(-1, -2) @ dual_score + weighted_u @ b
-    return a_matrix @ geometry.hessian(q) / n**2, bandwidth, num_eigen
+    return a_matrix @ kernel_geometry.hessian(q) / n**2, bandwidth, num_eigen
 
 
 def mirrored_step(state: SVGDState, target, direction, optimizer: PureOptimizer) -> tuple[SVGDState, dict]:

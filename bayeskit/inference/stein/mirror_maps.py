@@ -576,5 +576,21 @@ class SiteMirrors:
     def hessian_apply(self, eta, v):
         return self._map("hessian_apply", eta, v)
 
+    def dual_mean(self, eta):
+        """Dual coordinates of the particles' mean taken in the primal space, per chain.
+
+        ``eta`` ``(C, n, D)`` gives ``(C, 1, D)``.  Every mirror map's domain is
+        convex, so the mean is a point of it; each site is averaged as the
+        model sees it (all K coordinates of a simplex, so a tiny last one
+        keeps its relative accuracy).
+        """
+        particle_dim = eta.dim() - 2
+        out = []
+        for sl, shape, mirror in self.blocks:
+            points = mirror.site_from_dual(eta[..., sl].reshape(*eta.shape[:-1], *shape))
+            dual = mirror.site_to_dual(points.mean(particle_dim, keepdim=True))
+            out.append(dual.reshape(*dual.shape[:particle_dim + 1], -1))
+        return torch.cat(out, dim=-1)
+
     def settings(self):
         return {name: mirror.settings() for name, (_, _, mirror) in zip(self.names, self.blocks)}
