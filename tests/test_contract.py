@@ -494,13 +494,12 @@ KNOWN_GAPS = {**{("Fusion-dc_mcf-fork_and_join", model): (DC_MCF_GAP + "; fails 
                  for model in ("normal_mean", "normal_precision", "dirichlet_categorical")},
               ("Fusion-dc_mcf-progressive", "normal_mean"): (DC_MCF_GAP + "; here the ESS, 766 < 800", True)}
 if FULL:
-    # At full size (200 particles, 800 steps; SVNG 300) the Monte Carlo tolerances shrink below what the
-    # positive-support rows of SVNG leave (its sampled Fisher from 16 simulated data sets, and the divergence
-    # term it omits, see its docstring), by a hair; measured once.
+    # At full size (200 particles, 800 steps; SVNG 300) the Monte Carlo tolerances shrink below the sd that
+    # SVNG leaves on the Gamma-Poisson row, measured once: its full-size sd ratios run 1.06-1.18 on all five
+    # rows, a widening whose cause was not traced (the sampled Fisher's noise is the first suspect).
     KNOWN_GAPS.update({
-        ("SVNG", "gamma_poisson"): ("full size: mean +0.149 sd (tolerance 0.141), sd ratio 1.186 "
-                                    "(tolerance 1 +- 0.156)", True),
-        ("SVNG", "normal_precision"): ("full size: sd ratio 1.186 (tolerance 1 +- 0.156)", True),
+        ("SVNG", "gamma_poisson"): ("full size: sd ratio 1.182 (tolerance 1 +- 0.156); the mean, +0.149 sd "
+                                    "with each particle's own metric, is +0.055 with the shared one", True),
         # the D&C-MCF gap above reaches two more rows at full size (seen failing in a partial full-size run
         # of the matrix; the fork-and-join rows and progressive normal_mean stayed failing, as listed)
         **{("Fusion-dc_mcf-balanced", "normal_precision"): (DC_MCF_GAP + "; fails at full size", True),

@@ -218,7 +218,7 @@ def svng_init(particles, optimizer: PureOptimizer) -> SVNGState:
 
 
 def svng_step(state: SVNGState, target, kernel, metric_fn, optimizer: PureOptimizer, *, damping, trace_fraction,
-              max_decay=0.95):
+              max_decay=0.95, metric_at="mean"):
     r"""One SVNG step: update the metric, take SVMD's direction with it, map it back with :math:`G^{-1}`.
 
     ``metric_fn(z) -> (C, n, d, d)`` estimates the metric :math:`\hat G_t` at the
@@ -229,7 +229,9 @@ def svng_step(state: SVNGState, target, kernel, metric_fn, optimizer: PureOptimi
         G_t = \rho_t\, G_{t-1} + (1 - \rho_t)\, \hat G_t, \qquad \rho_t = \min(1 - 1/t,\ 0.95)
 
     (the authors' schedule; :math:`\rho_1 = 0` forgets the zero start), and
-    ``damping * I`` is added.
+    ``damping * I`` is added.  With ``metric_at="mean"`` every particle of a
+    chain uses the chain's average :math:`\bar G_t = \frac1n\sum_i G_{t,i}`;
+    with ``"particles"`` each its own :math:`G_{t,i}` (the paper's).
     """
     z = state.particles
     log_prob, score = target.log_prob_and_score(z)
@@ -238,7 +240,8 @@ def svng_step(state: SVNGState, target, kernel, metric_fn, optimizer: PureOptimi
     decay = min(1 - 1 / int(num_updates), max_decay)
     metric = decay * state.metric + (1 - decay) * estimate
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    geometry = MetricGeometry(metric + damping * eye)
+    used = metric.mean(-3, keepdim=True).expand_as(metric) if metric_at == "mean" else metric
+    geometry = MetricGeometry(used + damping * eye)
     natural_score = geometry.inverse_hessian(score)
     phi, bandwidth, num_eigen = svmd_direction(z, natural_score, geometry, kernel, trace_fraction=trace_fraction)
     return ascend(replace(state, metric=metric, num_updates=num_updates), optimizer, geometry.inverse_hessian(phi),
