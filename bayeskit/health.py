@@ -36,6 +36,18 @@ checked depends on what the result holds:
   and independent draws lie about :math:`\\sqrt{2d}\\,s` apart or more.
   Particles closer than ``collapse_ratio`` (0.1) times that have collapsed;
   particles piled on a mode have a near-zero score and so are caught too.
+- **Runs still on their way** (Stein particles, and fits: ``sample_kind``
+  ``"point"`` with a ``loss`` trace): with :math:`w` a tenth of the steps,
+  the gain of the last :math:`w` steps' mean over the :math:`w` before
+  (the particles' mean log density up, a fit's loss down) against the gain
+  of the last :math:`w` over the first :math:`w`. A last-tenth gain above
+  ``settle_fraction`` (0.05) of the whole run's, and above three standard
+  errors of the two windows' means (minibatch noise), means the run
+  stopped mid-descent: its particles or parameters are not yet what more
+  steps would give. A particle set's gain must also exceed a tenth of a nat
+  (about what redrawing the set would change). Runs under 20 steps, and runs
+  that a callback stopped early (a fit's own convergence rule), are not
+  judged.
 
 Thresholds are the keyword arguments of :func:`check` and
 :meth:`~bayeskit.Posterior.health`; :data:`DEFAULTS` holds the defaults that
@@ -57,7 +69,7 @@ __all__ = ["Finding", "HealthWarning", "DEFAULTS", "check", "report", "particle_
 
 #: Thresholds every run's health report uses; see the module docstring.
 DEFAULTS = {"r_hat": 1.01, "min_ess": 100.0, "min_ess_fraction": 0.1, "min_cess_fraction": 0.01,
-            "min_origin_fraction": 0.05, "collapse_ratio": 0.1}
+            "min_origin_fraction": 0.05, "collapse_ratio": 0.1, "settle_fraction": 0.05}
 
 # Per engine family, the fix a finding should suggest first.
 _MIXING_FIXES = {
@@ -79,7 +91,8 @@ class Finding:
     Attributes
     ----------
     check : str
-        ``"r_hat"``, ``"ess"``, ``"stuck_chain"``, ``"weights"``, ``"cess"``, ``"ancestry"`` or ``"collapse"``.
+        ``"r_hat"``, ``"ess"``, ``"stuck_chain"``, ``"weights"``, ``"cess"``, ``"ancestry"``, ``"collapse"``
+        or ``"unsettled"``.
     parameter : str
         The parameter (``"tau"``, ``"beta[3]"``), chain or tree node the finding is about.
     value, threshold : float
@@ -116,6 +129,11 @@ def check(posterior, **thresholds) -> list[Finding]:
         findings += _chain_findings(posterior, limits, engine)
     if kind == "particles" and "particle_spread" in posterior.meta:
         findings += _collapse_findings(posterior, limits)
+        if _ran_to_the_end(posterior):
+            findings += _unsettled_findings(posterior.trace.get("log_prob"), limits, "the particles",
+                                            "mean log density", "rising", min_gain=MIN_LOG_DENSITY_GAIN)
+    if kind == "point" and _ran_to_the_end(posterior):
+        findings += _unsettled_findings(posterior.trace.get("loss"), limits, "the fit", "loss", "falling")
     return findings
 
 
@@ -337,3 +355,41 @@ def _collapse_findings(posterior, limits):
                                     "point, not the posterior. Try more particles, a larger kernel bandwidth, "
                                     "a smaller lr, or several chains started apart."))
     return findings
+
+
+# ------------------------------------------------------------------ settling
+MIN_STEPS_TO_JUDGE = 20
+# A particle set's mean log density moves by about sqrt(d / 2 / n) nats between independent sets of n draws
+# (0.09 for d = 3, n = 200): a drift below a tenth of a nat is within what redrawing the set would change.
+MIN_LOG_DENSITY_GAIN = 0.1
+
+
+def _ran_to_the_end(posterior):
+    """False when a callback stopped the run early (a fit's own convergence rule, or the user's)."""
+    meta = posterior.meta
+    return "num_steps" not in meta or meta.get("steps_completed", meta["num_steps"]) >= meta["num_steps"]
+
+
+def _unsettled_findings(series, limits, where, quantity, direction, min_gain=0.0):
+    """A finding when ``series`` (per step; better is up for "rising", down for "falling") still gained, in its
+    last tenth, more than ``settle_fraction`` of the whole run's gain, more than its noise allows and more
+    than ``min_gain``."""
+    if series is None or series.numel() < MIN_STEPS_TO_JUDGE:
+        return []
+    values = series.detach().double().cpu().reshape(-1)
+    values = values if direction == "rising" else -values
+    width = max(values.numel() // 10, 2)
+    first, before, last = values[:width], values[-2 * width:-width], values[-width:]
+    if not bool(torch.isfinite(values[-2 * width:]).all() and torch.isfinite(first).all()):
+        return []  # a non-finite step stops the run with its own error
+    late_gain = float(last.mean() - before.mean())
+    total_gain = float(last.mean() - first.mean())
+    noise = math.sqrt(float(last.var() + before.var()) / width)
+    if (total_gain <= 0 or late_gain <= max(3 * noise, min_gain)
+            or late_gain <= limits["settle_fraction"] * total_gain):
+        return []
+    share = late_gain / total_gain
+    return [Finding("unsettled", quantity, share, limits["settle_fraction"],
+                    f"{where}: the {quantity} was still {direction} when the run ended (the last tenth of the "
+                    f"steps moved it by {late_gain:.3g}, {share:.0%} of the whole run's change): the result is not "
+                    "yet what more steps would give. Run more steps or raise lr.")]

@@ -19,6 +19,7 @@ import bayeskit as bk
 from bayeskit import health
 from bayeskit.inference import SGHMC, SGLD, SVGD, ParticleFilter
 from bayeskit.models import LinearGaussianSSM
+from bayeskit.runner import Fit
 
 
 def _findings(run):
@@ -142,6 +143,38 @@ def test_svgd_on_a_gaussian_is_not_flagged_and_collapsed_particles_are(one_threa
     recorded = {key: value for key, value in post.meta.items() if key != "health"}  # so health() checks anew
     collapsed = bk.Posterior(post.samples, meta={**recorded, "particle_spread": [0.01]})
     assert [(f.check, f.parameter) for f in collapsed.health()] == [("collapse", "the particles")]
+
+
+def _quadratic_fit(num_steps, lr, noise=0.0, callback=None):
+    """Adam on (w - 3)^2 from w = 0, the loss value optionally jittered (minibatch-like noise, no gradient)."""
+    weight = torch.zeros((), requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def loss(step):
+        return (weight - 3) ** 2 + noise * torch.randn((), generator=generator)
+    fit = Fit(loss, {"w": weight}, lr=lr)
+    return _findings(lambda: fit.run(num_steps=num_steps, seed=0, progress=False, callback=callback))
+
+
+def test_a_fit_stopped_mid_descent_is_flagged_and_a_settled_one_is_not():
+    # Adam moves w by about lr a step: 100 steps at 0.01 cover a third of the way to the minimum at 3
+    post, caught = _quadratic_fit(100, 0.01)
+    assert [(f.check, f.parameter) for f in post.health()] == [("unsettled", "loss")] and len(caught) == 1
+    assert "still falling" in str(caught[0].message)
+    # a callback that ends the run (a fit's own convergence rule, or the user's) is taken at its word
+    post, caught = _quadratic_fit(1000, 0.01, callback=lambda step, state, info: step == 100)
+    assert post.meta["steps_completed"] == 100 and caught == []
+    for noise in (0.0, 0.5):  # settled, with and without noise on the loss values
+        post, caught = _quadratic_fit(2000, 0.05, noise)
+        assert abs(float(post.samples["w"]) - 3) < 0.05 and caught == [], (noise, caught)
+
+
+def test_stein_particles_stopped_on_their_way_are_flagged():
+    target = bk.Target.from_log_prob(lambda x: -0.5 * (x - 20).square().sum(-1), 2)
+    post, caught = _findings(lambda: SVGD(target, num_particles=20, optimizer="sgd", lr=0.01).run(
+        num_steps=50, seed=0, progress=False))
+    assert float(post.samples["theta"].mean()) < 15  # still far from the mean at 20
+    assert ("unsettled", "mean log density") in [(f.check, f.parameter) for f in post.health()]
 
 
 # ------------------------------------------------------------------ weights

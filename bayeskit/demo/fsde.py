@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bayeskit.demo.common import one_thread, print_header
+from bayeskit.demo.common import one_thread, print_header, report_health
 
 __all__ = ["run"]
 
@@ -48,6 +48,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
           f"K = {fbm.num_processes}): H {float(fbm.hurst.detach()):.3f}, "
           f"theta {float(model.drift.theta.detach()):.3f}, "
           f"sigma {float(model.diffusion.sigma.detach()):.3f}; final ELBO {-float(fit.trace['loss'][-20:].mean()):.1f}")
+    report_health("the ELBO fit", fit)
     post = model.posterior_paths(y.unsqueeze(-1).float(), times, num_paths=64 if quick else 256, seed=seed)
     paths = post.samples["x"][0, :, 0, :, 0]
     grid = post.coords["time"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bayeskit.demo.common import one_thread, print_header
+from bayeskit.demo.common import one_thread, print_header, report_health
 
 __all__ = ["run"]
 
@@ -35,6 +35,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     print(f"fit ({fit.meta['num_epochs']} epochs, {time.perf_counter() - began:.1f} s, m = {gp.num_neighbours:.1f}): "
           f"lengthscales {gp.kernel.lengthscale.detach().numpy().round(2)} degrees, Student-t df "
           f"{float(gp.likelihood.df):.1f}; held-out RMSE {rmse:.1f} km (sd of depths {float(test.y.std()):.1f} km)")
+    report_health("the ELBO fit", fit)
     longitude, latitude = torch.linspace(165.5, 188.5, 60).double(), torch.linspace(-39.0, -10.5, 60).double()
     latent = gp.predict(torch.cartesian_prod(longitude, latitude))  # longitude-major: (60, 60) after reshape
     depth = (latent.mean * depth_sd + depth_mean).reshape(len(longitude), len(latitude))
