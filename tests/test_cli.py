@@ -1,5 +1,6 @@
 """The `bayeskit` command as a user runs it."""
 
+import re
 import subprocess
 import sys
 
@@ -25,9 +26,17 @@ def test_version():
     assert result.returncode == 0 and result.stdout.strip() == f"bayeskit {bayeskit.__version__}"
 
 
-def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path):
+def test_demo_writes_posterior_and_plots_and_summary_reads_them(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    # every stop says what its health report says, and a flagged stop shown all the same says why
+    printed = capsys.readouterr().out
+    stops = printed.split("\n== ")[1:]
+    assert len(stops) == 9 and all("health of " in stop for stop in stops), [stop[:60] for stop in stops]
+    for label, why in (("the mixed MoE chains", "shown for its held-out score only"),
+                       ("the BAE, N(0, 1) prior chains", "shown as the contrast")):
+        flagged = re.search(rf"health of {re.escape(label)}: \d+ finding\(s\)", printed)
+        assert flagged is None or why in printed[flagged.end():], label
     for name in ("svgd_posterior.nc", "svgd_forest.png", "svgd_alpha.png", "svgd_trace.png"):
         assert (out / name).stat().st_size > 0, name
     saved = bayeskit.load(out / "svgd_posterior.nc")

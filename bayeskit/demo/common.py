@@ -11,8 +11,9 @@ def print_header(text):
     print(f"\n== {text} " + "=" * max(0, 70 - len(text)))
 
 
-def report_health(label, post):
-    """One line for a healthy result, else each finding of its health report (see bayeskit.health)."""
+def report_health(label, post, *, if_unhealthy=None):
+    """One line for a healthy result, else each finding of its health report (see bayeskit.health) and then
+    ``if_unhealthy``, the stop's own word on why it shows the result all the same."""
     findings = post.health()
     if not findings:
         print(f"health of {label}: ok")
@@ -20,6 +21,8 @@ def report_health(label, post):
     print(f"health of {label}: {len(findings)} finding(s)")
     for finding in findings:
         print(f"  - {finding.message}")
+    if if_unhealthy:
+        print(f"  {if_unhealthy}")
 
 
 def plot_trace(post, path):
