@@ -217,6 +217,20 @@ FAULTS = (
           "bayeskit/optim.py",
           "step_size = rate / (1 - beta1**t)", "step_size = rate",
           (T + "test_optim.py::test_each_pure_optimiser_follows_torch_optim[adam]",)),
+    Fault("svmd-hessian-at-particles", "SVMD's default shortcut applies each particle's Hessian, not the mean's",
+          "bayeskit/inference/stein/engines.py",
+          "return geometry.at_mean().hessian(phi),", "return geometry.hessian(phi),",
+          (T + "inference/stein/test_mirrored_stein.py::"
+               "test_svmd_with_the_hessian_at_the_mean_is_msvgd_times_that_hessian",)),
+    Fault("svng-metric-per-particle", "SVNG's shared metric is each particle's own",
+          "bayeskit/inference/stein/core.py",
+          'if metric_at == "mean" else metric', 'if metric_at == "never" else metric',
+          (T + "inference/stein/test_mirrored_stein.py::"
+               "test_svng_with_a_shared_metric_steps_along_svgd_preconditioned_by_the_average_metric",)),
+    Fault("health-unsettled-direction", "a fit's loss is read as rising, so a falling one is never flagged",
+          "bayeskit/health.py",
+          'values = values if direction == "rising" else -values', "values = values",
+          (T + "test_health.py::test_a_fit_stopped_mid_descent_is_flagged_and_a_settled_one_is_not",)),
 )
 
 
