@@ -287,10 +287,10 @@ for name, truth in [("w", true_w), ("loc", true_loc), ("sigma", torch.tensor([1.
 #   curvature at each particle and an `n x n` eigendecomposition, is
 #   `hessian_at="particles"`). On the sparse Dirichlet it also reached the
 #   floor. On the mixture above (not run here) two of its four particle sets
-#   still had location sds about twice NUTS's after 2,500 steps (0.5 against
-#   0.22 and 0.33; with the paper's kernel one set's weights were three to
-#   four times too wide), so check it against a reference before relying on
-#   it for models that mix site types.
+#   still had location sds two to four times NUTS's after 2,500 steps (0.44
+#   to 0.55 against 0.12 to 0.33; with the paper's kernel one set's weights
+#   were three to four times too wide), so check it against a reference
+#   before relying on it for models that mix site types.
 # - **SVGD** with Pyro's bijections works for any continuous model and is
 #   the usual choice when the posterior sits well inside its support. When
 #   mass piles up against the boundary, as in the sparse Dirichlet, its

@@ -304,9 +304,10 @@ class SVMD(MirroredSVGD):
     Check SVMD against MirroredSVGD on new models.  On a 3-component
     mixture (simplex weights, real locations, a positive scale;
     ``tutorials/03_mirrored_stein_simplex.py``), after 2,500 steps two of
-    four particle sets still had location sds about twice NUTS's (0.5
-    against 0.22 and 0.33) with the default, and with the paper's kernel one
-    set's weights were 3-4x too wide; MirroredSVGD matched NUTS on all four.
+    four particle sets still had location sds two to four times NUTS's
+    (0.44-0.55 against 0.12-0.33) with the default, and with the paper's
+    kernel one set's weights were 3-4x too wide; MirroredSVGD matched NUTS on
+    all four.
 
     Parameters
     ----------
