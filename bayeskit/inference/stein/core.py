@@ -87,12 +87,14 @@ class MirrorGeometry:
         return self.mirrors.hessian_apply(self._points(v), v)
 
     def at_mean(self):
-        """The same maps with every particle's point replaced by the particles' mean (per chain, primal)."""
-        return MirrorGeometry(self.mirrors, self.mirrors.dual_mean(self.eta).expand_as(self.eta))
+        """The same maps at the particles' mean (per chain, primal): one point ``(C, 1, D)`` that every
+        particle's vectors broadcast against."""
+        return MirrorGeometry(self.mirrors, self.mirrors.dual_mean(self.eta))
 
 
 class MetricGeometry:
-    """A dense positive-definite metric per particle, ``(C, n, D, D)``, used through its Cholesky factor."""
+    """A dense positive-definite metric per particle, ``(C, n, D, D)`` (or ``(C, 1, D, D)``, one shared by a
+    chain's particles), used through its Cholesky factor."""
 
     def __init__(self, metric):
         self.metric = metric
@@ -240,7 +242,7 @@ def svng_step(state: SVNGState, target, kernel, metric_fn, optimizer: PureOptimi
     decay = min(1 - 1 / int(num_updates), max_decay)
     metric = decay * state.metric + (1 - decay) * estimate
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    used = metric.mean(-3, keepdim=True).expand_as(metric) if metric_at == "mean" else metric
+    used = metric.mean(-3, keepdim=True) if metric_at == "mean" else metric  # (C, 1, d, d): one Cholesky a chain
     geometry = MetricGeometry(used + damping * eye)
     natural_score = geometry.inverse_hessian(score)
     phi, bandwidth, num_eigen = svmd_direction(z, natural_score, geometry, kernel, trace_fraction=trace_fraction)

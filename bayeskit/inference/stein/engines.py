@@ -27,6 +27,14 @@ from bayeskit.runner import Engine
 __all__ = ["SVGD", "MirroredSVGD", "SVMD", "SVNG"]
 
 
+def mean_or_particles(name, value):
+    """SVMD's ``hessian_at`` and SVNG's ``metric_at``: one matrix per particle set, at the particles' mean
+    (``"mean"``), or each particle's own (``"particles"``, the paper's)."""
+    if value not in ("mean", "particles"):
+        raise ValueError(f"{name} must be 'mean' or 'particles' (the paper's), got {value!r}")
+    return value
+
+
 class SVGD(Engine):
     """Stein variational gradient descent on a Pyro model or a Target.
 
@@ -346,9 +354,7 @@ class SVMD(MirroredSVGD):
         super().__init__(model_or_target, mirror=mirror, num_particles=num_particles, num_chains=num_chains,
                          kernel=kernel, optimizer=optimizer, lr=lr, init=init, dims=dims, coords=coords)
         self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
-        if hessian_at not in ("mean", "particles"):
-            raise ValueError(f"hessian_at must be 'mean' or 'particles' (the paper's), got {hessian_at!r}")
-        self.hessian_at = hessian_at
+        self.hessian_at = mean_or_particles("hessian_at", hessian_at)
 
     def settings(self, problem):
         return {**super().settings(problem), "trace_fraction": self.trace_fraction, "hessian_at": self.hessian_at}
@@ -440,10 +446,8 @@ class SVNG(SVGD):
         if not hasattr(self.kernel, "matrices"):
             raise TypeError("SVNG's kernel needs a matrices(x) -> (k, f', h) method "
                             "(see bayeskit.inference.stein.kernels)")
-        if metric_at not in ("mean", "particles"):
-            raise ValueError(f"metric_at must be 'mean' or 'particles' (the paper's), got {metric_at!r}")
         self.metric, self.fisher_samples, self.damping = metric, fisher_samples, float(damping)
-        self.metric_at = metric_at
+        self.metric_at = mean_or_particles("metric_at", metric_at)
         self.trace_fraction = fraction("trace_fraction", trace_fraction, include_one=True)
 
     def settings(self, problem):
