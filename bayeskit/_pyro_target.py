@@ -9,10 +9,13 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
+from torch.func import grad_and_value, vmap
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.overrides import TorchFunctionMode
 
 from bayeskit._checks import check_finite, check_same_length, check_support
 from bayeskit._sites import build_sites, site_block
+from bayeskit.compiling import check_jit_compile, compile_step
 
 PARTICLE_PLATE = "_bayeskit_points"
 
@@ -534,73 +537,156 @@ def _points_first(value, num_points, shape):
     return value.reshape(lead[0], *shape).expand(num_points, *shape)
 
 
-class CompiledDensity:
-    """The density of a :class:`PyroDensity`, traced once with ``torch.jit.trace`` and replayed.
+class CapturedDensity:
+    """The density of a :class:`PyroDensity`, captured once as a graph of tensor operations and compiled.
 
     Running a Pyro model re-executes its Python and Pyro's effect handlers at
-    every call, which costs more than the tensor work itself on small models
-    (a 30-50-1 network with 4 chains: about 4 ms eager, 1.5 ms traced).  The
-    minibatch indices of each subsampling plate are drawn here, the way
-    Pyro's ``plate`` draws them (``randperm(size)[:subsample_size]``), and
-    passed to the traced function as inputs, so every call still sees a
-    fresh minibatch.  One trace is kept per number of points.
+    every call, which costs more than the tensor work itself on small models.
+    Here the model runs once, at one point, under ``make_fx``, which records
+    the tensor operations it performs: the graph is a pure function
+    :meth:`point_log_prob` of one unconstrained point and the indices of each
+    subsampling plate (drawn by :meth:`minibatch` as Pyro's ``plate`` draws
+    them, ``randperm(size)[:subsample_size]``, so every call still sees a
+    fresh minibatch).  ``torch.func`` turns it into the batched functions the
+    engines call (``vmap`` over points, or over chains with one minibatch
+    each; ``grad`` for the score) and ``torch.compile`` fuses each, with
+    whatever an engine adds (see :meth:`compiled`: an SG-MCMC kernel's update
+    and its noise), into one compiled call.
 
     Like Pyro's ``jit_compile=True``: the model must run the same tensor
     operations at every call (no Python control flow on values, no random
     draws other than the minibatch).
     """
 
-    def __init__(self, density: PyroDensity, plates: dict[str, tuple[int, int, torch.device]]):
+    def __init__(self, density: PyroDensity, plates: dict[str, tuple[int, int, torch.device]], mode=True):
         self.density = density
         self.plates = plates  # name -> (size, subsample_size, device)
-        self.traced = {}
+        self.mode = mode  # True, or a torch.compile mode
+        self.graph = None
+        self.functions = {}  # compiled functions, by what they compute
 
-    def indices(self):
+    # ------------------------------------------------------------ capture
+    def _draw(self):
         return [torch.randperm(size, device=device)[:subsample_size]
                 for size, subsample_size, device in self.plates.values()]
+
+    def minibatch(self, num_chains: int | None = None) -> tuple[torch.Tensor, ...]:
+        """One index tensor per subsampling plate for one call; ``num_chains`` sets, stacked, for one per chain.
+
+        Chain by chain, plate by plate: the order in which one eager call per
+        chain draws them, so a seed gives the same minibatches on both paths.
+        """
+        if num_chains is None:
+            return tuple(self._draw())
+        per_chain = [self._draw() for _ in range(num_chains)]
+        return tuple(torch.stack(draws) for draws in zip(*per_chain))
 
     def _conditioned_log_prob(self, flat, *indices):
         with poutine.condition(data=dict(zip(self.plates, indices))):
             return self.density.log_prob(flat)
 
-    def _trace(self, flat, indices):
+    def capture(self, point: torch.Tensor) -> None:
+        """Record the model's tensor operations at ``point`` ``(dim,)``."""
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings about Python values frozen into the graph
-            return torch.jit.trace(self._conditioned_log_prob, (flat, *indices), check_trace=False)
+            warnings.simplefilter("ignore")  # warnings about Python values frozen into the graph
+            self.graph = make_fx(self._conditioned_log_prob)(point.detach().unsqueeze(0), *self.minibatch())
+
+    def point_log_prob(self, point: torch.Tensor, *minibatch: torch.Tensor) -> torch.Tensor:
+        """The log density of one point ``(dim,)`` on ``minibatch``: a pure function of tensors."""
+        return self.graph(point.unsqueeze(0), *minibatch)[0]
+
+    # ------------------------------------------------------------ batched functions
+    def _shared(self, fn):
+        """``fn`` over points ``(N, dim)`` that share one minibatch."""
+        return vmap(fn, in_dims=(0, *[None] * len(self.plates)))
+
+    def _per_chain(self, fn):
+        """``fn`` over points ``(chains, k, dim)``, each chain on its own minibatch ``(chains, B)``."""
+        return vmap(self._shared(fn), in_dims=(0, *[0] * len(self.plates)))
+
+    def score_function(self, per_chain: bool):
+        """``(points, *minibatch) -> (log density, score)``, uncompiled, for :meth:`compiled` to build on.
+
+        Points are ``(N, dim)`` on one minibatch, or ``(chains, k, dim)`` with
+        one minibatch per chain when ``per_chain``.
+        """
+        batched = (self._per_chain if per_chain else self._shared)(grad_and_value(self.point_log_prob))
+
+        def log_prob_and_score(points, *minibatch):
+            score, log_prob = batched(points, *minibatch)
+            return log_prob, score
+        return log_prob_and_score
 
     def log_prob(self, flat):
-        indices = self.indices()
-        key = flat.shape[0]
-        if key not in self.traced:
-            self.traced[key] = self._trace(flat.detach(), indices)
-        return self.traced[key](flat, *indices)
+        function = self.compiled("log_prob", lambda: self._shared(self.point_log_prob))
+        return function(flat, *self.minibatch())
+
+    def log_prob_and_score(self, flat):
+        function = self.compiled("score", lambda: self.score_function(per_chain=False))
+        log_prob, score = function(flat.detach(), *self.minibatch())
+        return log_prob.detach(), score.detach()
+
+    def log_prob_and_score_per_chain(self, points):
+        """``points`` ``(chains, ..., dim)``, each chain on a minibatch of its own, in one compiled call."""
+        function = self.compiled("score per chain", lambda: self.score_function(per_chain=True))
+        chains, dim = points.shape[0], points.shape[-1]
+        log_prob, score = function(points.detach().reshape(chains, -1, dim), *self.minibatch(chains))
+        return log_prob.reshape(points.shape[:-1]).detach(), score.reshape(points.shape).detach()
+
+    # ------------------------------------------------------------ compiling
+    def compiled(self, key, build):
+        """``build()``'s function compiled with ``torch.compile``, made once per ``key`` and kept.
+
+        ``key`` names what the function computes (engines pass their kernel and
+        optimiser, so each gets its own compiled update); a part that cannot
+        be hashed (a user's mutable optimiser) counts by identity.
+        """
+        key = tuple(part if _hashable(part) else ("object", id(part)) for part in key)
+        if key not in self.functions:
+            self.functions[key] = compile_step(build(), self.mode)
+        return self.functions[key]
 
     def agrees_with_eager(self, flat) -> tuple[bool, str]:
-        """Trace at ``flat``, then compare with the plain eager density there and at other points.
+        """Capture at ``flat[0]``, then compare with the plain eager density there and at other points.
 
         The eager density draws its own minibatch from the same seed, so this
         also checks that the indices drawn here are the ones Pyro's plates
         would draw.  The other points (``-flat``, and ``flat`` with its rows
-        reversed) catch Python branches on values that the trace froze.
+        reversed) catch Python branches on values that the capture froze.
+        The comparison runs the captured graph uncompiled (``torch.compile``
+        runs on first use, not here).
         """
-        traced = None
+        with torch.random.fork_rng(devices=[]):
+            try:
+                self.capture(flat[0])
+            except Exception as error:  # the model's code could not be captured
+                return False, _reason(error)
+        density = self._shared(self.point_log_prob)
         for points in (flat, -flat, flat.flip(0)):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                indices = self.indices()
                 try:
-                    if traced is None:
-                        traced = self._trace(points.detach(), indices)
-                    fast = traced(points, *indices)
-                except Exception as error:  # the model's code could not be traced
-                    return False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                    fast = density(points, *self.minibatch())
+                except Exception as error:  # an operation with no batching rule, or data-dependent
+                    return False, _reason(error)
                 torch.manual_seed(0)
                 slow = self.density.log_prob(points)
             scale = slow.abs().max().clamp(min=1.0)
             if fast.shape != slow.shape or not torch.allclose(fast, slow, rtol=1e-4, atol=1e-4 * float(scale)):
-                return False, "traced and eager log densities differ"
-        self.traced[flat.shape[0]] = traced
+                return False, "captured and eager log densities differ"
         return True, ""
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _reason(error) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _subsample_plates(trace) -> dict[str, tuple[int, int, torch.device]]:
@@ -614,14 +700,14 @@ def _subsample_plates(trace) -> dict[str, tuple[int, int, torch.device]]:
             if site_is_subsample(site) and (site["fn"].subsample_size or site["fn"].size) < site["fn"].size}
 
 
-def _compile(density, prototype, check_points):
-    """A CompiledDensity when the traced density matches the eager one, else None with a warning."""
-    compiled = CompiledDensity(density, _subsample_plates(prototype))
-    ok, reason = compiled.agrees_with_eager(check_points)
+def _capture(density, prototype, check_points, mode):
+    """A CapturedDensity when the captured density matches the eager one, else None with a warning."""
+    captured = CapturedDensity(density, _subsample_plates(prototype), mode)
+    ok, reason = captured.agrees_with_eager(check_points)
     if ok:
-        return compiled
-    warnings.warn(f"jit_compile=True: the model could not be traced ({reason}); running it eagerly. "
-                  "Tracing needs the same tensor operations at every call: no Python branches on "
+        return captured
+    warnings.warn(f"jit_compile=True: the model could not be captured ({reason}); running it eagerly. "
+                  "Capturing needs the same tensor operations at every call: no Python branches on "
                   "tensor values and no random draws besides the minibatch.", stacklevel=4)
     return None
 
@@ -718,8 +804,7 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
     if vectorize not in (True, False, "auto"):
         raise ValueError(f"vectorize must be True, False or 'auto', got {vectorize!r}")
-    if not isinstance(jit_compile, bool):
-        raise TypeError(f"jit_compile must be True or False, got {jit_compile!r}")
+    check_jit_compile(jit_compile)
     prototype = check_model_data(model, args, kwargs)
     latent = {name: site for name, site in prototype.nodes.items() if _is_latent(site)}
     if not latent:
@@ -740,11 +825,11 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         if not ok:
             warn_fallback(reason)
             density.vectorized = False
-    compiled = None
-    if jit_compile:
+    captured = None
+    if jit_compile is not False:
         if check is None:
             check = density.prior_draws(2, torch.Generator().manual_seed(0)).to(first)
-        compiled = _compile(density, prototype, check)
+        captured = _capture(density, prototype, check, jit_compile)
     subsampled = any(site_is_subsample(s) and len(s["value"]) < s["fn"].size
                      for s in prototype.nodes.values())
     observed_batch_shapes = {name: site["fn"].batch_shape for name, site in observed.items()}
@@ -758,7 +843,8 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         return density.pointwise_log_likelihood(flat, observed_batch_shapes)
 
     target = cls(
-        sites, density.log_prob if compiled is None else compiled.log_prob,
+        sites, density.log_prob if captured is None else captured.log_prob,
+        log_prob_and_score_fn=None if captured is None else captured.log_prob_and_score,
         init_fn=density.prior_draws,
         pointwise_log_likelihood_fn=pointwise,
         observed_data={name: site["value"].detach() for name, site in observed.items()},
@@ -766,10 +852,10 @@ def pyro_target(cls, model, args, kwargs, vectorize, jit_compile=False, site_tra
         deterministic_fn=deterministic,
         dtype=first.dtype, device=first.device,
         description=f"Pyro model {getattr(model, '__name__', type(model).__name__)}",
-        subsampled=subsampled, vectorized=density.vectorized, compiled=compiled is not None,
+        subsampled=subsampled, vectorized=density.vectorized, compiled=captured is not None, captured=captured,
         sampled_fisher=density.sampled_fisher,
     )
     return target
 
 
-__all__ = ["pyro_target", "PyroDensity", "CompiledDensity"]
+__all__ = ["pyro_target", "PyroDensity", "CapturedDensity"]

@@ -90,19 +90,54 @@ def record_particle_spread(posterior: Posterior, target) -> None:
     posterior.meta["particle_spread"] = health.particle_spread(z, scores)
 
 
+#: Per-step trace entries a column keeps loose before joining them into one tensor.
+TRACE_BLOCK = 32
+
+
 class _Trace:
-    """Per-step diagnostics kept on the device and stacked at the end (no host sync per step)."""
+    """Per-step diagnostics kept on the device and stacked at the end (no host sync per step).
+
+    Each column keeps its last entries loose (0-d or small tensors, one per
+    step) and joins every :data:`TRACE_BLOCK` of them into one tensor.  Why:
+    a tiny tensor that lives for the whole run, allocated between a step's
+    large temporaries, pins their heap pages, and glibc's heap then grows
+    instead of reusing them.  Measured on SVGD with 100 particles on 10,000
+    rows (4 MB temporaries): 1,000 steps added 1,147 MiB of resident memory
+    with one kept tensor per entry, 216 MiB with blocks of 32 (a bare loop
+    of the same step that keeps nothing: 30 MiB over 600 steps).
+    """
 
     def __init__(self, initial: dict[str, torch.Tensor] | None = None):
-        self.columns: dict[str, list[torch.Tensor]] = {
-            name: list(values.unbind(0)) for name, values in (initial or {}).items()}
+        self.blocks: dict[str, list[torch.Tensor]] = {name: [values] for name, values in (initial or {}).items()}
+        self.loose: dict[str, list[torch.Tensor]] = {name: [] for name in self.blocks}
+        self.lengths: dict[str, int] = {name: len(values) for name, values in (initial or {}).items()}
 
     def append(self, info: dict[str, torch.Tensor]) -> None:
         for name, value in info.items():
-            self.columns.setdefault(name, []).append(torch.as_tensor(value).detach())
+            loose = self.loose.setdefault(name, [])
+            loose.append(torch.as_tensor(value).detach())
+            self.lengths[name] = self.lengths.get(name, 0) + 1
+            if len(loose) == TRACE_BLOCK:
+                self.blocks.setdefault(name, []).append(torch.stack(loose))
+                loose.clear()
 
-    def stacked(self) -> dict[str, torch.Tensor]:
-        return {name: torch.stack(values) for name, values in self.columns.items() if values}
+    def column(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor | None:
+        """Entries ``start:stop`` of one column, stacked; None when the run has not recorded it."""
+        if not self.lengths.get(name):
+            return None
+        stop = self.lengths[name] if stop is None else stop
+        out, offset = [], 0
+        for block in self.blocks.get(name, []):  # only what overlaps [start, stop): a check per step stays O(1)
+            if offset + len(block) > start and offset < stop:
+                out.append(block[max(start - offset, 0):stop - offset])
+            offset += len(block)
+        loose = self.loose[name][max(start - offset, 0):max(stop - offset, 0)]
+        if loose:
+            out.append(torch.stack(loose))
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def stacked(self, stop: int | None = None) -> dict[str, torch.Tensor]:
+        return {name: self.column(name, 0, stop) for name, length in self.lengths.items() if length}
 
 
 class Problem(Protocol):
@@ -259,16 +294,15 @@ class _Run:
         return posterior
 
     def check_finite(self, trace, state, last_good, last_good_step, step):
-        flags = trace.columns.get("finite")
-        if flags is None:
+        window = trace.column("finite", last_good_step)  # entry i of the trace is step i + 1
+        if window is None:
             return
-        window = torch.stack(flags[last_good_step:])  # entry i of the trace is step i + 1
         if bool(window.all()):
             return
         algorithm, problem = self.algorithm, self.problem
         first_bad = last_good_step + 1 + int((~window).nonzero()[0])
         sites = problem.nonfinite_sites(*algorithm.finite_values(state, problem))
-        good_trace = {k: torch.stack(v[:last_good_step]) for k, v in trace.columns.items() if last_good_step}
+        good_trace = trace.stacked(last_good_step) if last_good_step else {}
         posterior = algorithm.to_posterior(last_good, problem, good_trace,
                                            {**self.meta(step), "steps_completed": last_good_step,
                                             "stopped": "non-finite"})

@@ -47,6 +47,9 @@ Each library draws its own noise inside the timed call, the way a user would run
 Both return the whole X path on the grid (torchsde the whole augmented state); the initial state is
 drawn outside the timed call. Everything runs under ``torch.no_grad()``. The reported ratio is
 ``speedup = torchsde seconds / bayeskit seconds`` (= bayeskit paths/s over torchsde paths/s).
+Peak MiB: the most, over the timed calls, of a call's peak memory (``measure.PeakMemory``: on CPU
+the process's RSS above its value at the call's start; on CUDA torch's peak allocation above the
+call's start). Nothing here compiles.
 
 **Agreement** (float64, ``--agreement-paths`` paths):
 
@@ -83,6 +86,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchsde
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 HURST, KIND, NUM_PROCESSES, GAMMA_MAX = 0.7, "I", 5, 20.0
@@ -315,21 +321,25 @@ def _timed(function, device):
 
 
 def time_one(problem, method, num_paths, repeats, seed):
-    """Seconds of one solve for each library: one untimed warm-up call, then ``repeats`` interleaved calls."""
+    """Seconds and peak MiB of one solve for each library: one untimed warm-up call, then ``repeats``
+    interleaved calls."""
     x0, y0, z0 = problem.initial(num_paths, seed)
     calls = {BAYESKIT: lambda: problem.bayeskit(method, x0, y0),
              TORCHSDE: lambda: problem.torchsde(method, z0),
              TORCHSDE_GRID: lambda: problem.torchsde(method, z0, bm=problem.grid_increments(num_paths))}
     seconds = {name: [] for name in calls}
+    peaks = {name: [] for name in calls}
     with torch.no_grad():
         for repeat in range(repeats + 1):
             for name, call in calls.items():
                 torch.manual_seed(seed + repeat)
-                out, elapsed = _timed(call, problem.device)
-                del out
+                with PeakMemory(problem.device) as memory:
+                    out, elapsed = _timed(call, problem.device)
+                    del out
                 if repeat > 0:  # the first round is the warm-up
                     seconds[name].append(elapsed)
-    return seconds
+                    peaks[name].append(memory.peak_mib)
+    return seconds, peaks
 
 
 # ------------------------------------------------------------------ agreement
@@ -442,13 +452,15 @@ def versions(device):
 
 
 def table(report):
-    lines = ["| model | method | dtype | paths | bayeskit s | torchsde s | torchsde grid-bm s | bayeskit paths/s | "
-             "torchsde paths/s | speed-up (torchsde s / bayeskit s) | vs torchsde grid-bm |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | method | dtype | paths | bayeskit s | torchsde s | torchsde grid-bm s | bayeskit peak MiB | "
+             "torchsde peak MiB | torchsde grid-bm peak MiB | bayeskit paths/s | torchsde paths/s | "
+             "speed-up (torchsde s / bayeskit s) | vs torchsde grid-bm |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["timings"]:
-        s = row["seconds_median"]
+        s, peak = row["seconds_median"], row["peak_mib"]
         lines.append(f"| {row['model']} | {row['method']} | {row['dtype']} | {row['paths']} | {s[BAYESKIT]:.4f} | "
-                     f"{s[TORCHSDE]:.4f} | {s[TORCHSDE_GRID]:.4f} | {row['paths_per_second'][BAYESKIT]:,.0f} | "
+                     f"{s[TORCHSDE]:.4f} | {s[TORCHSDE_GRID]:.4f} | {peak[BAYESKIT]:.1f} | {peak[TORCHSDE]:.1f} | "
+                     f"{peak[TORCHSDE_GRID]:.1f} | {row['paths_per_second'][BAYESKIT]:,.0f} | "
                      f"{row['paths_per_second'][TORCHSDE]:,.0f} | {row['speedup']:.1f} | "
                      f"{row['speedup_vs_grid_bm']:.1f} |")
     lines += ["", "Pathwise agreement (float64, one torchsde BrownianInterval feeds both):", "",
@@ -511,15 +523,16 @@ def main(argv=None):
             problem = Problem(model, args.steps, dtype, args.device)
             for method in METHODS:
                 for num_paths in args.paths:
-                    seconds = time_one(problem, method, num_paths, args.repeats, args.seed)
+                    seconds, peaks = time_one(problem, method, num_paths, args.repeats, args.seed)
                     median = {name: float(statistics.median(v)) for name, v in seconds.items()}
                     timings.append({"model": model.name, "method": method, "dtype": dtype_name, "paths": num_paths,
-                                    "seconds": seconds, "seconds_median": median,
+                                    "seconds": seconds, "seconds_median": median, "peak_mib_runs": peaks,
+                                    "peak_mib": {name: max(v) for name, v in peaks.items()},
                                     "paths_per_second": {name: num_paths / s for name, s in median.items()},
                                     "speedup": median[TORCHSDE] / median[BAYESKIT],
                                     "speedup_vs_grid_bm": median[TORCHSDE_GRID] / median[BAYESKIT]})
                     log(f"{model.name} {method} {dtype_name} {num_paths}: "
-                        + ", ".join(f"{name} {s:.4f} s" for name, s in median.items()))
+                        + ", ".join(f"{name} {s:.4f} s, {max(peaks[name]):.1f} MiB" for name, s in median.items()))
 
     pathwise_rows = [pathwise(Problem(model, args.steps, torch.float64, args.device), method, args.agreement_paths,
                               args.seed) for model in MODELS for method in METHODS]
@@ -551,7 +564,8 @@ def main(argv=None):
         f"# bayeskit MA-fBM SDE solver vs torchsde\n\nCommand: "
         f"`{' '.join(['python', f'benchmarks/{Path(__file__).name}', *argv])}`\n\n"
         f"Seconds per solve of all paths on the grid (median over {args.repeats} calls after "
-        "a warm-up); speed-up = torchsde seconds / bayeskit seconds. 'grid-bm': torchsde fed precomputed "
+        "a warm-up); peak MiB: the most over those calls of a call's peak memory above its start "
+        "(benchmarks/README.md); speed-up = torchsde seconds / bayeskit seconds. 'grid-bm': torchsde fed precomputed "
         "grid increments instead of its BrownianInterval.\n\n"
         f"Settings: {json.dumps(settings)}\n\nVersions: {json.dumps(run_versions)}\n\n{text}\n")
     return report

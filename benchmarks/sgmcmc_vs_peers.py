@@ -13,10 +13,11 @@ same draws (every ``thin``-th state after ``num_warmup`` steps).
 
 Reported per library: steps per second (each step advances all chains; the
 median of interleaved repeats, setup and JIT compilation excluded and
-reported apart), the ratio of throughputs (peer / bayeskit, same algorithm),
-and, averaged over the repeats (each with its own seed; the sd is reported),
-the test log predictive density (mean over test rows of
-``log mean_draws p(y | x, theta)``, the posterior-averaged predictive) with
+reported apart), the peak memory a run adds (``measure.PeakMemory``), the
+ratio of throughputs (peer / bayeskit, same algorithm), and, averaged over
+the repeats (each with its own seed; the sd is reported), the test log
+predictive density (mean over test rows of ``log mean_draws p(y | x,
+theta)``, the posterior-averaged predictive) with
 the test accuracy of the averaged predictive probability.
 
 Parametrisations, with ``g`` the minibatch score ``grad log p(theta) + (N/B)
@@ -94,6 +95,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SITES = ("w0", "b0", "w1", "b1")
@@ -431,12 +435,12 @@ def versions():
 
 
 def table(rows):
-    lines = ["| library | algorithm | steps/s | ms/step | setup s (first run, incl. JIT) | "
+    lines = ["| library | algorithm | steps/s | ms/step | setup s (first run, incl. JIT) | peak MiB | "
              "x bayeskit (jit) throughput | test log-lik (mean ± sd over repeats) | test accuracy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['library']} | {r['algorithm']} | {r['steps_per_second']:.0f} | "
-                     f"{1e3 * r['seconds_per_step']:.3f} | {r['setup_seconds_first_run']:.2f} | "
+                     f"{1e3 * r['seconds_per_step']:.3f} | {r['setup_seconds_first_run']:.2f} | {r['peak_mib']:.1f} | "
                      f"{r['throughput_ratio_vs_bayeskit']:.2f} | "
                      f"{r['test_log_lik']:.4f} ± {r['test_log_lik_sd']:.4f} | {r['test_accuracy']:.3f} |")
     return "\n".join(lines)
@@ -496,13 +500,15 @@ def main(argv=None):
     # pays the JIT compilation and lazy imports; it is reported as setup, not timed.
     # Each repeat runs with its own seed (minibatches, noise), so the spread of the test
     # metrics over repeats is the Monte Carlo error that accuracy differences are judged against.
-    first_setup, timings, setups, metrics = {}, {}, {}, {}
+    first_setup, timings, setups, metrics, peaks = {}, {}, {}, {}, {}
     if not args.quick:  # (a smoke run skips the warm-up run; its one timed run pays the first-call costs)
         for key, _, _, runner in runners:
             _, _, first_setup[key] = runner.run(seed=0)
     for repeat in range(args.repeats):
         for key, _, _, runner in runners:
-            draws, per_step, setup = runner.run(seed=repeat + 1)
+            with PeakMemory() as memory:  # the whole run: setup, compilation and the kept draws
+                draws, per_step, setup = runner.run(seed=repeat + 1)
+            peaks.setdefault(key, []).append(memory.peak_mib)
             first_setup.setdefault(key, setup)
             timings.setdefault(key, []).append(per_step)
             setups.setdefault(key, []).append(setup)
@@ -515,6 +521,7 @@ def main(argv=None):
         rows.append({"library": lib, "algorithm": alg, "seconds_per_step": per_step, "steps_per_second": 1 / per_step,
                      "seconds_per_step_repeats": timings[key], "setup_seconds_first_run": first_setup[key],
                      "setup_seconds": float(np.median(setups[key])),
+                     "peak_mib": max(peaks[key]), "peak_mib_repeats": peaks[key],
                      "test_log_lik": float(np.mean(log_lik)), "test_log_lik_sd": float(np.std(log_lik)),
                      "test_log_lik_repeats": log_lik, "test_accuracy": float(np.mean(accuracy)),
                      "test_accuracy_repeats": accuracy, "num_draws": metrics[key][0]["num_draws"]})
@@ -542,7 +549,8 @@ def main(argv=None):
     (args.out / f"{stem}.md").write_text(
         f"# SG-MCMC vs peers\n\nCommand: `python benchmarks/{Path(__file__).name} {' '.join(argv)}`\n\n"
         "Steps per second advance all chains once; ratios are library / bayeskit with `jit_compile=True` "
-        "(the model's density traced once) for the same algorithm. "
+        "(the model's density captured once, the whole step compiled) for the same algorithm. "
+        "Peak MiB: the most resident memory a run added (`measure.PeakMemory`), over the repeats. "
         "Test log-lik is the mean log predictive density of the posterior-averaged predictive.\n\n"
         f"Settings: {json.dumps(settings)}\n\nVersions: {json.dumps(report['versions'])}\n\n{text}\n")
     return report

@@ -72,7 +72,10 @@ particles. PaRIS is biased at O(1/N), so the z against the reference
 includes that bias.
 
 **Timings.** Each timing runs from building the library's object to having
-its estimate, and the table gives the median over runs. The runs are
+its estimate, and the table gives the median over runs. Peak MiB is the most,
+over runs, of a run's peak memory (``measure.PeakMemory``: the process's RSS
+above its value at the run's start); a batch row's is the whole batch's. No
+library here compiles, so there is no compile time to report. The runs are
 interleaved: repeat r runs every method once before repeat r + 1, so drift
 in machine speed falls on all libraries alike. Each method first makes one
 untimed run on the first 5 observations, which pays the first-call costs.
@@ -102,6 +105,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 MU, PHI, SIGMA = -1.0, 0.95, 0.3
 COMPONENTS = ("sum_x", "sum_x2")  # the two coordinates of the smoothing functional
@@ -114,6 +120,7 @@ BK_BATCH = "bayeskit PaRIS, reject, replicates in one batch"
 PARTICLES_PARIS = "particles Paris (hybrid reject, max_trials=N)"
 BK_FILTER = "bayeskit ParticleFilter"
 BK_FILTER_BATCH = "bayeskit ParticleFilter, replicates in one batch"
+BK_FILTER_JIT = "bayeskit ParticleFilter (jit_compile=True)"
 PYRO_FILTER = "pyro.infer.SMCFilter"
 PARTICLES_FILTER = "particles SMC (bootstrap)"
 
@@ -253,9 +260,12 @@ class PyroSVGuide(PyroSV):
 
 # ------------------------------------------------------------------ runners
 def _timed(function):
-    start = time.perf_counter()
-    out = function()
-    return out, time.perf_counter() - start
+    """``function()``, its seconds and its peak MiB (the clock runs inside the memory sampler's block)."""
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        out = function()
+        seconds = time.perf_counter() - start
+    return out, seconds, memory.peak_mib
 
 
 class BayeskitPaRIS:
@@ -273,9 +283,9 @@ class BayeskitPaRIS:
                                         num_chains=num_chains)
             return engine.run(y, seed=seed, progress=False)
 
-        post, seconds = _timed(go)
+        post, seconds, peak = _timed(go)
         return {"estimates": np.asarray(post.meta["estimate"], dtype=float), "seconds": seconds,
-                "log_evidence": post.meta["log_evidence"]}
+                "peak_mib": peak, "log_evidence": post.meta["log_evidence"]}
 
 
 class BayeskitSweep:
@@ -298,8 +308,8 @@ class BayeskitSweep:
                 return sweep(model, y, 1, self.num_particles, functional=functional, num_backward=self.num_backward,
                              backward=self.backward, resampling="systematic", ess_threshold=0.5)
 
-        state, seconds = _timed(go)
-        return {"estimates": state.estimate().numpy().astype(float), "seconds": seconds}
+        state, seconds, peak = _timed(go)
+        return {"estimates": state.estimate().numpy().astype(float), "seconds": seconds, "peak_mib": peak}
 
 
 class ParticlesPaRIS:
@@ -321,31 +331,41 @@ class ParticlesPaRIS:
             alg.run()
             return alg
 
-        alg, seconds = _timed(go)
+        alg, seconds, peak = _timed(go)
         collector = next(c for c in alg.summaries._collectors if isinstance(c, paris))
         draws = self.num_particles * self.num_backward * max(1, len(y) - 1)
         return {"estimates": np.asarray(alg.summaries.paris[-1], dtype=float)[None], "seconds": seconds,
-                "log_evidence": [float(alg.logLt)], "tries_per_backward_draw": float(sum(collector.nprop)) / draws}
+                "peak_mib": peak, "log_evidence": [float(alg.logLt)],
+                "tries_per_backward_draw": float(sum(collector.nprop)) / draws}
 
 
 class BayeskitFilter:
-    def __init__(self, y, num_particles):
-        self.y, self.num_particles = y, num_particles
+    """bayeskit's bootstrap filter; with ``jit_compile`` one engine is kept across runs, so its step is
+    compiled in the warm-up run (the compile time, reported apart) and reused by the timed ones."""
 
-    def run(self, seed, y=None, num_chains=1):
+    def __init__(self, y, num_particles, jit_compile=False):
+        self.y, self.num_particles, self.jit_compile = y, num_particles, jit_compile
+        self.engines = {}
+
+    def engine(self, num_chains):
         import bayeskit as bk
 
+        if num_chains not in self.engines or not self.jit_compile:
+            self.engines[num_chains] = bk.inference.ParticleFilter(
+                sv_model(), num_particles=self.num_particles, resampling="systematic", ess_threshold=0.5,
+                num_chains=num_chains, jit_compile=self.jit_compile)
+        return self.engines[num_chains]
+
+    def run(self, seed, y=None, num_chains=1):
         y = self.y if y is None else y
 
         def go():
-            engine = bk.inference.ParticleFilter(sv_model(), num_particles=self.num_particles,
-                                                 resampling="systematic", ess_threshold=0.5, num_chains=num_chains)
-            return engine.run(y, seed=seed, progress=False)
+            return self.engine(num_chains).run(y, seed=seed, progress=False)
 
-        post, seconds = _timed(go)
+        post, seconds, peak = _timed(go)
         means = post.trace["filtering_mean"][..., 0].T.numpy().astype(float)  # (R, T)
         return {"log_evidence": np.asarray(post.meta["log_evidence"], dtype=float), "filtering_means": means,
-                "seconds": seconds}
+                "seconds": seconds, "peak_mib": peak}
 
 
 class PyroFilter:
@@ -377,9 +397,9 @@ class PyroFilter:
                 means.append(float((weights * smc.state["x"]).sum()))
             return log_evidence, means
 
-        (log_evidence, means), seconds = _timed(go)
+        (log_evidence, means), seconds, peak = _timed(go)
         return {"log_evidence": np.asarray([log_evidence]), "filtering_means": np.asarray([means]),
-                "seconds": seconds}
+                "seconds": seconds, "peak_mib": peak}
 
 
 class ParticlesFilter:
@@ -400,10 +420,10 @@ class ParticlesFilter:
             alg.run()
             return alg
 
-        alg, seconds = _timed(go)
+        alg, seconds, peak = _timed(go)
         means = np.asarray([m["mean"] for m in alg.summaries.moments], dtype=float)
         return {"log_evidence": np.asarray([alg.logLt], dtype=float), "filtering_means": means[None],
-                "seconds": seconds}
+                "seconds": seconds, "peak_mib": peak}
 
 
 # ---------------------------------------------------------------- statistics
@@ -478,12 +498,36 @@ def _fmt_z(values):
 
 def table(report):
     smoothing, filtering = report["smoothing"], report["filtering"]
+    lines = [] if smoothing is None else smoothing_table(report)
+    lines += ["Filtering: bootstrap particle filter", "",
+              "| method | runs | s per run (median) | peak MiB | particles s / this s | log Z | "
+              "z vs bayeskit (pooled) | final filtering mean | RMS over t of z (filtering means vs bayeskit) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in filtering["rows"]:
+        lines.append(f"| {row['method']} | {row['runs']} | {row['seconds_median']:.3f} | {row['peak_mib']:.1f} | "
+                     f"{row['speedup_vs_particles']:.2f} | {_fmt(row['log_evidence_mean'], row['log_evidence_sd'])} | "
+                     f"{_fmt_z(row.get('log_evidence_vs_bayeskit', {}).get('z_pooled'))} | "
+                     f"{_fmt(row['final_filtering_mean'], row['final_filtering_sd'])} | "
+                     f"{row['filtering_means_rms_z_vs_bayeskit']:.2f} |")
+    speed = report["speedups"]
+    compiled = next(row for row in filtering["rows"] if row["method"] == BK_FILTER_JIT)
+    lines += ["", f"bayeskit's filter runs at {speed['filter_vs_particles']:.2f}x particles' speed "
+              f"({speed['compiled_filter_vs_particles']:.2f}x with jit_compile=True, after compiling once in "
+              f"{compiled['compile_seconds']:.1f} s) and {speed['filter_vs_pyro']:.2f}x Pyro's."]
+    if smoothing is not None:
+        lines.append(f"bayeskit PaRIS .run is {speed['paris_reject_vs_particles']:.0f}x (reject) and "
+                     f"{speed['paris_exact_vs_particles']:.0f}x (exact) faster than particles' Paris.")
+    return "\n".join(lines)
+
+
+def smoothing_table(report):
+    smoothing = report["smoothing"]
     lines = ["Smoothing: PaRIS estimate of E[(sum_t x_t, sum_t x_t^2) | y_{0:T-1}]", "",
-             "| method | runs | s per run (median) | particles s / this s | E[sum x_t] | E[sum x_t^2] | "
+             "| method | runs | s per run (median) | peak MiB | particles s / this s | E[sum x_t] | E[sum x_t^2] | "
              "z vs particles (pooled) | z vs reference (pooled) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in smoothing["rows"]:
-        lines.append(f"| {row['method']} | {row['runs']} | {row['seconds_median']:.3f} | "
+        lines.append(f"| {row['method']} | {row['runs']} | {row['seconds_median']:.3f} | {row['peak_mib']:.1f} | "
                      f"{row['speedup_vs_particles']:.1f} | {_fmt(row['mean'][0], row['sd'][0])} | "
                      f"{_fmt(row['mean'][1], row['sd'][1])} | "
                      f"{_fmt_z(row.get('vs_particles', {}).get('z_pooled'))} | "
@@ -494,23 +538,8 @@ def table(report):
               f"(± standard error); {ref['seconds_total']:.0f} s in all. Pooled sd per run at N = "
               f"{report['settings']['particles']}: {_fmt_z(smoothing['pooled_sd']).replace('+', '')}.",
               f"particles' PaRIS took {smoothing['particles_tries_per_backward_draw']:.1f} accept-reject tries per "
-              "backward draw on average.", "",
-              "Filtering: bootstrap particle filter", "",
-              "| method | runs | s per run (median) | particles s / this s | log Z | z vs bayeskit (pooled) | "
-              "final filtering mean | RMS over t of z (filtering means vs bayeskit) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in filtering["rows"]:
-        lines.append(f"| {row['method']} | {row['runs']} | {row['seconds_median']:.3f} | "
-                     f"{row['speedup_vs_particles']:.2f} | {_fmt(row['log_evidence_mean'], row['log_evidence_sd'])} | "
-                     f"{_fmt_z(row.get('log_evidence_vs_bayeskit', {}).get('z_pooled'))} | "
-                     f"{_fmt(row['final_filtering_mean'], row['final_filtering_sd'])} | "
-                     f"{row['filtering_means_rms_z_vs_bayeskit']:.2f} |")
-    speed = report["speedups"]
-    lines += ["", f"bayeskit PaRIS .run is {speed['paris_reject_vs_particles']:.0f}x (reject) and "
-              f"{speed['paris_exact_vs_particles']:.0f}x (exact) faster than particles' Paris; bayeskit's filter "
-              f"runs at {speed['filter_vs_particles']:.2f}x particles' speed and "
-              f"{speed['filter_vs_pyro']:.2f}x Pyro's."]
-    return "\n".join(lines)
+              "backward draw on average.", ""]
+    return lines
 
 
 # --------------------------------------------------------------------- main
@@ -546,16 +575,20 @@ def smoothing_benchmark(args, y, log):
     stats = {name: summary(values) for name, values in estimates.items()}
     seconds = {name: [r["seconds"] for r in out] for name, out in runs.items()}
     seconds[BK_BATCH] = [batch["seconds"] / args.batch_replicates]
+    peaks = {name: [r["peak_mib"] for r in out] for name, out in runs.items()}
+    peaks[BK_BATCH] = [batch["peak_mib"]]  # the whole batch's, not divided
     peer_seconds = _median(seconds[PARTICLES_PARIS])
     rows = []
     for name in (BK_REJECT, BK_EXACT, BK_SWEEP, BK_BATCH, PARTICLES_PARIS):
         s = stats[name]
         row = {"task": "smoothing", "method": name, "runs": s["n"], "seconds_median": _median(seconds[name]),
-               "seconds_runs": seconds[name], "mean": _listed(s["mean"]), "sd": _listed(s["sd"]),
+               "seconds_runs": seconds[name], "peak_mib": max(peaks[name]), "peak_mib_runs": peaks[name],
+               "mean": _listed(s["mean"]), "sd": _listed(s["sd"]),
                "estimates_runs": [_listed(e) for e in estimates[name]]}
         row["speedup_vs_particles"] = peer_seconds / row["seconds_median"]
         if name == BK_BATCH:
             row["seconds_note"] = f"one run of {args.batch_replicates} replicates, divided by {args.batch_replicates}"
+            row["peak_mib_note"] = f"the whole run of {args.batch_replicates} replicates"
         if name != PARTICLES_PARIS:
             row["vs_particles"] = z_scores(s, stats[PARTICLES_PARIS], pooled_sd)
         difference = s["mean"] - reference["mean"]
@@ -578,10 +611,14 @@ def smoothing_benchmark(args, y, log):
 
 
 def filtering_benchmark(args, y, log):
-    runners = {BK_FILTER: BayeskitFilter(y, args.particles), PYRO_FILTER: PyroFilter(y, args.particles),
-               PARTICLES_FILTER: ParticlesFilter(y.numpy(), args.particles)}
+    runners = {BK_FILTER: BayeskitFilter(y, args.particles),
+               BK_FILTER_JIT: BayeskitFilter(y, args.particles, jit_compile=True),
+               PYRO_FILTER: PyroFilter(y, args.particles), PARTICLES_FILTER: ParticlesFilter(y.numpy(), args.particles)}
+    compile_seconds = None
     for name, runner in runners.items():
-        runner.run(seed=0, y=y[:WARMUP_STEPS] if name != PARTICLES_FILTER else y[:WARMUP_STEPS].numpy())
+        warmup = runner.run(seed=0, y=y[:WARMUP_STEPS] if name != PARTICLES_FILTER else y[:WARMUP_STEPS].numpy())
+        if name == BK_FILTER_JIT:
+            compile_seconds = warmup["seconds"]
     runs = {name: [] for name in runners}
     for repeat in range(args.filter_repeats):
         for name, runner in runners.items():
@@ -591,21 +628,27 @@ def filtering_benchmark(args, y, log):
     pooled_log_z_sd = float(np.std(batch["log_evidence"], ddof=1))
     pooled_mean_sd = batch["filtering_means"].std(0, ddof=1)  # (T,)
     runs[BK_FILTER_BATCH] = [{"log_evidence": batch["log_evidence"], "filtering_means": batch["filtering_means"],
-                              "seconds": batch["seconds"] / args.batch_replicates}]
+                              "seconds": batch["seconds"] / args.batch_replicates, "peak_mib": batch["peak_mib"]}]
     log_z = {name: summary(np.concatenate([r["log_evidence"] for r in out])) for name, out in runs.items()}
     means = {name: summary(np.concatenate([r["filtering_means"] for r in out])) for name, out in runs.items()}
     seconds = {name: [r["seconds"] for r in out] for name, out in runs.items()}
+    peaks = {name: [r["peak_mib"] for r in out] for name, out in runs.items()}
     peer_seconds = _median(seconds[PARTICLES_FILTER])
     rows = []
-    for name in (BK_FILTER, BK_FILTER_BATCH, PYRO_FILTER, PARTICLES_FILTER):
+    for name in (BK_FILTER, BK_FILTER_JIT, BK_FILTER_BATCH, PYRO_FILTER, PARTICLES_FILTER):
         lz, fm = log_z[name], means[name]
         row = {"task": "filtering", "method": name, "runs": lz["n"], "seconds_median": _median(seconds[name]),
-               "seconds_runs": seconds[name], "speedup_vs_particles": peer_seconds / _median(seconds[name]),
+               "seconds_runs": seconds[name], "peak_mib": max(peaks[name]), "peak_mib_runs": peaks[name],
+               "speedup_vs_particles": peer_seconds / _median(seconds[name]),
                "log_evidence_mean": float(lz["mean"]), "log_evidence_sd": float(lz["sd"]),
                "log_evidence_runs": _listed(np.concatenate([r["log_evidence"] for r in runs[name]])),
                "final_filtering_mean": float(fm["mean"][-1]), "final_filtering_sd": float(fm["sd"][-1])}
+        if name == BK_FILTER_JIT:
+            row["compile_seconds"] = compile_seconds  # the warm-up run: compiling and a short series
+            row["seconds_note"] = "the step compiled once, in the warm-up run (compile_seconds); timed runs reuse it"
         if name == BK_FILTER_BATCH:
             row["seconds_note"] = f"one run of {args.batch_replicates} replicates, divided by {args.batch_replicates}"
+            row["peak_mib_note"] = f"the whole run of {args.batch_replicates} replicates"
         gap = fm["mean"] - means[BK_FILTER]["mean"]
         z_t = gap / (pooled_mean_sd * math.sqrt(1 / fm["n"] + 1 / means[BK_FILTER]["n"]))
         row["filtering_means_rms_z_vs_bayeskit"] = float(np.sqrt(np.mean(z_t ** 2)))
@@ -640,6 +683,9 @@ def main(argv=None):
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch; 0 = torch's default")
     parser.add_argument("--quick", action="store_true", help="T=50, N=200, 2 repeats: a smoke run")
+    parser.add_argument("--filtering-only", action="store_true",
+                        help="the filters alone (minutes; particles' PaRIS takes most of an hour): "
+                             "writes smc_vs_particles_filtering.*")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -660,15 +706,17 @@ def main(argv=None):
 
     run_versions = versions()
     _, y = make_data(args.steps, seed=args.data_seed)
-    smoothing = smoothing_benchmark(args, y, log)
+    smoothing = None if args.filtering_only else smoothing_benchmark(args, y, log)
     filtering = filtering_benchmark(args, y, log)
-    by_method = {row["method"]: row for row in smoothing["rows"] + filtering["rows"]}
-    speedups = {"paris_reject_vs_particles": by_method[BK_REJECT]["speedup_vs_particles"],
-                "paris_exact_vs_particles": by_method[BK_EXACT]["speedup_vs_particles"],
-                "paris_sweep_vs_particles": by_method[BK_SWEEP]["speedup_vs_particles"],
-                "paris_batch_vs_particles": by_method[BK_BATCH]["speedup_vs_particles"],
-                "filter_vs_particles": by_method[BK_FILTER]["speedup_vs_particles"],
+    by_method = {row["method"]: row for row in (smoothing or {"rows": []})["rows"] + filtering["rows"]}
+    speedups = {"filter_vs_particles": by_method[BK_FILTER]["speedup_vs_particles"],
+                "compiled_filter_vs_particles": by_method[BK_FILTER_JIT]["speedup_vs_particles"],
                 "filter_vs_pyro": by_method[PYRO_FILTER]["seconds_median"] / by_method[BK_FILTER]["seconds_median"]}
+    if smoothing is not None:
+        speedups.update({"paris_reject_vs_particles": by_method[BK_REJECT]["speedup_vs_particles"],
+                         "paris_exact_vs_particles": by_method[BK_EXACT]["speedup_vs_particles"],
+                         "paris_sweep_vs_particles": by_method[BK_SWEEP]["speedup_vs_particles"],
+                         "paris_batch_vs_particles": by_method[BK_BATCH]["speedup_vs_particles"]})
     settings = {**{k: v for k, v in vars(args).items() if k != "out"},
                 "model": f"stochastic volatility, mu={MU}, phi={PHI}, sigma={SIGMA}", "dtype": "float64",
                 "resampling": "systematic", "ess_threshold": 0.5, "functional": "(sum_t x_t, sum_t x_t^2)",
@@ -677,17 +725,18 @@ def main(argv=None):
                 "pyro_log_evidence": "summed outside SMCFilter from the model's last log-likelihoods",
                 "wall_seconds": time.perf_counter() - began}
     report = {"settings": settings, "versions": run_versions, "smoothing": smoothing, "filtering": filtering,
-              "speedups": speedups, "results": smoothing["rows"] + filtering["rows"]}
+              "speedups": speedups, "results": (smoothing or {"rows": []})["rows"] + filtering["rows"]}
     text = table(report)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "smc_vs_particles" + ("_quick" if args.quick else "")
+    stem = "smc_vs_particles" + ("_filtering" if args.filtering_only else "") + ("_quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{stem}.md").write_text(
         f"# SMC vs particles and Pyro\n\nCommand: `python benchmarks/{Path(__file__).name} {' '.join(argv)}`\n\n"
         "Seconds per run go from building the library's object to having the estimate; speed-ups are "
-        "particles' seconds over each method's. z: difference of means over its standard error, with the sd of "
-        f"one run pooled from {args.batch_replicates} bayeskit replicates.\n\n"
+        "particles' seconds over each method's. Peak MiB: the most, over runs, of a run's peak RSS above its "
+        "start (a batch row's: the whole batch; see benchmarks/README.md). z: difference of means over its "
+        f"standard error, with the sd of one run pooled from {args.batch_replicates} bayeskit replicates.\n\n"
         f"Settings: {json.dumps(settings)}\n\nVersions: {json.dumps(report['versions'])}\n\n{text}\n")
     return report
 

@@ -2,10 +2,13 @@
 
 One process, one data set, the same model in the three libraries (N(0, 1)
 priors on the intercept and coefficients, Bernoulli-logit likelihood, float32),
-100 particles, RBF kernel, Adagrad with the same step size. Reference
+100 particles, RBF kernel, Adagrad with the same step size; bayeskit eager and
+with ``jit_compile=True`` (the density captured once, score, kernel sums and
+Adagrad compiled as one call per step). Reference
 posterior: NumPyro NUTS. Reports seconds per step (setup and JIT compilation
-excluded and reported apart), the error of the posterior mean in NUTS
-posterior sds, the ratio of posterior sds, and the speed ratios.
+excluded and reported apart), the peak memory of a run (``measure.PeakMemory``,
+the most over the repeats), the error of the posterior mean in NUTS posterior
+sds, the ratio of posterior sds, and the speed ratios.
 
     python benchmarks/svgd_vs_peers.py            # 10,000 rows, 1,000 steps
     python benchmarks/svgd_vs_peers.py --quick    # smoke run, seconds
@@ -19,11 +22,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,7 +69,7 @@ def nuts_reference(x, y, warmup, samples):
 
 
 # ------------------------------------------------------------------ engines
-def run_bayeskit(x, y, steps, lr, particles):
+def run_bayeskit(x, y, steps, lr, particles, jit_compile=False):
     from bayeskit.inference import SVGD
     from bayeskit.models import logistic_regression
 
@@ -74,7 +81,7 @@ def run_bayeskit(x, y, steps, lr, particles):
         stamps.append(time.perf_counter())
 
     start = time.perf_counter()
-    post = engine.run(xt, yt, num_steps=steps, seed=0, progress=False, callback=stamp)
+    post = engine.run(xt, yt, num_steps=steps, seed=0, progress=False, callback=stamp, jit_compile=jit_compile)
     setup = stamps[0] - start
     per_step = (stamps[-1] - stamps[0]) / (steps - 1)
     theta = torch.cat([post.samples["alpha"].reshape(-1, 1), post.samples["beta"].reshape(particles, -1)], 1)
@@ -163,21 +170,19 @@ def versions():
 
 
 def table(rows):
-    lines = ["| library | s/step | setup s | x bayeskit time | mean err max (sd) | mean err rms (sd) "
+    lines = ["| library | s/step | setup s | peak MiB | x bayeskit time | mean err max (sd) | mean err rms (sd) "
              "| sd ratio median [min, max] |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = rows[0]["seconds_per_step"]
     for r in rows:
         lines.append(f"| {r['library']} | {r['seconds_per_step']:.4f} | {r['setup_seconds']:.2f} | "
-                     f"{r['seconds_per_step'] / base:.2f} | {r['mean_error_max_sd']:.3f} | "
+                     f"{r['peak_mib']:.1f} | {r['seconds_per_step'] / base:.2f} | {r['mean_error_max_sd']:.3f} | "
                      f"{r['mean_error_rms_sd']:.3f} | "
                      f"{r['sd_ratio_median']:.2f} [{r['sd_ratio_min']:.2f}, {r['sd_ratio_max']:.2f}] |")
     return "\n".join(lines)
 
 
 def main(argv=None):
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
@@ -196,6 +201,8 @@ def main(argv=None):
     x, y = make_data(args.rows, args.features)
     reference, nuts_seconds = nuts_reference(x, y, warmup, samples)
     runs = [("bayeskit SVGD", lambda: run_bayeskit(x, y, args.steps, args.lr, args.particles)),
+            ("bayeskit SVGD (jit_compile=True)",
+             lambda: run_bayeskit(x, y, args.steps, args.lr, args.particles, jit_compile=True)),
             ("Pyro SVGD (multivariate = classic SVGD)",
              lambda: run_pyro(x, y, args.steps, args.lr, args.particles, "multivariate")),
             ("Pyro SVGD (univariate, its default)",
@@ -206,19 +213,24 @@ def main(argv=None):
     for _, run in runs:
         run()  # warm-up: first-call allocations and lazy imports are not the library's per-step cost
     timings = {name: [] for name, _ in runs}
+    peaks = {name: [] for name, _ in runs}
     last = {}
     for _ in range(args.repeats):
         for name, run in runs:
-            theta, per_step, setup = run()
+            with PeakMemory() as memory:  # the whole run, setup and JIT compilation included
+                theta, per_step, setup = run()
             timings[name].append(per_step)
+            peaks[name].append(memory.peak_mib)
             last[name] = (theta, setup)
     rows = []
     for name, _ in runs:
         theta, setup = last[name]
         rows.append({"library": name, "seconds_per_step": float(np.median(timings[name])),
                      "seconds_per_step_repeats": timings[name], "setup_seconds": setup,
+                     "peak_mib": max(peaks[name]), "peak_mib_repeats": peaks[name],
                      **errors(theta, reference)})
-        print(f"{name}: {rows[-1]['seconds_per_step'] * 1e3:.2f} ms/step (median of {args.repeats})", flush=True)
+        print(f"{name}: {rows[-1]['seconds_per_step'] * 1e3:.2f} ms/step (median of {args.repeats}), "
+              f"peak {rows[-1]['peak_mib']:.1f} MiB", flush=True)
     settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "nuts_warmup": warmup, "nuts_samples": samples,
                 "nuts_seconds": nuts_seconds,
                 "kernel": "rbf, median heuristic", "optimizer": "Adagrad", "dtype": "float32"}

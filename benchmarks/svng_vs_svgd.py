@@ -13,8 +13,9 @@ data sets per particle and step), both sharing the particles' average metric
 paper's), each at lr in {2, 5}; SVGD with plain SGD
 (as in the paper) at lr in {0.01, 0.03, 0.1} and with its default Adagrad
 (lr 0.5).  Reported: the held-out mean log predictive density every 5 steps,
-the first step reaching each level, and seconds per step (median of steps,
-this machine, one thread).
+the first step reaching each level, seconds per step (median of steps,
+this machine, one thread) and the run's peak memory (``measure.PeakMemory``:
+the process's RSS above its value at the run's start). Nothing here compiles.
 
     python benchmarks/svng_vs_svgd.py [--quick] [--out benchmarks/results]
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +37,9 @@ from bayeskit.inference import SVGD, SVNG
 from bayeskit.models import logistic_regression
 from bayeskit.models.glm import logistic_regression_fisher
 from bayeskit.runner import NonFiniteError, versions
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import PeakMemory  # noqa: E402
 
 LEVELS = (-0.13, -0.125, -0.122)
 
@@ -93,15 +98,16 @@ def main(argv=None):
     for name, build, rates in configs:
         for lr in rates:
             try:
-                points, seconds = curve(build(lr), target, test, num_steps)
+                with PeakMemory() as memory:
+                    points, seconds = curve(build(lr), target, test, num_steps)
             except NonFiniteError as error:  # a step size too large for this method: say so, keep going
                 print(f"{name:26s} lr={lr:<5g} diverged at step {error.step}", flush=True)
-                rows.append({"method": name, "lr": lr, "diverged_at": error.step})
+                rows.append({"method": name, "lr": lr, "diverged_at": error.step, "peak_mib": memory.peak_mib})
                 continue
-            rows.append({"method": name, "lr": lr, "seconds_per_step": seconds,
+            rows.append({"method": name, "lr": lr, "seconds_per_step": seconds, "peak_mib": memory.peak_mib,
                          "steps_to": {str(level): first_reaching(points, level) for level in LEVELS},
                          "lpd": {str(step): value for step, value in points.items()}})
-            print(f"{name:26s} lr={lr:<5g} {seconds * 1e3:6.1f} ms/step  steps to "
+            print(f"{name:26s} lr={lr:<5g} {seconds * 1e3:6.1f} ms/step {memory.peak_mib:6.1f} MiB  steps to "
                   + ", ".join(f"{level}: {rows[-1]['steps_to'][str(level)]}" for level in LEVELS), flush=True)
     write(rows, Path(args.out), args.quick, num_steps)
 
@@ -118,9 +124,10 @@ def write(rows, out, quick, num_steps):
     lines = ["# SVNG against SVGD: held-out log predictive density per step", "",
              f"Command: `python benchmarks/svng_vs_svgd.py{' --quick' if quick else ''}`; versions: "
              f"{json.dumps(report['versions'])}", "",
-             "| method | lr | ms/step | " + " | ".join(f"steps to {level}" for level in LEVELS) + " | "
+             "peak MiB: the run's peak RSS above its value at the run's start (benchmarks/README.md).", "",
+             "| method | lr | ms/step | peak MiB | " + " | ".join(f"steps to {level}" for level in LEVELS) + " | "
              + " | ".join(f"step {s}" for s in shown) + " |",
-             "| --- " * (3 + len(LEVELS) + len(shown)) + "|"]
+             "| --- " * (4 + len(LEVELS) + len(shown)) + "|"]
     for row in rows:
         if "diverged_at" in row:
             lines.append(f"| {row['method']} | {row['lr']:g} | diverged at step {row['diverged_at']} |")
@@ -128,7 +135,7 @@ def write(rows, out, quick, num_steps):
         reached = [str(row["steps_to"][str(level)] or f"> {num_steps}") for level in LEVELS]
         values = [f"{row['lpd'][str(s)]:.4f}" for s in shown]
         lines.append(f"| {row['method']} | {row['lr']:g} | {row['seconds_per_step'] * 1e3:.1f} | "
-                     + " | ".join(reached) + " | " + " | ".join(values) + " |")
+                     f"{row['peak_mib']:.1f} | " + " | ".join(reached) + " | " + " | ".join(values) + " |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 

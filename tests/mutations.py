@@ -231,6 +231,24 @@ FAULTS = (
           "bayeskit/health.py",
           'values = values if direction == "rising" else -values', "values = values",
           (T + "test_health.py::test_a_fit_stopped_mid_descent_is_flagged_and_a_settled_one_is_not",)),
+    # ---------------------------------------------------------------- compiled steps (jit_compile)
+    Fault("compiled-step-shares-minibatches", "the compiled SG-MCMC step scores every chain on one minibatch",
+          "bayeskit/inference/sgmcmc/scoring.py",
+          "per_chain = target.subsampled and not share_minibatches and num_chains > 1", "per_chain = False",
+          (T + "inference/sgmcmc/test_sgmcmc.py::test_compiled_steps_give_the_eager_draws",)),
+    Fault("compiled-noise-inductor-rng", "compiled steps draw their noise from inductor's generator, not torch's",
+          "bayeskit/compiling.py",
+          'COMPILE_OPTIONS = {"fallback_random": True}', 'COMPILE_OPTIONS = {"fallback_random": False}',
+          (T + "inference/sgmcmc/test_sgmcmc.py::test_compiled_steps_give_the_eager_draws",)),
+    Fault("compile-shares-code-object", "every compiled step shares one code object, so the ninth hits the limit",
+          "bayeskit/compiling.py",
+          "compiled = torch.compile(_with_own_code(function),", "compiled = torch.compile(function,",
+          (T + "test_compiling.py::test_many_compiled_steps_in_one_process_stay_compiled",)),
+    Fault("compiled-filter-keeps-old-weights", "the compiled particle filter carries the previous step's weights",
+          "bayeskit/inference/smc/engines.py",
+          "return replace(state, t=state.t + 1, **tensors), info",
+          'return replace(state, t=state.t + 1, **{**tensors, "log_weights": state.log_weights}), info',
+          (T + "inference/smc/test_smc.py::test_a_compiled_filter_gives_the_eager_filter_s_particles",)),
 )
 
 

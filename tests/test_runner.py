@@ -37,6 +37,23 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert resumed.meta["steps_completed"] == 30
 
 
+def test_a_trace_longer_than_its_blocks_resumes_and_stops_exactly(tmp_path):
+    """The trace joins its per-step entries in blocks (runner.TRACE_BLOCK); a resume in the middle of a
+    block, and a callback stop there, must give the entries of the uninterrupted run, in order."""
+    x, y = data()
+    engine = SVGD(minibatch_model, num_particles=6)
+    straight = engine.run(x, y, num_steps=150, seed=4, progress=False)
+    path = tmp_path / "svgd.ckpt"
+    engine.run(x, y, num_steps=150, seed=4, progress=False, checkpoint=path, checkpoint_every=25,
+               callback=lambda step, state, info: step == 80)  # the last checkpoint: step 75
+    resumed = engine.run(x, y, num_steps=150, seed=4, progress=False, checkpoint=path, resume=True)
+    stopped = engine.run(x, y, num_steps=150, seed=4, progress=False, callback=lambda step, state, info: step == 97)
+    for name, column in straight.trace.items():
+        assert column.shape[0] == 150, name
+        assert torch.equal(resumed.trace[name], column), name
+        assert torch.equal(stopped.trace[name], column[:97]), name
+
+
 def test_resume_refuses_another_seed_and_foreign_files(tmp_path):
     x, y = data()
     engine = SVGD(minibatch_model, num_particles=4)

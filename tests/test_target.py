@@ -276,12 +276,12 @@ def test_jit_compile_falls_back_for_models_it_cannot_trace(float64):
         with pyro.plate("data", len(y)):
             pyro.sample("y", dist.Normal(mu, scale), obs=y)
 
-    with pytest.warns(UserWarning, match="jit_compile=True: the model could not be traced"):
+    with pytest.warns(UserWarning, match="jit_compile=True: the model could not be captured"):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="the model could not be evaluated")
             target = Target.from_pyro(branches_on_a_value, torch.randn(10), jit_compile=True)
     assert not target.compiled
-    with pytest.raises(TypeError, match="jit_compile must be True or False"):
+    with pytest.raises(TypeError, match="jit_compile must be True, False or a torch.compile mode"):
         Target.from_pyro(subsampled_scale_model, *make_data(), 7, jit_compile="yes")
 
 

@@ -31,7 +31,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     print_header(f"SGHMC: Bayesian neural network {train.x.shape[1]}-{hidden[0]}-1, breast cancer "
                  f"({len(train.y)} train / {len(test.y)} test, minibatches of {batch}, {engine.num_chains} chains)")
     start = time.perf_counter()
-    # jit_compile: trace the network's density once and replay it (minibatches still change every step)
+    # jit_compile: capture the network's density once and compile each step (minibatches still change every step)
     post = engine.run(train.x, train.y, hidden=hidden, subsample_size=batch, seed=seed, progress=progress,
                       jit_compile=True)
     seconds = time.perf_counter() - start

@@ -38,7 +38,7 @@ def test_sgmcmc_benchmark_quick_mode(tmp_path):
         peers = [r for r in rows if not r["library"].startswith("bayeskit") and r["algorithm"] == algorithm]
         assert len(peers) >= 2
         peer_log_lik = np.mean([r["test_log_lik"] for r in peers])
-        for library in ("bayeskit", "bayeskit (jit_compile=True)"):  # eager and traced model density
+        for library in ("bayeskit", "bayeskit (jit_compile=True)"):  # eager, and the compiled whole step
             ours = next(r for r in rows if r["library"] == library and r["algorithm"] == algorithm)
             assert abs(ours["test_log_lik"] - peer_log_lik) < LOG_LIK_MARGIN, (algorithm, ours, peers)
             assert ours["test_accuracy"] >= min(r["test_accuracy"] for r in peers) - ACCURACY_MARGIN

@@ -39,7 +39,7 @@ def test_smc_benchmark_quick_mode(tmp_path):
     settings = report["settings"]
     assert (settings["steps"], settings["particles"], settings["repeats"], settings["peer_repeats"]) == (50, 200, 2, 2)
     markdown = (tmp_path / "smc_vs_particles_quick.md").read_text()
-    assert markdown.count("\n| ") >= 2 * 2 + 9  # two tables: header and rule, 5 + 4 rows
+    assert markdown.count("\n| ") >= 2 * 2 + 10  # two tables: header and rule, 5 + 5 rows
 
     smoothing = {row["method"]: row for row in report["smoothing"]["rows"]}
     assert set(smoothing) == {module.BK_REJECT, module.BK_EXACT, module.BK_SWEEP, module.BK_BATCH,
@@ -60,14 +60,20 @@ def test_smc_benchmark_quick_mode(tmp_path):
     assert reference["num_particles"] == 1000 and reference["runs"] == 4 and all(s > 0 for s in reference["se"])
 
     filtering = {row["method"]: row for row in report["filtering"]["rows"]}
-    assert set(filtering) == {module.BK_FILTER, module.BK_FILTER_BATCH, module.PYRO_FILTER, module.PARTICLES_FILTER}
+    assert set(filtering) == {module.BK_FILTER, module.BK_FILTER_JIT, module.BK_FILTER_BATCH, module.PYRO_FILTER,
+                              module.PARTICLES_FILTER}
+    # the compiled step keeps torch's generator: the same seeds give the eager filter's evidence
+    np.testing.assert_allclose(filtering[module.BK_FILTER_JIT]["log_evidence_runs"],
+                               filtering[module.BK_FILTER]["log_evidence_runs"], rtol=1e-9)
+    assert filtering[module.BK_FILTER_JIT]["compile_seconds"] > 0
     for name, row in filtering.items():
         assert row["seconds_median"] > 0 and math.isfinite(row["log_evidence_mean"]), row
         if name != module.BK_FILTER:
             assert abs(row["log_evidence_vs_bayeskit"]["z_pooled"]) < Z_MAX, (name, row)
             # filtering means along the whole path: RMS of 50 z values, about 1 when they agree
             assert row["filtering_means_rms_z_vs_bayeskit"] < 2.5, (name, row)
-    for key in ("paris_reject_vs_particles", "paris_exact_vs_particles", "filter_vs_particles", "filter_vs_pyro"):
+    for key in ("paris_reject_vs_particles", "paris_exact_vs_particles", "filter_vs_particles",
+                "compiled_filter_vs_particles", "filter_vs_pyro"):
         assert report["speedups"][key] > 0
 
 

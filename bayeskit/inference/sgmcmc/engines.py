@@ -47,7 +47,11 @@ from bayeskit.inference.sgmcmc.kernels import (
     sgld_step,
 )
 from bayeskit.inference.sgmcmc.schedules import make_schedule
-from bayeskit.inference.sgmcmc.scoring import log_prob_and_score_per_chain, pointwise_log_likelihood
+from bayeskit.inference.sgmcmc.scoring import (
+    compiled_kernel_step,
+    log_prob_and_score_per_chain,
+    pointwise_log_likelihood,
+)
 from bayeskit.posterior import Posterior
 from bayeskit.runner import Engine
 
@@ -348,22 +352,34 @@ class SGMCMC(Engine):
 
     def step(self, state, target, generator):
         step_size, noise, collect = self.steps[state.step]
-        kernel = self.kernel
-        log_prob, score = log_prob_and_score_per_chain(target, state.kernel_state.position, self.share_minibatches)
-        if state.adaptation is None:
-            kernel_state = kernel.step(state.kernel_state, score, step_size, noise=noise,
-                                       **self.kernel_step_options(state))
-            return self.record(state, kernel_state, log_prob, collect)
         adaptation = state.adaptation
+        if adaptation is None:
+            kernel_state, log_prob = self.kernel_update(target, state.kernel_state, step_size, noise,
+                                                        self.kernel_step_options(state))
+            return self.record(state, kernel_state, log_prob, collect)
         if state.step < self.windows[-1]:
+            log_prob, score = log_prob_and_score_per_chain(target, state.kernel_state.position,
+                                                           self.share_minibatches)
             kernel_state, adaptation, step_size, log_prob = self._adaptive_step(state, target, log_prob, score,
                                                                                 step_size, noise)
         else:  # the frozen kernel: a fixed SG-MCMC sampler from here on
             tuned = {name[len("tuned_"):]: value for name, value in adaptation.items() if name.startswith("tuned_")}
             step_size = step_size * adaptation["step_size"]
-            kernel_state = kernel.step(state.kernel_state, score, step_size, noise=noise, **tuned)
+            kernel_state, log_prob = self.kernel_update(target, state.kernel_state, step_size, noise, tuned)
         new, info = self.record(state, kernel_state, log_prob, collect, adaptation=adaptation)
         return new, {**info, "step_size": step_size}
+
+    def kernel_update(self, target, kernel_state, step_size, noise, options):
+        """Score the chains and move them with the kernel; returns the new kernel state and the log density.
+
+        On a captured target (``jit_compile=True``) the score and the update
+        run as one compiled call (:func:`~bayeskit.inference.sgmcmc.scoring.compiled_kernel_step`).
+        """
+        if target.captured is None:
+            log_prob, score = log_prob_and_score_per_chain(target, kernel_state.position, self.share_minibatches)
+            return self.kernel.step(kernel_state, score, step_size, noise=noise, **options), log_prob
+        step = compiled_kernel_step(target, self.kernel, kernel_state.position.shape[0], self.share_minibatches)
+        return step(kernel_state, step_size, noise, options)
 
     def kernel_step_options(self, state) -> dict:
         """Extra keyword arguments of this step's kernel update (none, unless an engine adapts).

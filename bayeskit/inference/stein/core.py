@@ -16,7 +16,8 @@ import torch
 from bayeskit.inference.stein.mirror_maps import SiteMirrors
 from bayeskit.optim import PureOptimizer, step_count
 
-__all__ = ["SVGDState", "svgd_direction", "svgd_init", "svgd_step", "ascend", "MirrorGeometry", "MetricGeometry",
+__all__ = ["SVGDState", "svgd_direction", "svgd_init", "svgd_step", "svgd_update", "compiled_svgd_step", "ascend",
+           "MirrorGeometry", "MetricGeometry",
            "msvgd_direction", "svmd_direction", "mirrored_step", "SVNGState", "svng_init", "svng_step"]
 
 
@@ -49,10 +50,48 @@ def svgd_init(particles, optimizer: PureOptimizer) -> SVGDState:
 
 
 def svgd_step(state: SVGDState, target, kernel, optimizer: PureOptimizer) -> tuple[SVGDState, dict]:
-    """One SVGD step: score all particles in one Target call, then let the optimiser ascend ``phi``."""
+    """One SVGD step: score all particles in one Target call, then let the optimiser ascend ``phi``.
+
+    On a captured target (``jit_compile=True``) the score, the kernel's sums
+    and the optimiser's update run as one compiled call (:func:`compiled_svgd_step`).
+    """
+    if target.captured is not None:
+        return compiled_svgd_step(target, kernel, optimizer)(state)
     log_prob, score = target.log_prob_and_score(state.particles)
+    return svgd_update(state, log_prob, score, kernel, optimizer)
+
+
+def svgd_update(state: SVGDState, log_prob, score, kernel, optimizer: PureOptimizer) -> tuple[SVGDState, dict]:
+    """The SVGD step given the particles' log densities and scores."""
     phi, bandwidth = svgd_direction(state.particles, score, kernel)
     return ascend(state, optimizer, phi, log_prob, score, bandwidth=bandwidth.mean())
+
+
+def compiled_svgd_step(target, kernel, optimizer: PureOptimizer):
+    """:func:`svgd_step` on a captured target as one compiled call: ``step(state) -> (new state, info)``.
+
+    The minibatch (one for all particles, as in the eager step) is drawn
+    before the call; the compiled function is kept on the target per kernel
+    and optimiser.
+    """
+    captured = target.captured
+
+    def build():
+        score_function = captured.score_function(per_chain=False)
+
+        def update(particles, optimizer_state, minibatch):
+            log_prob, score = score_function(particles.reshape(-1, particles.shape[-1]), *minibatch)
+            new, info = svgd_update(SVGDState(particles, optimizer_state), log_prob.reshape(particles.shape[:-1]),
+                                    score.reshape(particles.shape), kernel, optimizer)
+            return new.particles, new.optimizer_state, info
+        return update
+
+    compiled = captured.compiled(("svgd step", kernel, optimizer), build)
+
+    def step(state):
+        particles, optimizer_state, info = compiled(state.particles, state.optimizer_state, captured.minibatch())
+        return SVGDState(particles, optimizer_state), info
+    return step
 
 
 def ascend(state, optimizer: PureOptimizer, phi, log_prob, score, **info):
