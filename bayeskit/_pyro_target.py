@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from bayeskit._checks import check_finite, check_same_length, check_support
 from bayeskit._sites import build_sites, site_block
-from bayeskit.compiling import check_jit_compile, compile_step
+from bayeskit.compiling import check_jit_compile, compile_step, error_summary
 
 PARTICLE_PLATE = "_bayeskit_points"
 
@@ -660,7 +660,7 @@ class CapturedDensity:
             try:
                 self.capture(flat[0])
             except Exception as error:  # the model's code could not be captured
-                return False, _reason(error)
+                return False, error_summary(error)
         density = self._shared(self.point_log_prob)
         for points in (flat, -flat, flat.flip(0)):
             with torch.random.fork_rng(devices=[]):
@@ -668,7 +668,7 @@ class CapturedDensity:
                 try:
                     fast = density(points, *self.minibatch())
                 except Exception as error:  # an operation with no batching rule, or data-dependent
-                    return False, _reason(error)
+                    return False, error_summary(error)
                 torch.manual_seed(0)
                 slow = self.density.log_prob(points)
             scale = slow.abs().max().clamp(min=1.0)
@@ -683,10 +683,6 @@ def _hashable(value) -> bool:
     except TypeError:
         return False
     return True
-
-
-def _reason(error) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _subsample_plates(trace) -> dict[str, tuple[int, int, torch.device]]:
@@ -731,7 +727,7 @@ def _vectorization_agrees(density, flat) -> tuple[bool, str]:
             torch.manual_seed(seed)
             fast = density.log_prob(flat)
     except Exception as error:  # the model's own code failed to broadcast
-        return False, f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        return False, error_summary(error)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         slow = looped.log_prob(flat)

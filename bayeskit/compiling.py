@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["COMPILE_MODES", "COMPILE_OPTIONS", "CUDA_GRAPH_MODES", "check_jit_compile", "compile_step"]
+__all__ = ["COMPILE_MODES", "COMPILE_OPTIONS", "CUDA_GRAPH_MODES", "check_jit_compile", "clone_tensors", "compile_step",
+           "error_summary"]
 
 #: What ``jit_compile=True`` asks of ``torch.compile``: random draws inside a compiled step (SG-MCMC noise,
 #: a particle filter's resampling and moves) stay torch's own generator's, so a seed gives the eager draws.
@@ -62,9 +63,8 @@ def compile_step(function: Callable, mode=True, *, dynamic: bool | None = False)
         except Exception as error:  # noqa: BLE001 - a compiler's failure; the plain function decides
             result = function(*args)
             current["function"] = function
-            reason = str(error).splitlines()[0] if str(error) else ""
-            warnings.warn(f"jit_compile: torch.compile failed ({type(error).__name__}: {reason}); running the "
-                          "step uncompiled, which is slower", stacklevel=3)
+            warnings.warn(f"jit_compile: torch.compile failed ({error_summary(error)}); running the step "
+                          "uncompiled, which is slower", stacklevel=3)
             return result
     return call
 
@@ -99,16 +99,22 @@ def _outputs_kept(compiled: Callable) -> Callable:
     """
     def call(*args):
         torch.compiler.cudagraph_mark_step_begin()
-        return _copy_tensors(compiled(*args))
+        return clone_tensors(compiled(*args))
     return call
 
 
-def _copy_tensors(value):
-    """``value`` with every tensor inside tuples, lists and dicts cloned."""
+def clone_tensors(value, *, detach: bool = False):
+    """``value`` with every tensor inside dicts, lists and tuples cloned (and detached from autograd if asked)."""
     if torch.is_tensor(value):
-        return value.clone()
+        return (value.detach() if detach else value).clone()
     if isinstance(value, dict):
-        return {key: _copy_tensors(item) for key, item in value.items()}
+        return {key: clone_tensors(item, detach=detach) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_copy_tensors(item) for item in value)
+        return type(value)(clone_tensors(item, detach=detach) for item in value)
     return value
+
+
+def error_summary(error: BaseException) -> str:
+    """``"TypeName: first line of the message"``, for warnings that say why a fast path was not taken."""
+    message = str(error)
+    return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"

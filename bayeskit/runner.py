@@ -20,6 +20,7 @@ import torch
 
 from bayeskit import health
 from bayeskit._checks import positive_int
+from bayeskit.compiling import clone_tensors
 from bayeskit.optim import make_optimizer
 from bayeskit.parallel import resolve_seed, seeded
 from bayeskit.posterior import Posterior
@@ -545,11 +546,11 @@ class Fit:
             p.data = state["parameters"][key].clone()
         if state is not self._live:
             for key, saved in state["carry"].items():
-                self.carry[key].load_state_dict(_clone(saved))
+                self.carry[key].load_state_dict(clone_tensors(saved, detach=True))
             self._live = state
 
     def _carried(self):
-        return {key: _clone(value.state_dict()) for key, value in self.carry.items()}
+        return {key: clone_tensors(value.state_dict(), detach=True) for key, value in self.carry.items()}
 
 
 def _optimizer_per_parameter(optimizer, lr, parameters) -> dict:
@@ -568,17 +569,6 @@ def _check_run_arguments(num_steps, seed, checkpoint_every):
     positive_int("num_steps", num_steps)
     positive_int("seed", seed, minimum=0, allow_none=True)
     positive_int("checkpoint_every", checkpoint_every)
-
-
-def _clone(obj):
-    """Deep copy of the tensors in a state dict (the carried objects update theirs in place)."""
-    if torch.is_tensor(obj):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
 
 
 def _postfix(info):
