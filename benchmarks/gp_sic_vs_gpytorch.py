@@ -36,9 +36,10 @@ compiles. One thread (``--threads``).
 Run: ``python benchmarks/gp_sic_vs_gpytorch.py`` (about 10 minutes on one thread of the 2-core dev machine;
 ``wall_time_s`` in the JSON says how long it took; ``--rho 2`` costs DKLGP far more per epoch, see the README),
 ``--quick`` (n = 1,000, 3 epochs, under a minute), ``--methods svgp,vnngp`` for a subset, ``--out DIR``.
-Writes ``benchmarks/results/gp_sic_vs_gpytorch{,_quick}.{json,md}``; the JSON records the settings, the machine
-load and the versions of torch, gpytorch and bayeskit (the peers), and the verdicts on the two targets: DKLGP's
-test NLL(f) below every other method's, and its seconds per epoch within 2x of VNNGP's.
+Writes ``benchmarks/results/gp_sic_vs_gpytorch{,_quick}{,_rho2}.{json,md}`` (the suffix names a ``--rho``
+other than 1.5); the JSON records the settings, the machine load and the versions of torch, gpytorch and
+bayeskit (the peers), and the verdicts on the two targets: DKLGP's test NLL(f) below every other method's, and
+its seconds per epoch within 2x of VNNGP's.
 """
 
 from __future__ import annotations
@@ -390,7 +391,7 @@ def main(argv=None):
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "versions": versions(), "baselines": baselines, "rows": rows, "verdicts": verdicts(rows),
               "wall_time_s": time.perf_counter() - began}
-    name = "gp_sic_vs_gpytorch" + ("_quick" if args.quick else "")
+    name = "gp_sic_vs_gpytorch" + ("_quick" if args.quick else "") + (f"_rho{args.rho:g}" if args.rho != 1.5 else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
     markdown = render(report)

@@ -119,7 +119,7 @@ def write(rows, out, quick, num_steps):
                            "data": "breast cancer 455 train / 114 test", "threads": 1},
               "versions": versions(), "results": rows}
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    steps = sorted({int(s) for row in rows for s in row["lpd"]})
+    steps = sorted({int(s) for row in rows for s in row.get("lpd", ())})   # a diverged row has no curve
     shown = [s for s in steps if s in (5, 10, 20, 30, 50, 100, 200, 400)] or steps[:8]
     lines = ["# SVNG against SVGD: held-out log predictive density per step", "",
              f"Command: `python benchmarks/svng_vs_svgd.py{' --quick' if quick else ''}`; versions: "

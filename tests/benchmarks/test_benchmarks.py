@@ -34,3 +34,15 @@ def test_benchmark_module_imports():
     module = load_benchmark("svgd_vs_peers.py")
     x, y = module.make_data(50, 3)
     assert x.shape == (50, 3) and set(y.tolist()) <= {0.0, 1.0}
+
+
+def test_svng_table_keeps_a_diverged_row_next_to_finished_ones(tmp_path):
+    """A step size too large for a method ends its run early: the table says where, the other rows still print."""
+    module = load_benchmark("svng_vs_svgd.py")
+    finished = {"method": "SVGD, SGD", "lr": 0.03, "seconds_per_step": 0.002, "peak_mib": 1.0,
+                "steps_to": {str(level): None for level in module.LEVELS}, "lpd": {"5": -0.5, "10": -0.25}}
+    diverged = {"method": "SVNG, exact Fisher", "lr": 5.0, "diverged_at": 12, "peak_mib": 1.0}
+    module.write([diverged, finished], tmp_path, quick=True, num_steps=10)
+    table = (tmp_path / "svng_vs_svgd_quick.md").read_text()
+    assert "| SVNG, exact Fisher | 5 | diverged at step 12 |" in table
+    assert "| -0.5000 | -0.2500 |" in table

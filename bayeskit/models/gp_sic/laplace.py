@@ -26,7 +26,12 @@ def sparse_factor(values: np.ndarray, index: np.ndarray) -> sp.csr_matrix:
 
 
 class _Pattern:
-    """Row-wise view of the strictly upper part of a padded column pattern, for the IC0 recursion."""
+    """Row-wise view of the strictly upper part of a padded column pattern, and its elimination levels.
+
+    Column ``k`` of IC0 reads row ``k``: the entries ``V[k, l]`` of the later columns ``l`` whose sets hold
+    ``k``. So ``k`` waits for those columns, and the columns of one *level* (each one more than the highest
+    level of the columns it waits for) never read each other: a level is computed in one vectorised pass.
+    """
 
     def __init__(self, index):
         n, width = index.shape
@@ -38,11 +43,32 @@ class _Pattern:
         self.columns, self.flat = columns[order], flat[order]
         self.row_start = np.searchsorted(rows[order], np.arange(n + 1))
         self.index, self.width = index, width
+        self.levels = _levels(index)
+
+    def row_entries(self, rows):
+        """Entry positions (into ``columns``/``flat``) of ``rows``, and which of ``rows`` each belongs to."""
+        starts, lengths = self.row_start[rows], self.row_start[rows + 1] - self.row_start[rows]
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum()), owner
+
+
+def _levels(index):
+    """The columns grouped by elimination level, first level first (see :class:`_Pattern`)."""
+    n = len(index)
+    level = np.zeros(n, dtype=np.int64)
+    for column in range(n - 1, -1, -1):   # every column a row waits for comes later in the order
+        rows = index[column, :-1]
+        rows = rows[rows >= 0]
+        level[rows] = np.maximum(level[rows], level[column] + 1)
+    order = np.argsort(level, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(level[order])) + 1)
 
 
 def incomplete_cholesky(precision: sp.spmatrix, index: np.ndarray) -> np.ndarray:
     """IC0 of ``precision`` on the padded column pattern ``index`` (diagonal last): ``V``'s values ``(n, width)``.
 
+    Column ``k`` solves ``V_kk^2 = P_kk - sum_l V_kl^2`` and ``V_rk = (P_rk - sum_l V_rl V_kl) / V_kk`` for the
+    rows ``r`` of its set (``l`` over the later columns), one level of columns at a time.
     Raises ``np.linalg.LinAlgError`` on a non-positive pivot (IC0 can break down off the full pattern).
     """
     pattern = _Pattern(index)
@@ -51,26 +77,36 @@ def incomplete_cholesky(precision: sp.spmatrix, index: np.ndarray) -> np.ndarray
     rows = np.where(index >= 0, index, np.arange(n)[:, None])
     target = np.asarray(precision[rows.ravel(), np.repeat(np.arange(n), width)]).reshape(n, width)
     values = np.zeros(n * width)
-    scratch = np.zeros(n)
-    for k in range(n - 1, -1, -1):
-        start, stop = pattern.row_start[k], pattern.row_start[k + 1]
-        own_columns, own_values = pattern.columns[start:stop], values[pattern.flat[start:stop]]
-        pivot = target[k, -1] - own_values @ own_values
-        if not pivot > 0:
-            raise np.linalg.LinAlgError(f"incomplete Cholesky broke down at column {k}")
-        diagonal = np.sqrt(pivot)
-        values[k * width + width - 1] = diagonal
-        slots = np.flatnonzero(index[k, :-1] >= 0)
-        if slots.size:
-            scratch[own_columns] = own_values
-            others = index[k, slots]
-            starts, lengths = pattern.row_start[others], pattern.row_start[others + 1] - pattern.row_start[others]
-            entries = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-            products = values[pattern.flat[entries]] * scratch[pattern.columns[entries]]
-            overlap = np.bincount(np.repeat(np.arange(slots.size), lengths), weights=products, minlength=slots.size)
-            values[k * width + slots] = (target[k, slots] - overlap) / diagonal
-            scratch[own_columns] = 0.0
+    scratch = np.zeros((max(1, min(n, _SCRATCH_ENTRIES // n)), n))   # rows of V, densely, a few at a time
+    for whole_level in pattern.levels:
+        for level in np.array_split(whole_level, -(-len(whole_level) // len(scratch))):
+            # the pairs (r, k): every row r of every column k of this level (the diagonal r = k last in each)
+            owner, slot = np.nonzero(index[level] >= 0)
+            dots = _row_dots(pattern, values, scratch, level, owner, index[level[owner], slot])
+            last = slot == width - 1
+            pivots = target[level, -1] - dots[last]
+            if not (pivots > 0).all():
+                raise np.linalg.LinAlgError(f"incomplete Cholesky broke down at column {level[~(pivots > 0)][0]}")
+            diagonal = np.sqrt(pivots)
+            columns = level[owner]
+            values[columns * width + slot] = (target[columns, slot] - dots) / diagonal[owner]
+            values[level * width + width - 1] = diagonal
     return values.reshape(n, width)
+
+
+_SCRATCH_ENTRIES = 2 ** 21  # 16 MiB of float64 for the dense rows of one pass
+
+
+def _row_dots(pattern, values, scratch, level, owner, partner_rows):
+    """``sum_l V[r, l] V[k, l]`` for each pair (``r`` = ``partner_rows``, ``k`` = ``level[owner]``) over the
+    columns computed so far: the rows ``k`` go densely into ``scratch``, the rows ``r`` are read sparsely."""
+    k_entries, k_owner = pattern.row_entries(level)
+    k_columns = pattern.columns[k_entries]
+    scratch[k_owner, k_columns] = values[pattern.flat[k_entries]]
+    r_entries, pair = pattern.row_entries(partner_rows)
+    products = values[pattern.flat[r_entries]] * scratch[owner[pair], pattern.columns[r_entries]]
+    scratch[k_owner, k_columns] = 0.0
+    return np.bincount(pair, weights=products, minlength=len(partner_rows))
 
 
 def robust_incomplete_cholesky(precision, index):
