@@ -130,7 +130,7 @@ def block_structure(block_sets: torch.Tensor, v_pattern: torch.Tensor) -> tuple[
 def solve_blocks(structure, v_values: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """``V[a, a]^{-1} rhs`` for the blocks that ``structure`` (from :func:`block_structure`) describes."""
     parameter, rows, columns, padding = structure
-    return _BlockSolve.apply(v_values.reshape(-1)[parameter], rows, columns, padding, rhs)
+    return _BlockSolve.apply(v_values.reshape(-1).index_select(0, parameter), rows, columns, padding, rhs)
 
 
 class _BlockSolve(torch.autograd.Function):
