@@ -41,6 +41,14 @@ both the prior and the posterior, so it adds no KL term: the paper's :math:`q(x_
 series).  The prior is time-homogeneous (:math:`b` sees only :math:`X`), so
 forecasting runs the prior SDE on from the posterior's state at the last
 observation.
+
+With a linear-Gaussian decoder :math:`o = Cx + b + \varepsilon` (``guide=True``) the
+control is instead :class:`~.model.FractionalSDE`'s guided form, a learnt gain
+times the driftless optimal control :func:`~.model.guided_control` towards the
+next observations mapped into the latent space, :math:`z = C^+(o - b)`, plus a
+learnt correction: the network alone does not learn the posterior of rough
+paths (:math:`H < 1/2`) in a usual budget, and its ELBO gap then biases the
+learnt H towards 1/2.
 """
 
 from __future__ import annotations
@@ -52,13 +60,22 @@ from torch import nn
 
 from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM
-from bayeskit.models.fractional_sde.model import ConstantDiffusion, mlp, path_draws, register_log
+from bayeskit.models.fractional_sde.model import (
+    ConstantDiffusion,
+    guide_schedule,
+    guided_control,
+    mlp,
+    path_draws,
+    register_log,
+    upcoming_observations,
+)
 from bayeskit.models.fractional_sde.solvers import MAX_SPEED_TIMES_STEP, METHODS, solve
 from bayeskit.parallel import resolve_seed, step_generator
 from bayeskit.posterior import Posterior, predictive_mixture
 from bayeskit.runner import Fit
 
-__all__ = ["LatentFractionalSDE", "SequenceEncoder", "LatentControl", "MLPDrift", "stochastic_lorenz"]
+__all__ = ["LatentFractionalSDE", "SequenceEncoder", "LatentControl", "MLPDrift", "latent_observations",
+           "stochastic_lorenz"]
 
 # Default gamma_max * dt: below the authors' strict rule gamma_max * dt < 0.5 with room for float32 rounding of the
 # grid (float32(0.05) > 0.05, which the solver's check would refuse at exactly 0.5), and 1/4 divides the usual
@@ -104,15 +121,55 @@ class SequenceEncoder(nn.Module):
 
 class LatentControl(nn.Module):
     r"""Posterior control :math:`u(t, x, y, c)`: an MLP of the time since :math:`t_0`, the latent state,
-    the OU states and the context.  The last layer starts at zero, so fitting starts from the prior (u = 0)."""
+    the OU states and the context.  The last layer starts at zero, so fitting starts from the prior (u = 0).
 
-    def __init__(self, latent_dim: int, num_processes: int, *, context_dim: int = 16, hidden: int = 64):
+    With ``guided=True`` (what :class:`LatentFractionalSDE` builds when ``guide=True``) it is called as
+    ``control(t, x, y, context, guide, guide_scale)`` and, as :class:`~.model.MLPControl` does, returns
+
+    .. math:: u = f_\phi(h) + 2\,\mathrm{sigmoid}\bigl(g_\phi(h)\bigr)\,u_{\text{guide}}
+
+    with the guide among the inputs :math:`h`, and the guide's narrowing of the Brownian step: both heads
+    start at zero, so fitting starts from the guide (gain 1, no correction).
+    """
+
+    def __init__(self, latent_dim: int, num_processes: int, *, context_dim: int = 16, hidden: int = 64,
+                 guided: bool = False):
         super().__init__()
-        self.net = mlp(1 + latent_dim * (num_processes + 1) + context_dim, hidden, latent_dim, zero_last=True)
+        self.latent_dim, self.guided = latent_dim, bool(guided)
+        inputs = 1 + latent_dim * (num_processes + 1 + self.guided) + context_dim
+        self.net = mlp(inputs, hidden, latent_dim * (1 + self.guided), zero_last=True)
 
-    def forward(self, t, x, y, context):
+    def forward(self, t, x, y, context, guide=None, guide_scale=None):
         time = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
-        return self.net(torch.cat([time, x, y.flatten(1), context], -1))
+        if not self.guided:
+            return self.net(torch.cat([time, x, y.flatten(1), context], -1))
+        if guide is None:
+            raise ValueError("this LatentControl was built with guided=True: call it with the guide "
+                             "(LatentFractionalSDE(..., guide=True) does)")
+        shift, gain = self.net(torch.cat([time, x, y.flatten(1), context, guide], -1)).split(self.latent_dim, -1)
+        return shift + 2 * torch.sigmoid(gain) * guide, guide_scale
+
+
+def latent_observations(decoder: nn.Module, y: torch.Tensor, observation_scale: torch.Tensor, latent_dim: int):
+    r"""Observations of a linear-Gaussian decoder mapped into the latent space, and their noise variance.
+
+    For :math:`o = C x + b + \varepsilon`, :math:`\varepsilon \sim N(0, s^2 I)` and :math:`C` of full column
+    rank, the least-squares latent :math:`z = C^+(o - b)`, :math:`C^+ = (C^TC)^{-1}C^T`, is a sufficient
+    statistic for :math:`x`: :math:`z = x + \eta`, :math:`\eta \sim N(0, s^2 (C^TC)^{-1})`.  The guide works
+    per latent dimension, so it takes the diagonal of that covariance (exact for the identity decoder and
+    for orthogonal columns; otherwise a guide that ignores the cross-dimension correlation of the noise,
+    which the learnt gain and correction absorb).  Differentiable in :math:`C`, :math:`b` and :math:`s`.
+
+    Returns ``z`` (the shape of ``y`` with ``latent_dim`` last) and the variance ``(latent_dim,)``.
+    """
+    scale = observation_scale.to(y.dtype)
+    if isinstance(decoder, nn.Identity):
+        return y, (scale**2).expand(latent_dim)
+    weight = decoder.weight.to(y.dtype)  # C: (obs_dim, latent_dim)
+    centred = y - decoder.bias.to(y.dtype) if decoder.bias is not None else y
+    gram = weight.mT @ weight
+    z = torch.linalg.solve(gram, (centred @ weight).unsqueeze(-1)).squeeze(-1)
+    return z, scale**2 * torch.linalg.inv(gram).diagonal()
 
 
 class LatentFractionalSDE(nn.Module):
@@ -136,7 +193,19 @@ class LatentFractionalSDE(nn.Module):
     decoder : nn.Module, optional
         ``decoder(x) -> observation mean`` over the last dimension; default ``nn.Linear(latent_dim, obs_dim)``.
     control : nn.Module, optional
-        ``control(t, x, y, context) -> (batch, latent_dim)``; default :class:`LatentControl`.
+        ``control(t, x, y, context) -> (batch, latent_dim)``; default :class:`LatentControl`.  With
+        ``guide=True`` it is called as ``control(t, x, y, context, guide, guide_scale)`` and returns ``u`` or
+        ``(u, scale)`` (see :func:`~.solvers.solve`); default ``LatentControl(..., guided=True)``.
+    guide : bool
+        Steer the posterior by the guided control of :func:`~.model.guided_control` (the driftless optimal
+        control towards the next ``lookahead`` observations, the guide that lets :class:`~.model.FractionalSDE`
+        learn H), with the observations mapped into the latent space by :func:`latent_observations`.  Needs a
+        linear-Gaussian decoder: ``nn.Linear(latent_dim, obs_dim)`` with ``obs_dim >= latent_dim``, or
+        ``nn.Identity()`` with ``obs_dim == latent_dim``.  Without it the control network alone must learn
+        the pull of order 1/(observation variance) of each observation, which it does not within a usual
+        budget when H < 1/2, and the ELBO's gap then biases the learnt H towards 1/2 (see the tutorial).
+    lookahead : int
+        How many upcoming observations the guide steers towards.
     context_dim, hidden : int
         Sizes of the context vector and of the hidden layers (GRU and MLPs).
     diffusion : float or tensor ``(latent_dim,)``
@@ -154,10 +223,11 @@ class LatentFractionalSDE(nn.Module):
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, fbm: MarkovFBM | None = None, dt: float | None = None,
                  drift: nn.Module | None = None, decoder: nn.Module | None = None, control: nn.Module | None = None,
                  context_dim: int = 16, hidden: int = 64, diffusion=0.5, learn_diffusion: bool = True,
-                 observation_scale: float = 0.1, learn_observation_scale: bool = True, method: str = "euler"):
+                 observation_scale: float = 0.1, learn_observation_scale: bool = True, method: str = "euler",
+                 guide: bool = False, lookahead: int = 4):
         super().__init__()
         for name, value in (("obs_dim", obs_dim), ("latent_dim", latent_dim), ("context_dim", context_dim),
-                            ("hidden", hidden)):
+                            ("hidden", hidden), ("lookahead", lookahead)):
             positive_int(name, value)
         if fbm is None:
             fbm = MarkovFBM(0.5, kind="mandelbrot_van_ness", learn_hurst=True, horizon=1.0)
@@ -183,17 +253,38 @@ class LatentFractionalSDE(nn.Module):
         if not bool((diffusion > 0).all()):
             raise ValueError(f"diffusion must be positive, got {diffusion.tolist()}")
         self.obs_dim, self.latent_dim, self.method, self.dt = obs_dim, latent_dim, method, float(dt)
+        self.guide, self.lookahead = bool(guide), lookahead
         self.fbm = fbm
         self.encoder = SequenceEncoder(obs_dim, latent_dim, hidden=hidden, context_dim=context_dim)
         self.drift = drift if drift is not None else MLPDrift(latent_dim, hidden)
         self.diffusion = ConstantDiffusion(diffusion, learn=learn_diffusion)
         self.control = control if control is not None else LatentControl(
-            latent_dim, fbm.num_processes, context_dim=context_dim, hidden=hidden)
+            latent_dim, fbm.num_processes, context_dim=context_dim, hidden=hidden, guided=self.guide)
         self.decoder = decoder if decoder is not None else nn.Linear(latent_dim, obs_dim)
+        if self.guide:
+            self._check_linear_decoder()
         register_log(self, "log_observation_scale", observation_scale, learn_observation_scale,
                       "observation_scale")
 
     # ------------------------------------------------------------ checks
+    def _check_linear_decoder(self):
+        """The guide maps observations into the latent space, which needs a linear decoder of full column rank."""
+        decoder = self.decoder
+        if isinstance(decoder, nn.Identity):
+            if self.obs_dim != self.latent_dim:
+                raise ValueError(f"guide=True with an nn.Identity decoder needs obs_dim == latent_dim, got "
+                                 f"{self.obs_dim} and {self.latent_dim}")
+        elif type(decoder) is nn.Linear:
+            if (decoder.in_features, decoder.out_features) != (self.latent_dim, self.obs_dim):
+                raise ValueError(f"decoder must be nn.Linear({self.latent_dim}, {self.obs_dim}), got "
+                                 f"nn.Linear({decoder.in_features}, {decoder.out_features})")
+            if self.obs_dim < self.latent_dim:
+                raise ValueError(f"guide=True needs obs_dim >= latent_dim (the decoder's pseudo-inverse maps the "
+                                 f"observations into the latent space), got {self.obs_dim} < {self.latent_dim}")
+        else:
+            raise ValueError(f"guide=True needs a linear-Gaussian decoder (nn.Linear or nn.Identity), got "
+                             f"{type(decoder).__name__}; pass guide=False for a nonlinear decoder")
+
     @property
     def observation_scale(self) -> torch.Tensor:
         return self.log_observation_scale.exp()
@@ -264,9 +355,35 @@ class LatentFractionalSDE(nn.Module):
         def control(step, t, x, ou):
             return self.control(t, x, ou, path_context[:, upcoming[step]])
 
+        if self.guide:
+            control = self._guided_control(y, index, sequence, path_context, upcoming)
         paths = solve(self.drift, self.diffusion, self.fbm.weights(), self.fbm.gammas, x0, y0,
                       self._grid(num_steps), control=control, method=self.method, generator=generator)
         return paths, loc, scale, sequence
+
+    def _guided_control(self, y, index, sequence, path_context, context_step):
+        r"""The control of the guided posterior: :func:`~.model.guided_control` towards the next ``lookahead``
+        latent observations :math:`z = C^+(o - b)` (:func:`latent_observations`), handed to ``self.control``
+        with its narrowing of the Brownian step, as :class:`~.model.FractionalSDE` does in observation space."""
+        num_steps = int(index[-1])
+        z, variance = latent_observations(self.decoder, y, self.observation_scale, self.latent_dim)
+        upcoming, valid, wait_steps = (v.to(y.device) for v in upcoming_observations(index, num_steps,
+                                                                                      self.lookahead))
+        waits = wait_steps.double() * self.dt
+        memory, kernel, covariance = guide_schedule(self.fbm.weights(), self.fbm.gammas, waits, valid, self.dt,
+                                                    y.dtype)
+        noise_variance = variance[:, None, None]  # per latent dimension, against (paths, d, J, J) systems
+        path_z = z[sequence]  # (paths, num_times, d)
+
+        def control(step, t, x, ou):
+            targets = (path_z[:, upcoming[step]] * valid[step, :, None]).transpose(-1, -2)  # (paths, d, J)
+            sigma = self.diffusion(t, x)
+            pull, precision = guided_control(x, ou, sigma, targets, noise_variance, memory[step], kernel[step],
+                                             covariance[step])
+            shrink = 1 + precision * self.dt
+            return self.control(t, x, ou, path_context[:, context_step[step]], pull / shrink, shrink.rsqrt())
+
+        return control
 
     def elbo(self, y, times, *, num_samples: int = 1, generator: torch.Generator | None = None) -> dict:
         """Monte Carlo ELBO of each sequence and its parts, a dict of ``(batch,)`` tensors.

@@ -42,7 +42,7 @@ from bayeskit.posterior import Posterior, predictive_mixture
 from bayeskit.runner import Fit
 
 __all__ = ["FractionalSDE", "OrnsteinUhlenbeckDrift", "ConstantDiffusion", "MLPControl", "AffineControl",
-           "ControlContext", "gaussian_kl", "guided_control"]
+           "ControlContext", "gaussian_kl", "guided_control", "guide_schedule", "upcoming_observations"]
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -134,6 +134,26 @@ def guide_coefficients(weights, gammas, waits, valid):
     covariance = torch.where(both, covariance, eye * (~valid[:, :, None]))
     memory = weights * (decay - 1) * valid[..., None]
     kernel = (decay @ weights) * valid
+    return memory, kernel, covariance
+
+
+def upcoming_observations(index: torch.Tensor, num_steps: int, lookahead: int):
+    """Per solver step n: the indices of the next ``lookahead`` observations after it (grid index > n),
+    which of them exist, and the number of steps to each (zero where none is left). All ``(n, lookahead)``."""
+    steps = torch.arange(num_steps, device=index.device)
+    first = torch.searchsorted(index, steps, right=True)  # first observation with index > n
+    upcoming = first[:, None] + torch.arange(lookahead, device=index.device)
+    valid = upcoming < index.numel()
+    upcoming = upcoming.clamp(max=index.numel() - 1)
+    return upcoming, valid, (index[upcoming] - steps[:, None]) * valid
+
+
+def guide_schedule(weights, gammas, waits, valid, dt, dtype):
+    """:func:`guided_control`'s per-step ``memory`` (at the step's start) and ``kernel`` and ``covariance``
+    (from the step's end, after its kick), from the times ``waits`` ``(n, J)`` to the next observations."""
+    memory = guide_coefficients(weights, gammas, waits, valid)[0].to(dtype)
+    _, kernel, covariance = (v.to(dtype) for v in guide_coefficients(weights, gammas, (waits - dt).clamp(min=0),
+                                                                     valid))
     return memory, kernel, covariance
 
 
@@ -436,12 +456,8 @@ class FractionalSDE(nn.Module):
 
         Returns observations ``(num_series, n, d, J)``, waits ``(n, J)`` and valid ``(n, J)``.
         """
-        steps = torch.arange(num_steps, device=index.device)
-        first = torch.searchsorted(index, steps, right=True)  # first observation with index > n
-        upcoming = first[:, None] + torch.arange(self.lookahead, device=index.device)  # (n, J)
-        valid = upcoming < index.numel()
-        upcoming = upcoming.clamp(max=index.numel() - 1)
-        waits = (index[upcoming] - steps[:, None]).double() * self.dt * valid
+        upcoming, valid, wait_steps = upcoming_observations(index, num_steps, self.lookahead)  # (n, J)
+        waits = wait_steps.double() * self.dt
         device = self.x0.device
         following = observations[:, upcoming.to(device)] * valid.to(device)[None, :, :, None]  # (S, n, J, d)
         return following.transpose(-1, -2), waits.to(device), valid.to(device)
@@ -454,10 +470,7 @@ class FractionalSDE(nn.Module):
         x0, y0 = self._sample_initial(series, generator)
         following, waits, valid = self._next_observations(observations, index, times.numel() - 1)
         weights = self.fbm.weights()
-        memory = guide_coefficients(weights, self.fbm.gammas, waits, valid)[0].to(x0.dtype)
-        # the response and the remaining covariance count from the end of the step (after this kick)
-        _, kernel, covariance = (v.to(x0.dtype) for v in guide_coefficients(
-            weights, self.fbm.gammas, (waits - self.dt).clamp(min=0), valid))
+        memory, kernel, covariance = guide_schedule(weights, self.fbm.gammas, waits, valid, self.dt, x0.dtype)
         noise_variance = self.observation_scale.to(x0.dtype) ** 2
         has_next, wait = valid[:, :1].to(x0.dtype), waits[:, :1].to(x0.dtype)
         batch = series.shape[0]
