@@ -89,8 +89,6 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="n = 1,000 and rho = 1.5 only")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
     cases = {1.5: (1.5, 1.25, 1.0)} if args.quick else {1.5: (1.5, 1.25, 1.0), 2.0: (2.0, 1.75, 1.5, 1.25)}
     n = 1_000 if args.quick else 10_000
     rows = [row for rho, radii in cases.items() for row in audit(n, rho, radii)]
@@ -114,4 +112,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # here, not in main(): the tests call main() and keep their own settings
     main()
