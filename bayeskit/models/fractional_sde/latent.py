@@ -62,6 +62,7 @@ from bayeskit._checks import check_finite, positive_int
 from bayeskit.models.fractional_sde.markov import MarkovFBM
 from bayeskit.models.fractional_sde.model import (
     ConstantDiffusion,
+    gained_guide,
     guide_schedule,
     guided_control,
     mlp,
@@ -146,8 +147,7 @@ class LatentControl(nn.Module):
         if guide is None:
             raise ValueError("this LatentControl was built with guided=True: call it with the guide "
                              "(LatentFractionalSDE(..., guide=True) does)")
-        shift, gain = self.net(torch.cat([time, x, y.flatten(1), context, guide], -1)).split(self.latent_dim, -1)
-        return shift + 2 * torch.sigmoid(gain) * guide, guide_scale
+        return gained_guide(self.net(torch.cat([time, x, y.flatten(1), context, guide], -1)), guide), guide_scale
 
 
 def latent_observations(decoder: nn.Module, y: torch.Tensor, observation_scale: torch.Tensor, latent_dim: int):
@@ -378,10 +378,9 @@ class LatentFractionalSDE(nn.Module):
         def control(step, t, x, ou):
             targets = (path_z[:, upcoming[step]] * valid[step, :, None]).transpose(-1, -2)  # (paths, d, J)
             sigma = self.diffusion(t, x)
-            pull, precision = guided_control(x, ou, sigma, targets, noise_variance, memory[step], kernel[step],
-                                             covariance[step])
-            shrink = 1 + precision * self.dt
-            return self.control(t, x, ou, path_context[:, context_step[step]], pull / shrink, shrink.rsqrt())
+            guide, guide_scale = guided_control(x, ou, sigma, targets, noise_variance, memory[step], kernel[step],
+                                                covariance[step], self.dt)
+            return self.control(t, x, ou, path_context[:, context_step[step]], guide, guide_scale)
 
         return control
 

@@ -42,7 +42,7 @@ from bayeskit.posterior import Posterior, predictive_mixture
 from bayeskit.runner import Fit
 
 __all__ = ["FractionalSDE", "OrnsteinUhlenbeckDrift", "ConstantDiffusion", "MLPControl", "AffineControl",
-           "ControlContext", "gaussian_kl", "guided_control", "guide_schedule", "upcoming_observations"]
+           "ControlContext", "gaussian_kl", "guided_control", "gained_guide", "guide_schedule", "upcoming_observations"]
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -157,7 +157,7 @@ def guide_schedule(weights, gammas, waits, valid, dt, dtype):
     return memory, kernel, covariance
 
 
-def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, covariance):
+def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, covariance, dt):
     r"""The optimal control towards the next J noisy observations, ignoring the drift.
 
     Without drift, :math:`X(t+\tau_a) = x + \sigma\sum_k\omega_k(Y_k(t+\tau_a) - Y_k(t))` are jointly
@@ -173,10 +173,10 @@ def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, co
     observations at once; in continuous time it is the exact posterior control of a driftless model
     whose remaining observations all lie in the window.  MA-fBM's response to a kick is not
     immediate (for H > 1/2 it grows after it), so the plain Brownian guide :math:`(o - x)/\tau` would
-    overshoot.  Returns the numerator of ``u`` and :math:`\lambda`; the caller divides by
-    :math:`1 + \lambda\delta t` and narrows the step's sd by its square root (``kernel`` and ``covariance``
-    are taken from the end of the step, ``memory`` from its start).  The networks of
-    :class:`MLPControl` correct for the drift, which the guide leaves out.
+    overshoot.  Returns ``u`` and the factor :math:`(1 + \lambda\delta t)^{-1/2}` by which the guided
+    posterior narrows the step's sd (``kernel`` and ``covariance`` are taken from the end of the step,
+    ``memory`` from its start; ``dt`` is :math:`\delta t`).  The networks of :class:`MLPControl` correct
+    for the drift, which the guide leaves out.
 
     Shapes: x ``(batch, d)``, y ``(batch, d, K)``, sigma ``(batch, d)``, observations ``(batch, d, J)``,
     memory ``(J, K)``, kernel ``(J,)``, covariance ``(J, J)``.
@@ -186,7 +186,15 @@ def guided_control(x, y, sigma, observations, noise_variance, memory, kernel, co
                                                                                      dtype=x.dtype, device=x.device)
     response = sigma.unsqueeze(-1) * kernel
     pull = torch.linalg.solve(system, response.unsqueeze(-1)).squeeze(-1)  # (sigma^2 C + s^2 I)^{-1} r
-    return (pull * (observations - predicted)).sum(-1), (pull * response).sum(-1)
+    shrink = 1 + (pull * response).sum(-1) * dt  # 1 + lambda dt
+    return (pull * (observations - predicted)).sum(-1) / shrink, shrink.rsqrt()
+
+
+def gained_guide(head, guide):
+    r""":math:`f + 2\,\mathrm{sigmoid}(g)\,u_{\text{guide}}` from a network output ``head`` whose last dimension
+    holds :math:`(f, g)`: a head at zero gives the guide itself (gain 1, no correction)."""
+    shift, gain = head.chunk(2, -1)
+    return shift + 2 * torch.sigmoid(gain) * guide
 
 
 class MLPControl(nn.Module):
@@ -217,8 +225,7 @@ class MLPControl(nn.Module):
         gap = (context.next_observation - x) * context.has_next
         features = torch.cat([time, x, y.flatten(1), self.embedding(context.series), context.has_next,
                               context.time_to_observation, gap, context.guide], -1)
-        shift, gain = self.net(features).split(self.state_dim, -1)
-        return shift + 2 * torch.sigmoid(gain) * context.guide, context.guide_scale
+        return gained_guide(self.net(features), context.guide), context.guide_scale
 
 
 class AffineControl(nn.Module):
@@ -478,11 +485,10 @@ class FractionalSDE(nn.Module):
         def control(step, t, x, y):
             sigma = self.diffusion(t, x) if callable(self.diffusion) else torch.as_tensor(self.diffusion).to(x)
             targets = following[series, step]  # (batch, d, J)
-            pull, precision = guided_control(x, y, sigma.expand_as(x), targets, noise_variance, memory[step],
-                                             kernel[step], covariance[step])
-            shrink = 1 + precision * self.dt
+            guide, guide_scale = guided_control(x, y, sigma.expand_as(x), targets, noise_variance, memory[step],
+                                                kernel[step], covariance[step], self.dt)
             context = ControlContext(series, targets[..., 0], wait[step].expand(batch, 1),
-                                     has_next[step].expand(batch, 1), pull / shrink, shrink.rsqrt())
+                                     has_next[step].expand(batch, 1), guide, guide_scale)
             return self.control(step, t, x, y, context)
 
         return solve(self.drift, self.diffusion, weights, self.fbm.gammas, x0, y0, times,

@@ -53,9 +53,10 @@ def split_by_width(widths: torch.Tensor, overhead: int = PART_OVERHEAD) -> list[
     are heavy-tailed, so padding a batch to its widest set wastes about 5x). The parts are runs of the sorted
     widths, chosen by dynamic programming over the cut points.
     """
-    order = torch.argsort(widths.cpu(), stable=True)
+    on_host = widths.cpu()
+    order = torch.argsort(on_host, stable=True)
     # a cut between two equal widths only adds a part's overhead, so cuts fall where the width changes
-    distinct, counts = np.unique(widths.cpu().numpy(), return_counts=True)
+    distinct, counts = np.unique(on_host.numpy(), return_counts=True)
     ends = np.cumsum(counts)   # the sorted positions where each distinct width's run ends
     starts = np.concatenate([[0], ends])
     best, cut = np.zeros(len(distinct) + 1), np.zeros(len(distinct) + 1, dtype=np.int64)
@@ -83,9 +84,14 @@ def prior_columns_by_width(kernel, x_ordered: torch.Tensor, sets: torch.Tensor, 
         part = trim(sets[rows])
         values = prior_columns(kernel, x_ordered[part.clamp_min(0)], part >= 0, jitter)
         pieces.append(torch.nn.functional.pad(values, (sets.shape[1] - values.shape[1], 0)))
-    inverse = torch.empty_like(sets[:, 0])
-    inverse[torch.cat(parts)] = torch.arange(len(sets), device=sets.device)
-    return torch.cat(pieces)[inverse]
+    return torch.cat(pieces)[inverse_permutation(torch.cat(parts))]
+
+
+def inverse_permutation(permutation: torch.Tensor) -> torch.Tensor:
+    """``inverse`` with ``inverse[permutation[k]] = k``: indexing permuted values by it restores the order."""
+    inverse = torch.empty_like(permutation)
+    inverse[permutation] = torch.arange(len(permutation), device=permutation.device)
+    return inverse
 
 
 def positions(sets: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

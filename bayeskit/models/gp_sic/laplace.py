@@ -64,14 +64,16 @@ def _levels(index):
     return np.split(order, np.flatnonzero(np.diff(level[order])) + 1)
 
 
-def incomplete_cholesky(precision: sp.spmatrix, index: np.ndarray) -> np.ndarray:
+def incomplete_cholesky(precision: sp.spmatrix, index: np.ndarray, pattern: _Pattern | None = None) -> np.ndarray:
     """IC0 of ``precision`` on the padded column pattern ``index`` (diagonal last): ``V``'s values ``(n, width)``.
 
     Column ``k`` solves ``V_kk^2 = P_kk - sum_l V_kl^2`` and ``V_rk = (P_rk - sum_l V_rl V_kl) / V_kk`` for the
     rows ``r`` of its set (``l`` over the later columns), one level of columns at a time.
-    Raises ``np.linalg.LinAlgError`` on a non-positive pivot (IC0 can break down off the full pattern).
+    ``pattern`` is ``index``'s :class:`_Pattern`, built here unless a caller that factors on the same pattern
+    again passes it. Raises ``np.linalg.LinAlgError`` on a non-positive pivot (IC0 can break down off the full
+    pattern).
     """
-    pattern = _Pattern(index)
+    pattern = _Pattern(index) if pattern is None else pattern
     n, width = index.shape
     precision = precision.tocsr()
     rows = np.where(index >= 0, index, np.arange(n)[:, None])
@@ -109,12 +111,13 @@ def _row_dots(pattern, values, scratch, level, owner, partner_rows):
     return np.bincount(pair, weights=products, minlength=len(partner_rows))
 
 
-def robust_incomplete_cholesky(precision, index):
+def robust_incomplete_cholesky(precision, index, pattern=None):
     """IC0, retried on ``P + alpha diag(P)`` with growing ``alpha`` after a breakdown (Manteuffel's shift)."""
+    pattern = _Pattern(index) if pattern is None else pattern   # one elimination layout for every retry
     diagonal = sp.diags(precision.diagonal())
     for alpha in (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0):
         try:
-            return incomplete_cholesky(precision + alpha * diagonal, index)
+            return incomplete_cholesky(precision + alpha * diagonal, index, pattern)
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("incomplete Cholesky broke down even with a unit diagonal shift")
@@ -144,12 +147,13 @@ def laplace_fit(u_values, s_index, v_index, mean, newton_terms, num_iterations, 
     factor_u = sparse_factor(u_values, s_index)
     prior_precision = (factor_u @ factor_u.T).tocsr()
     f = np.full(s_index.shape[0], mean)
+    pattern = _Pattern(v_index)  # the preconditioner's factor and the final one share V's pattern
     preconditioner = v_values = weights = None
     for _ in range(num_iterations):
         gradient, weights = newton_terms(f)
         precision = (prior_precision + sp.diags(weights)).tocsr()
         if preconditioner is None:  # the first factor preconditions every step: CG still solves them exactly
-            v_values = robust_incomplete_cholesky(precision, v_index)
+            v_values = robust_incomplete_cholesky(precision, v_index, pattern)
             preconditioner = sparse_factor(v_values, v_index)
         step = _preconditioned_solve(precision, preconditioner, gradient - prior_precision @ (f - mean), rtol=1e-12)
         f = f + step
@@ -157,5 +161,5 @@ def laplace_fit(u_values, s_index, v_index, mean, newton_terms, num_iterations, 
             break
     _, final_weights = newton_terms(f)
     if not np.array_equal(final_weights, weights):  # a Gaussian likelihood's curvature does not move
-        v_values = robust_incomplete_cholesky((prior_precision + sp.diags(final_weights)).tocsr(), v_index)
+        v_values = robust_incomplete_cholesky((prior_precision + sp.diags(final_weights)).tocsr(), v_index, pattern)
     return f, v_values

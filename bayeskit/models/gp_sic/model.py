@@ -14,6 +14,7 @@ from bayeskit._checks import check_finite, check_same_length, positive_int
 from bayeskit.models.gp_sic import laplace, ordering
 from bayeskit.models.gp_sic.factors import (
     block_structure,
+    inverse_permutation,
     padded_rows,
     positions,
     prior_columns,
@@ -158,7 +159,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         """q's mean in the user's order, kept across a re-ordering (V's pattern changes, so V restarts)."""
         if not hasattr(self, "nu"):
             return None
-        return self.nu.detach()[_inverse_permutation(self._order)]
+        return self.nu.detach()[inverse_permutation(self._order)]
 
     def _global_size(self, s_csr):
         if self._num_global is not None:
@@ -185,7 +186,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         order = torch.argsort(self._a_length[columns])
         v_values = self._v_values()
         pieces = [self._column_terms(columns[part], v_values=v_values) for part in order.split(_CHUNK)]
-        inverse = _inverse_permutation(order)
+        inverse = inverse_permutation(order)
         return {key: torch.cat([piece[key] for piece in pieces])[inverse] for key in pieces[0]}
 
     def _structure(self, columns):
@@ -354,7 +355,7 @@ class SparseInverseCholeskyGP(torch.nn.Module):
             terms = self.elbo_terms(part)
             means.append(terms["mean"])
             variances.append(terms["var"])
-        inverse = _inverse_permutation(self._order)
+        inverse = inverse_permutation(self._order)
         return torch.cat(means)[inverse], torch.cat(variances)[inverse]
 
     @torch.no_grad()
@@ -411,18 +412,11 @@ class SparseInverseCholeskyGP(torch.nn.Module):
         noise = rng.standard_normal((self.num_data, num_samples))
         draws = spsolve_triangular(factor.T.tocsr(), noise, lower=True)
         draws = torch.as_tensor(draws.T, dtype=self.x.dtype, device=self.x.device) + self.nu.detach()
-        inverse = _inverse_permutation(self._order)
+        inverse = inverse_permutation(self._order)
         meta = {"engine": "SparseInverseCholeskyGP", "variational": self.variational, "rho": self.rho,
                 "num_neighbours": self.num_neighbours, "seed": seed, "sample_kind": "variational"}
         return Posterior({"f": draws[:, inverse].unsqueeze(0)}, observed_data={"y": self.y, "x": self.x},
                          dims={"f": ["point"], "y": ["point"], "x": ["point", "input"]}, meta=meta)
-
-
-def _inverse_permutation(permutation: torch.Tensor) -> torch.Tensor:
-    """``inverse`` with ``inverse[permutation[k]] = k``: indexing ordered values by it restores the user's order."""
-    inverse = torch.empty_like(permutation)
-    inverse[permutation] = torch.arange(len(permutation), device=permutation.device)
-    return inverse
 
 
 def _chunks_by_width(widths: torch.Tensor, batch_size: int, max_entries: int = 2 ** 22):
