@@ -12,7 +12,7 @@ import torch
 from bayeskit.parallel import resolve_seed
 
 __all__ = ["Dataset", "TimeSeries", "load_breast_cancer", "load_digits", "digits_split", "load_fiji_quakes",
-           "load_flight_delays", "load_gbp_usd", "load_radon"]
+           "load_flight_delays", "load_gbp_usd", "load_radon", "simulate_rare_event_logistic"]
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,61 @@ def load_fiji_quakes(dtype: torch.dtype | None = None) -> Dataset:
                    "Harvard PRIM-H project (J. Woodhouse, Dept. of Geophysics); R Core Team, datasets::quakes")
 
 
-def digits_split(seed: int, num_train: int = 200, num_test: int = 300):
-    """Tran et al.'s small-data split of the bundled digits: zeros tune the prior; other digits train and test."""
+def digits_split(seed: int, num_train: int = 200, num_test: int = 300, *, prior: str = "zeros"):
+    """Tran et al.'s small-data split of the bundled digits: ``(prior data, training, test)`` images.
+
+    Training and test images are digits 1-9, ``num_train`` and ``num_test`` of them drawn without
+    overlap by ``seed``. The prior's data are set apart from both: ``prior="zeros"`` gives all the
+    zeros (178; the README command of Tran et al.'s MNIST experiment, 100 zeros there),
+    ``prior="all"`` as many images of every digit 0-9, drawn by ``seed`` from the rows neither set
+    uses (the default of their script: 10 images per class), so prior and task data come from one
+    distribution, as in their CelebA experiment.
+    """
+    if prior not in ("zeros", "all"):
+        raise ValueError(f'prior must be "zeros" or "all", got {prior!r}')
     data = load_digits()
     others = torch.nonzero(data.y != 0).flatten()
     others = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))]
-    return data.x[data.y == 0], data.x[others[:num_train]], data.x[others[num_train:num_train + num_test]]
+    train, test = others[:num_train], others[num_train:num_train + num_test]
+    zeros = data.x[data.y == 0]
+    if prior == "zeros":
+        return zeros, data.x[train], data.x[test]
+    unused = torch.ones(len(data.y), dtype=torch.bool)
+    unused[others[:num_train + num_test]] = False
+    rest = torch.nonzero(unused).flatten()
+    rest = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))][:len(zeros)]
+    return data.x[rest], data.x[train], data.x[test]
+
+
+#: Chan, Pollock, Johansen and Roberts's (2023) simulated logistic regression: intercept and slopes, and how
+#: often each covariate is non-zero (the last one in 1% of rows, with a large effect: rare, informative rows).
+RARE_EVENT_COEFFICIENTS = (-3.0, 1.2, -0.5, 0.8, 3.0)
+RARE_EVENT_FREQUENCIES = (0.2, 0.3, 0.5, 0.01)
+
+
+def simulate_rare_event_logistic(num_data: int = 1000, *, seed: int | None = None,
+                                 dtype: torch.dtype | None = None) -> Dataset:
+    r"""The rare-event logistic regression on which Chan et al. (JMLR 2023) compare Fusion with its baselines.
+
+    Covariate j of row i is :math:`N(1, 1)` with probability ``RARE_EVENT_FREQUENCIES[j]`` (0.2, 0.3, 0.5,
+    0.01) and 0 otherwise; :math:`y_i \sim \mathrm{Bernoulli}(\sigma(-3 + 1.2 x_{i1} - 0.5 x_{i2} + 0.8 x_{i3}
+    + 3 x_{i4}))`, so 11-13% of the responses are 1 and the fourth covariate is non-zero in about ten rows of
+    1,000. Split into many shards, most shards hold no row that informs its coefficient, whose sub-posterior is
+    then the tempered prior, and few positives: sub-posteriors far from Gaussian, where Consensus Monte Carlo
+    is biased. The design of ``simulate_LR_data`` in the authors' R package HMCBLR, drawn with torch's
+    generator (the rows differ from theirs). ``x`` is not standardised: the zeros carry the design.
+    """
+    if int(num_data) < 1:
+        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    dtype = dtype or torch.get_default_dtype()
+    generator = torch.Generator().manual_seed(resolve_seed(seed))
+    frequencies = torch.tensor(RARE_EVENT_FREQUENCIES, dtype=torch.float64)
+    present = torch.rand(num_data, len(frequencies), generator=generator, dtype=torch.float64) < frequencies
+    values = 1 + torch.randn(num_data, len(frequencies), generator=generator, dtype=torch.float64)
+    x = torch.where(present, values, 0.0)
+    intercept, *slopes = RARE_EVENT_COEFFICIENTS
+    probability = torch.sigmoid(intercept + x @ torch.tensor(slopes, dtype=torch.float64))
+    y = torch.bernoulli(probability, generator=generator)
+    return Dataset(x.to(dtype), y.to(dtype), tuple(f"x{j + 1}" for j in range(len(frequencies))),
+                   "simulated as in Chan, Pollock, Johansen and Roberts (2023), Divide-and-Conquer Fusion, "
+                   "JMLR 24(193), after simulate_LR_data of their R package HMCBLR")

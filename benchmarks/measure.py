@@ -1,4 +1,4 @@
-"""Measurements the benchmark scripts share: the peak memory of a timed block.
+"""What the benchmark scripts share: the peak memory of a timed block, and writing a report.
 
 The scripts run as files, not as a package: each puts this folder on ``sys.path``
 and imports ``from measure import PeakMemory``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import threading
 
@@ -101,3 +102,13 @@ def release_free_heap():
         ctypes.CDLL(name).malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # no libc found, or a libc without malloc_trim (musl, macOS)
         pass
+
+
+def write_report(out, stem, title, command, table, report):
+    """``out/stem.json`` (the whole ``report``) and ``out/stem.md``: the title, the command, the table, and the
+    report's settings and versions."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(
+        f"# {title}\n\nCommand: `{command}`\n\n{table}\n\nSettings: {json.dumps(report['settings'])}\n\n"
+        f"Versions: {json.dumps(report['versions'])}\n")

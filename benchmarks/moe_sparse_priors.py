@@ -27,8 +27,8 @@ Writes benchmarks/results/moe_sparse_priors{,_quick}.{json,md}. One thread.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +41,9 @@ import torch  # noqa: E402
 from bayeskit.inference import SGHMC, find_modes  # noqa: E402
 from bayeskit.models import MixtureOfExperts  # noqa: E402
 from bayeskit.runner import versions  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # measure.py sits next to the scripts (not a package)
+from measure import write_report  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ACTIVE = set(range(5))
@@ -192,13 +195,9 @@ def main(argv=None):
     command = f"python benchmarks/moe_sparse_priors.py{' --quick' if args.quick else ''}"
     report = {"settings": settings, "command": command, "versions": peer_versions(), "rows": rows}
     stem = "moe_sparse_priors" + ("_quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     table = markdown(rows, args.seeds)
-    (args.out / f"{stem}.md").write_text(
-        "# Sparse MoE (p = 200, n = 150, 5 active): top-5 precision of the inclusion signal\n\n"
-        f"Command: `{command}`\n\n{table}\n\nSettings: {json.dumps(settings)}\n\n"
-        f"Versions: {json.dumps(report['versions'])}\n")
+    write_report(args.out, stem, "Sparse MoE (p = 200, n = 150, 5 active): top-5 precision of the inclusion signal",
+                 command, table, report)
     print(table)
     return report
 

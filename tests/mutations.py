@@ -152,12 +152,21 @@ FAULTS = (
           "bayeskit/inference/fusion/core.py",
           "accepted.append(y[uniforms.log() < log_accept])", "accepted.append(y)",
           (T + "inference/fusion/test_fusion.py::"
-               "test_fused_gaussians_match_the_closed_form_product[mcf-balanced-auto]",)),
+               "test_fused_gaussians_match_the_closed_form_product[mcf-balanced-auto-False]",)),
     Fault("fusion-bridge-variance", "the fusion bridge's shared noise has variance (t-s)/(T-s), not (t-s)^2/(T-s)",
           "bayeskit/inference/fusion/core.py",
           "shared = math.sqrt((t - s) ** 2 / (horizon - s))", "shared = math.sqrt((t - s) / (horizon - s))",
           (T + "inference/fusion/test_fusion.py::"
-               "test_fused_gaussians_match_the_closed_form_product[gbf-balanced-auto]",)),
+               "test_fused_gaussians_match_the_closed_form_product[gbf-balanced-auto-False]",)),
+    Fault("fusion-nb-count-weight", "the negative-binomial estimator leaves out its 1/kappa! (lgamma(r + kappa))",
+          "bayeskit/inference/fusion/bridges.py",
+          "        - torch.lgamma(size + counts) - size * math.log(size)", "        - size * math.log(size)",
+          (T + "inference/fusion/test_fusion.py::"
+               "test_negative_binomial_estimator_is_unbiased_for_the_gaussian_path_integral",)),
+    Fault("fusion-adaptive-mesh-spread", "the adaptive mesh ignores the trajectories' spread (E[nu_j] = 0)",
+          "bayeskit/inference/fusion/core.py",
+          "variation = float(_normalised(log_weights) @ spread)", "variation = 0.0",
+          (T + "inference/fusion/test_fusion.py::test_adaptive_mesh_step_follows_the_authors_formulas",)),
     Fault("fusion-logistic-temper", "the logistic shard density ignores the prior exponent 1/C",
           "bayeskit/inference/fusion/densities.py",
           "return self.prior_weight / self.prior_scale ** 2", "return 1.0 / self.prior_scale ** 2",

@@ -10,15 +10,18 @@
 # sliced-Wasserstein distance (DSWD).
 #
 # We follow their small-data setting on the 8x8 digits that ship with
-# bayeskit (the UCI set scikit-learn also bundles). The prior is tuned on the
-# zeros, the posterior is drawn from 200 images of the digits 1-9 by adaptive
-# SGHMC, and 300 further images of 1-9 are held out. On those we compare three
-# models by their Continuous-Bernoulli negative log-likelihood (NLL, lower is
-# better): the BAE with the tuned prior, the BAE with a standard N(0, 1) prior,
-# and a VAE of the same architecture. Then we use the BAE's posterior for
-# reconstructions with per-pixel uncertainty, for r_hat and ESS of the
-# weights, and with a Dirichlet-process mixture on its latent codes, for
-# generating new digits.
+# bayeskit (the UCI set scikit-learn also bundles): the posterior is drawn
+# from 200 images of the digits 1-9 by adaptive SGHMC, and 300 further images
+# of 1-9 are held out. The prior is tuned on other images, two ways: on the
+# zeros (the command in the authors' README) and on as many images of every
+# digit set apart from both (their script's default, prior and task data of
+# one distribution, as in their CelebA experiment). On the held-out images we
+# compare four models by their Continuous-Bernoulli negative log-likelihood
+# (NLL, lower is better): the BAE with each tuned prior, the BAE with a
+# standard N(0, 1) prior, and a VAE of the same architecture. Then we use a
+# BAE's posterior for reconstructions with per-pixel uncertainty, for r_hat
+# and ESS of the weights, and with a Dirichlet-process mixture on its latent
+# codes, for generating new digits.
 #
 # Run it as a script or cell by cell. `BAYESKIT_QUICK=1` shrinks every run so
 # that CI goes through the same code in a minute; its numbers mean nothing.
@@ -45,7 +48,8 @@ from bayeskit.models import BayesianAutoencoder, DirichletProcessMixture, Variat
 QUICK = os.environ.get("BAYESKIT_QUICK") == "1"
 OUT = Path(os.environ.get("BAYESKIT_OUT") or tempfile.mkdtemp(prefix="bae-"))
 OUT.mkdir(parents=True, exist_ok=True)
-STEPS = 300 if QUICK else 3000
+STEPS = 300 if QUICK else 3000  # VAE steps, pretraining steps, SGHMC warm-up (and as many thinned steps)
+PRIOR_STEPS = 100 if QUICK else 2000  # DSWD steps, the authors' 2,000
 SEED = 0
 
 # %% [markdown]
@@ -55,7 +59,9 @@ SEED = 0
 
 # %%
 zeros, train, test = digits_split(SEED)
-print(f"prior data: {len(zeros)} zeros; training: {len(train)} images of 1-9; test: {len(test)} images of 1-9")
+every_digit, _, _ = digits_split(SEED, prior="all")  # same training and test images
+print(f"prior data: {len(zeros)} zeros, or {len(every_digit)} images of 0-9; training: {len(train)} images "
+      f"of 1-9; test: {len(test)} images of 1-9")
 architecture = {"latent_dim": 8, "hidden": (128,)}  # 64 -> 128 -> 8 -> 128 -> 64, ReLU
 
 # %% [markdown]
@@ -66,7 +72,7 @@ architecture = {"latent_dim": 8, "hidden": (128,)}  # 64 -> 128 -> 8 -> 128 -> 6
 # %%
 vae = VariationalAutoencoder(64, **architecture)
 vae.fit(train, num_steps=STEPS, seed=SEED, progress=False)
-nll = {"VAE": -float(vae.log_likelihood(test).mean())}
+nll = {"VAE": (-float(vae.log_likelihood(test).mean()),) * 2}
 
 # %% [markdown]
 # ## BAE with the standard prior
@@ -74,68 +80,123 @@ nll = {"VAE": -float(vae.log_likelihood(test).mean())}
 # bayeskit engine samples it. `AdaptiveSGHMC` (Springenberg et al., 2016)
 # learns a diagonal mass from the gradients during burn-in and then freezes
 # it: the weights' scales differ by orders of magnitude, and one step size
-# suits them all only once they are rescaled. Four chains run in one batched
-# step; we keep 32 draws per chain.
+# suits them all only once they are rescaled. We use the authors' step size
+# (their `lr`, 0.003) and momentum decay (0.05), and start every chain where
+# theirs starts, at torch's default initialisation of a network
+# (`initial_weights`), not at a draw from the prior. Four chains run in one
+# batched step; we keep 32 draws per chain.
+#
+# Each model is scored two ways: averaging the likelihood over the draws
+# (the model-averaged predictive, `log_likelihood`'s default) and, as the
+# authors' code does, at the draws' average Continuous-Bernoulli parameter
+# (`average="parameter"`).
 
 # %%
 def sample_posterior(bae):
-    engine = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=STEPS, num_samples=32, thin=max(1, STEPS // 32),
-                           num_chains=4)
+    engine = AdaptiveSGHMC(bae, step_size=0.003, momentum_decay=0.05, num_warmup=STEPS, num_samples=32,
+                           thin=max(1, STEPS // 32), num_chains=4, init=bae.initial_weights(4, seed=SEED))
     return engine.run(train, seed=SEED, progress=False)
+
+
+def test_nll(bae, post):
+    return (-float(bae.log_likelihood(post, test).mean()),
+            -float(bae.log_likelihood(post, test, average="parameter").mean()))
 
 
 began = time.perf_counter()
 standard = BayesianAutoencoder(64, **architecture)  # N(0, 1) on every weight
-standard_post = sample_posterior(standard)
-nll["BAE, N(0, 1) prior"] = -float(standard.log_likelihood(standard_post, test).mean())
+posts = {"BAE, N(0, 1) prior": (standard, sample_posterior(standard))}
+nll["BAE, N(0, 1) prior"] = test_nll(*posts["BAE, N(0, 1) prior"])
 print(f"standard-prior BAE: {time.perf_counter() - began:.0f} s")
 
 # %% [markdown]
-# ## BAE with a prior tuned by DSWD on the zeros
-# `fit_prior` first trains an ordinary autoencoder on the zeros and centres
-# the prior there, with every prior sd at exp(-3); then it moves the means
-# and scales down the DSWD between images simulated from the prior
-# predictive and the real zeros (32 prior draws per batch of 64 images; 8 in
-# quick mode, where the distance's sorts would otherwise take most of the run).
+# ## BAE with a prior tuned by DSWD
+# `fit_prior` first trains an ordinary autoencoder on the prior's data and
+# centres the prior there, with every prior sd at exp(-3) (the authors'
+# log-variance of -6); then it moves the means and scales down the DSWD
+# between images simulated from the prior predictive and the real ones, at
+# the authors' Adam rates: 1e-3 for the means and for the log-variances,
+# which is 5e-4 for the log-sd, and nothing for the first 50 batches while
+# the direction distribution warms up. At that rate no sd can grow more than
+# about e-fold in 2,000 steps: the tuned prior is tight, by design. We draw 8
+# weight sets from the prior per batch of 64 images (the authors draw 32; on
+# these digits 8 gives the same NLL at a quarter of the cost).
 
 # %%
-began = time.perf_counter()
-tuned = BayesianAutoencoder(64, **architecture)
-fit = tuned.fit_prior(zeros, num_steps=STEPS // 3, lr=0.01, pretrain_steps=STEPS, num_prior_draws=8 if QUICK else 32,
-                     seed=SEED, progress=False)
-print(f"DSWD over the prior fit: {float(fit.trace['loss'][:20].mean()):.4f} -> "
-      f"{float(fit.trace['loss'][-20:].mean()):.4f}")
-scales = torch.cat([value.detach().exp().flatten() for value in tuned.prior_log_scale.values()])
-print(f"tuned prior sd: median {float(scales.median()):.3f}, range {float(scales.min()):.3f}-{float(scales.max()):.3f}")
-tuned_post = sample_posterior(tuned)
-nll["BAE, DSWD prior"] = -float(tuned.log_likelihood(tuned_post, test).mean())
-print(f"tuned-prior BAE: {time.perf_counter() - began:.0f} s")
+for label, prior_data in (("zeros", zeros), ("digits 0-9", every_digit)):
+    began = time.perf_counter()
+    tuned = BayesianAutoencoder(64, **architecture)
+    fit = tuned.fit_prior(prior_data, num_steps=PRIOR_STEPS, pretrain_steps=STEPS, num_prior_draws=8, seed=SEED,
+                          progress=False)
+    scales = torch.cat([value.detach().exp().flatten() for value in tuned.prior_log_scale.values()])
+    name = f"BAE, DSWD prior on {label}"
+    posts[name] = (tuned, sample_posterior(tuned))
+    nll[name] = test_nll(*posts[name])
+    print(f"{name}: DSWD {float(fit.trace['loss'][:20].mean()):.4f} -> {float(fit.trace['loss'][-20:].mean()):.4f}; "
+          f"prior sd median {float(scales.median()):.3f}, range {float(scales.min()):.3f}-"
+          f"{float(scales.max()):.3f}; {time.perf_counter() - began:.0f} s")
 
 # %% [markdown]
 # ## Held-out NLL
-# The BAE's score averages the likelihood over its posterior draws
-# (Bayesian model averaging); the mean image is the floor any model must beat.
+# The mean image is the floor any model must beat.
 
 # %%
 mean_image = train.mean(0).clamp(1e-3, 1 - 1e-3)
-nll["mean image"] = -float(torch.distributions.ContinuousBernoulli(probs=mean_image).log_prob(test).sum(-1).mean())
-for name, value in nll.items():
-    print(f"{name:>20}: NLL {value:8.1f} per image")
+floor = -float(torch.distributions.ContinuousBernoulli(probs=mean_image).log_prob(test).sum(-1).mean())
+nll["mean image"] = (floor, floor)
+print(f"{'':>30}  NLL per image: draws' likelihoods averaged | at the mean parameter")
+for name, (mixture, at_mean) in nll.items():
+    print(f"{name:>30}: {mixture:8.1f} | {at_mean:8.1f}")
 
 # %% [markdown]
 # What this script printed at full size (`python
-# tutorials/05_bayesian_autoencoder_digits.py`, 7 min on a 2-core CPU): VAE
-# -103.6, BAE with the N(0, 1) prior -97.7, BAE with the DSWD prior -77.7,
-# mean image -41.2; output-bias r_hat median 1.47 (max 2.37) under N(0, 1)
-# against 1.009 (max 1.074) under the tuned prior. On
-# these digits the tuned prior does *worse*: its sd of about 0.05 around an
-# autoencoder of zeros keeps the posterior close to a decoder of zeros, and
-# 200 images of the other digits cannot pull it far enough. The
-# paper's claim that the tuned prior wins is not what we see here; it may
-# need its larger convolutional networks, longer prior fits or images of the
-# same kind for prior and training data. What the tuned prior does buy is
-# mixing: the chains agree (r_hat near 1 below), while under N(0, 1) they sit
-# in different modes (r_hat far above 1).
+# tutorials/05_bayesian_autoencoder_digits.py`, 7 min on a 2-core CPU
+# shared with another job):
+#
+# | model | NLL, likelihood averaged over draws | NLL at the draws' mean lambda |
+# |---|---|---|
+# | VAE | -103.6 | -103.6 |
+# | BAE, N(0, 1) prior | -100.3 | -96.4 |
+# | BAE, DSWD prior on zeros | -84.1 | -83.6 |
+# | BAE, DSWD prior on digits 0-9 | -101.5 | -101.5 |
+# | mean image | -41.2 | -41.2 |
+#
+# Before the audit below, this script measured -103.6 (VAE), -97.7 (N(0, 1))
+# and -77.7 (DSWD prior on the zeros). `python benchmarks/bae_priors.py`
+# repeats the comparison on a second split (seed 1): -102.4, -98.8, -82.6 and
+# -99.5. The paper's claim holds only in part. The prior tuned on the zeros,
+# the setting of the authors' MNIST command, still loses to N(0, 1) by 16
+# nats: at the authors' own rates every prior sd stays within 0.043-0.055, so
+# the posterior of 200 images stays near an autoencoder of zeros. Tuned on
+# images of every digit, set apart from the training and test images (the
+# default of the authors' script; in their CelebA experiment too the prior's
+# data are a disjoint set of the same kind), the prior beats N(0, 1) by a nat
+# (4-5 nats at the mean lambda, the authors' metric) but not the VAE. What
+# still differs from the paper is the network (dense on 8x8 against their
+# convolutions on 28x28, whose filters learned on zeros may carry over to the
+# other digits better), the test set (theirs includes zeros) and the chains'
+# length (their one chain runs 38,000 steps). Their second setting, a prior
+# tuned on Frey faces for a BAE of 500 Yale faces, agrees with the zeros:
+# `benchmarks/bae_priors.py --data faces` measures -717.1 and -719.5 for the
+# tuned prior against -725.7 and -726.2 for N(0, 1) (two seeds, a smaller
+# network and a shorter run than theirs).
+#
+# The audit behind these settings, against the authors' code
+# (github.com/tranbahien/bae-prior, `experiments/bae_conv_mnist.py`):
+#
+# | | Tran et al.'s code | bayeskit before | bayeskit now |
+# |---|---|---|---|
+# | prior data | 100 zeros (README), 10 per digit (script) | the 178 zeros | either (`digits_split(prior=)`) |
+# | test images | the full MNIST test set, zeros included | 1-9 | 1-9 |
+# | architecture | conv [32, 64, 64, 128], latent 50, 28x28 | dense 128, latent 8, 8x8 | unchanged |
+# | pretraining | MSE of the sigmoid output (CB's lambda), 200 epochs | MSE of the CB *mean* | MSE of lambda |
+# | prior init | means at the pretrained net, log-var -6 | sd exp(-3) | unchanged |
+# | prior's Adam rate | 1e-3 on means and log-variances | 0.01 on means and log-sd (20x) | 1e-3 and 5e-4 on log-sd |
+# | prior steps | 2,000, frozen for the first 50 | 1,000 | 2,000, frozen for 50 |
+# | DSWD | 1,000 directions, 30 steps, 32 draws | 200, 10, 32 | 200, 10, 8 |
+# | SGHMC | lr 0.003, mdecay 0.05, 1 chain, 38,000 steps | 0.01, 0.05, 4 chains x 6,000 | 0.003, 0.05, 4 x 6,000 |
+# | chains start | torch's default init | a prior draw | torch's default init |
+# | test NLL | CB at the draws' mean lambda | mixture over draws | both |
 
 # %% [markdown]
 # ## Convergence: r_hat and ESS of a few weights
@@ -143,12 +204,21 @@ for name, value in nll.items():
 # posteriors have many symmetric modes; the output biases are identified.
 
 # %%
-for name, post in (("N(0, 1)", standard_post), ("DSWD", tuned_post)):
-    table = post.summary(var_names=["dec1_b"])
-    print(f"{name} prior, output biases: r_hat median {table['r_hat'].median():.3f}, "
+for name, (_, post) in posts.items():
+    table = post.summary(var_names=["dec1_b"], health=False)
+    print(f"{name}, output biases: r_hat median {table['r_hat'].median():.3f}, "
           f"max {table['r_hat'].max():.3f}; bulk ESS median {table['ess_bulk'].median():.0f} "
           f"of {post.num_chains * post.num_draws} draws")
-print(tuned_post.summary(var_names=["dec1_b"]).iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
+print(posts["BAE, DSWD prior on zeros"][1].summary(var_names=["dec1_b"], health=False)
+      .iloc[[19, 27, 36, 44]][["mean", "sd", "ess_bulk", "r_hat"]])
+
+# %% [markdown]
+# At full size the output biases' r_hat is 3.7 (max; median 2.2) under
+# N(0, 1) and 1.5 (median 1.16) under either tuned prior: four chains of
+# 19,000 weights started from different networks settle in different modes
+# within 6,000 steps, and the tight tuned prior only narrows the gap. The
+# authors run a single chain, which cannot show this. Every NLL above is that
+# of these draws; a chain per mode is what the model average mixes over.
 
 # %% [markdown]
 # ## Reconstructions, their uncertainty, and new digits
@@ -159,9 +229,9 @@ print(tuned_post.summary(var_names=["dec1_b"]).iloc[[19, 27, 36, 44]][["mean", "
 # decoded by random posterior draws are new digits.
 
 # %%
-bae, post = standard, standard_post
-if nll["BAE, DSWD prior"] < nll["BAE, N(0, 1) prior"]:
-    bae, post = tuned, tuned_post
+best = min((name for name in posts), key=lambda name: nll[name][0])
+print(f"showing {best}")
+bae, post = posts[best]
 mean, sd = bae.reconstruct(post, test[:10])
 codes, _ = bae.latent(post, train)
 mixture = DirichletProcessMixture(20)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bayeskit import Target
-from bayeskit.datasets import load_digits
+from bayeskit.datasets import digits_split, load_digits
 from bayeskit.diagnostics import sliced_wasserstein
 from bayeskit.inference import AdaptiveSGHMC
 from bayeskit.models import BayesianAutoencoder, VariationalAutoencoder
@@ -169,6 +169,27 @@ def test_summaries_average_over_draws_as_a_loop_does(float64):
     torch.testing.assert_close(bae.reconstruct(draws, x, max_draws=2)[0], means[[0, 5]].mean(0))
 
 
+def test_the_authors_test_nll_scores_the_draws_mean_lambda(float64):
+    """average="parameter": log CB(x | mean over draws of sigmoid(logits)), normaliser included, per image;
+    with one draw it is the mixture's value (regression: Tran et al.'s metric was not available before)."""
+    bae = BayesianAutoencoder(64, 3, hidden=(8,)).to(F64)
+    draws = small_posterior(bae)
+    x = digits(6)
+    lambdas = []
+    for chain in range(2):
+        for draw in range(3):
+            encoder, decoder = reference_network(bae, {name: value[chain, draw] for name, value in draws.items()})
+            lambdas.append(torch.sigmoid(decoder(encoder(x))))
+    lam = torch.stack(lambdas).mean(0)
+    log_c = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))  # the Continuous Bernoulli's normaliser
+    expected = (log_c + x * torch.log(lam) + (1 - x) * torch.log1p(-lam)).sum(-1)
+    torch.testing.assert_close(bae.log_likelihood(draws, x, average="parameter"), expected, rtol=1e-8, atol=1e-8)
+    one = {name: value[:1, :1] for name, value in draws.items()}
+    torch.testing.assert_close(bae.log_likelihood(one, x, average="parameter"), bae.log_likelihood(one, x))
+    with pytest.raises(ValueError, match="average must be"):
+        bae.log_likelihood(draws, x, average="mean")
+
+
 def test_generate_decodes_the_mixtures_codes_with_posterior_draws(float64):
     bae = BayesianAutoencoder(64, 2, hidden=(5,)).to(F64)
     draws = small_posterior(bae, num_draws=1)
@@ -213,6 +234,73 @@ def test_pretraining_and_dswd_bring_the_prior_predictive_towards_the_data(float6
         f"{group}.{name}" for group in ("loc", "log_scale") for name in bae.sites}
 
 
+def test_pretraining_fits_the_sigmoid_output_lambda_not_the_likelihoods_mean(float64):
+    """Tran et al. pretrain by least squares between the pixels and their decoder's sigmoid output, the
+    Continuous Bernoulli's lambda. Fitting the CB mean instead (as before the audit) pushes lambda towards
+    0 and 1, far from the pixels: a grey image of 0.2 needs lambda of about 0.03 to have mean 0.2."""
+    x = torch.full((32, 64), 0.2, dtype=F64)
+    bae = BayesianAutoencoder(64, 2, hidden=(8,)).to(F64)
+    bae.pretrain(x, num_steps=300, lr=1e-2, batch_size=32, seed=0, progress=False)
+    weights = {name: value.detach().unsqueeze(0) for name, value in bae.prior_loc.items()}
+    outputs = bae.decode(bae.encode(x, weights), weights).squeeze(0)
+    lam = torch.sigmoid(outputs)
+    assert float((lam - 0.2).abs().max()) < 0.02, float(lam.mean())
+    assert float(bae.observation(outputs).mean.mean()) > 0.3  # the CB mean at that lambda: not what was fitted
+
+
+def test_prior_scales_learn_at_the_authors_log_variance_rate_after_the_warmup(float64):
+    """Tran et al.: Adam at 1e-3 on the means and on the log-variances, the prior frozen for 50 batches while
+    the directions learn. A log-variance rate of lr is a log-sd rate of lr / 2 (Adam ignores the gradient's
+    scale), so no log-sd moves by more than lr / 2 per step, and none at all during the warm-up."""
+    x = digits(64)
+    bae = BayesianAutoencoder(64, 3, hidden=(8,)).to(F64)
+    cheap = dict(num_projections=16, transform_steps=2, num_prior_draws=4, batch_size=32, pretrain_steps=20,
+                 seed=0, progress=False)
+    bae.fit_prior(x, num_steps=5, direction_warmup=5, **cheap)
+    pretrained = {name: value.detach().clone() for name, value in bae.prior_loc.items()}
+    assert all(bool((value == math.log(math.exp(-3))).all()) for value in bae.prior_log_scale.values())
+    lr, steps = 0.01, 30
+    bae.fit_prior(x, num_steps=steps, lr=lr, direction_warmup=10, **{**cheap, "pretrain_steps": 0})
+    moved = torch.cat([(value.detach() + 3).abs().flatten() for value in bae.prior_log_scale.values()])
+    # Adam's step is at most about lr per update (a little more early on); 20 updates after the warm-up
+    assert float(moved.max()) <= 1.1 * (lr / 2) * (steps - 10)
+    assert float(moved.max()) > 0.5 * (lr / 2) * (steps - 10)  # and the scales do learn
+    shift = max(float((bae.prior_loc[n].detach() - pretrained[n]).abs().max()) for n in pretrained)
+    assert 0.5 * lr * (steps - 10) < shift <= 1.1 * lr * (steps - 10)
+    with pytest.raises(ValueError, match="scale_lr"):
+        bae.fit_prior(x, num_steps=1, scale_lr=-1.0, **cheap)
+
+
+def test_initial_weights_are_torchs_default_initialisation_per_chain():
+    bae = BayesianAutoencoder(64, 3, hidden=(8,))
+    init = bae.initial_weights(3, seed=0)
+    assert set(init) == set(bae.sites)
+    for layer in bae.layers:
+        weight = init[f"{layer.name}_w"]
+        assert weight.shape == (3, *layer.weight_shape)
+        assert float(weight.abs().max()) <= layer.fan_in ** -0.5
+        assert float(weight.abs().max()) > 0.8 * layer.fan_in ** -0.5
+    assert not torch.equal(init["enc0_w"][0], init["enc0_w"][1])
+    torch.testing.assert_close(bae.initial_weights(3, seed=0)["dec1_b"], init["dec1_b"])
+    engine = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=2, num_samples=2, num_chains=3, init=init)
+    post = engine.run(digits(20).float(), seed=0, progress=False)
+    assert post.samples["enc0_w"].shape == (3, 2, 64, 8)
+
+
+def test_digits_split_keeps_prior_training_and_test_images_apart():
+    data = load_digits()
+    rows = {tuple(row.tolist()): i for i, row in enumerate(data.x)}  # a few digits repeat exactly: compare rows
+    for prior in ("zeros", "all"):
+        prior_x, train, test = digits_split(1, prior=prior)
+        assert (len(prior_x), len(train), len(test)) == (178, 200, 300)
+        index = [{rows[tuple(r.tolist())] for r in part} for part in (prior_x, train, test)]
+        assert not (index[1] & index[2]) and not (index[0] & (index[1] | index[2]))
+        labels = data.y[list(index[0])]
+        assert bool((labels == 0).all()) if prior == "zeros" else len(set(labels.tolist())) == 10
+    with pytest.raises(ValueError, match="prior must be"):
+        digits_split(0, prior="ones")
+
+
 def test_vae_fit_smoke_beats_the_mean_image(float64):
     """A smoke test: the fit improves held-out likelihood and beats predicting the mean image."""
     x, held_out = digits(200), digits(100, offset=200)
@@ -243,33 +331,37 @@ def test_sghmc_draws_export_r_hat_and_ess(float64, tmp_path):
 
 # ------------------------------------------------------------------ the comparison of Tran et al.
 @pytest.mark.slow
-def test_test_nll_of_the_three_autoencoders_on_digits():
-    """BAE with a DSWD-tuned prior, BAE with N(0, 1), VAE: held-out Continuous-Bernoulli NLL (report).
+@pytest.mark.parametrize("seed", [0, 1] if FULL else [0])
+def test_test_nll_of_the_autoencoders_on_digits(seed):
+    """VAE, BAE with N(0, 1), BAE with DSWD priors tuned on the zeros and on every digit: held-out NLL.
 
-    The prior is tuned on zeros, the models trained on 200 images of the other
-    digits (100 in CI) and tested on 300 more.  Each model must beat the
-    mean-image predictor, and no chain may be stuck (the health report); the
-    ranking is printed, not asserted (Tran et al.'s claim that the tuned prior
-    wins is what this measures).
+    The models train on 200 images of the digits 1-9 (100 in CI) and are tested on 300 more, with the
+    authors' prior rates and sampler settings (``benchmarks/bae_priors.py`` at full size). Each model must
+    beat the mean-image predictor and no chain may be stuck. The prior tuned on images of the task's own
+    distribution must beat the one tuned on the zeros, by far (16-18 nats at full size): the audit's
+    finding, which fails if the prior data or the prior's fit regress to a prior that pins the posterior
+    to the zeros. Whether the tuned prior beats N(0, 1) and the VAE (Tran et al.'s claim) is printed:
+    at full size it beats N(0, 1) by about a nat and loses to the VAE by two or three.
     """
-    data = load_digits()
-    rest = torch.nonzero(data.y != 0).flatten()
-    rest = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))]
-    num_train = 200 if FULL else 100
-    train, test, zeros = data.x[rest[:num_train]], data.x[rest[num_train:num_train + 300]], data.x[data.y == 0]
-    steps = 3000 if FULL else 600
-    architecture = dict(latent_dim=8, hidden=(64,))
+    zeros, train, test = digits_split(seed, num_train=200 if FULL else 100)
+    every_digit = digits_split(seed, num_train=200 if FULL else 100, prior="all")[0]
+    steps, prior_steps = (3000, 2000) if FULL else (600, 300)
+    architecture = dict(latent_dim=8, hidden=(128,) if FULL else (64,))
     vae = VariationalAutoencoder(64, **architecture)
-    vae.fit(train, num_steps=steps, seed=0, progress=False)
+    vae.fit(train, num_steps=steps, seed=seed, progress=False)
     nll = {"VAE": -float(vae.log_likelihood(test).mean())}
-    for name in ("BAE, N(0, 1) prior", "BAE, DSWD prior"):
+    for name, prior_data in (("N(0, 1)", None), ("DSWD on zeros", zeros), ("DSWD on 0-9", every_digit)):
         bae = BayesianAutoencoder(64, **architecture)
-        if "DSWD" in name:
-            # CI: a cheaper distance (64 directions, 3 ascent steps, 8 prior draws; ~4x faster); FULL: defaults
-            cheap = {} if FULL else dict(num_projections=64, transform_steps=3, num_prior_draws=8)
-            bae.fit_prior(zeros, num_steps=steps // 3, lr=0.01, pretrain_steps=steps, seed=0, progress=False, **cheap)
-        post = AdaptiveSGHMC(bae, step_size=0.01, num_warmup=steps, num_samples=16, thin=steps // 16).run(
-            train, seed=0, progress=False)
+        if prior_data is not None:
+            # CI: a cheaper distance (64 directions, 3 ascent steps); FULL: the defaults
+            cheap = {} if FULL else dict(num_projections=64, transform_steps=3)
+            bae.fit_prior(prior_data, num_steps=prior_steps, pretrain_steps=steps, num_prior_draws=8, seed=seed,
+                          progress=False, **cheap)
+        # CI: step size 0.01, not the authors' 0.003: from torch's initialisation, 600 steps of 0.003 do not
+        # reach a prior of sd 0.05 (the health report finds the chains stuck)
+        post = AdaptiveSGHMC(bae, step_size=0.003 if FULL else 0.01, num_warmup=steps, num_samples=16,
+                             thin=steps // 16,
+                             init=bae.initial_weights(4, seed=seed)).run(train, seed=seed, progress=False)
         # a chain that ran off or stuck would still beat the mean image through the others: the health report
         # must not find one
         assert not [f for f in post.meta["health"] if f["check"] == "stuck_chain"], (name, post.meta["health"])
@@ -279,3 +371,4 @@ def test_test_nll_of_the_three_autoencoders_on_digits():
     print("held-out NLL per image: " + ", ".join(f"{k} {v:.1f}" for k, v in nll.items())
           + f"; mean-image predictor {baseline:.1f}")
     assert all(value < baseline for value in nll.values())
+    assert nll["DSWD on 0-9"] < nll["DSWD on zeros"] - 5

@@ -19,6 +19,10 @@ between two known points. Two estimators:
   :math:`\lambda = U - \phi(\text{midpoint})`, near the variance-minimising
   choice.
 
+  ``counts="negative_binomial"`` draws the number of points from a negative
+  binomial instead (Chan, Pollock, Johansen and Roberts 2023), and weights
+  them by :math:`\tau^\kappa / (\kappa!\, p(\kappa))`: exact too.
+
 * :func:`log_discretised_estimate`, the trapezoid rule on the two end points:
   biased, of order :math:`\tau^2`; for densities without bounds of phi.
 
@@ -50,7 +54,7 @@ import math
 
 import torch
 
-__all__ = ["stay_probability", "log_exact_estimate", "log_discretised_estimate", "LAYER_STEP"]
+__all__ = ["stay_probability", "log_exact_estimate", "log_discretised_estimate", "LAYER_STEP", "NB_SIZE"]
 
 #: Layer l of a whitened coordinate over [s, t] widens its endpoints' range by l * LAYER_STEP * sqrt(t - s).
 LAYER_STEP = 0.5
@@ -59,6 +63,10 @@ LAYER_STEP = 0.5
 _IMAGE_TERMS = 3
 _MAX_LAYER = 200
 _MAX_REJECTIONS = 1_000_000
+#: The negative-binomial estimator's size r, Chan et al.'s (2023) ``beta_NB``.
+NB_SIZE = 10.0
+#: Skeleton points x coordinates of the bridges simulated at once (see _in_row_blocks).
+_BLOCK_CELLS = 1 << 20
 
 
 def stay_probability(x, y, lower, upper, duration):
@@ -137,11 +145,15 @@ def _draw_layers(points, gaps, start, end, duration, uniforms):
 def _poisson_times(rates, duration, generator):
     """Sorted uniform times of Poisson(rate * duration) counts per row, padded with ``duration``; and the counts."""
     counts = torch.poisson(rates * duration, generator=generator).long()
+    return _uniform_times(counts, duration, generator, rates.dtype), counts
+
+
+def _uniform_times(counts, duration, generator, dtype):
+    """Sorted uniform times on [0, duration), ``counts`` per row, padded with ``duration``."""
     width = int(counts.max()) if counts.numel() else 0
-    times = torch.rand(rates.shape[0], width, generator=generator, dtype=rates.dtype, device=rates.device) * duration
-    present = torch.arange(width, device=rates.device) < counts[:, None]
-    times = torch.where(present, times, duration).sort(-1).values
-    return times, counts
+    times = torch.rand(len(counts), width, generator=generator, dtype=dtype, device=counts.device) * duration
+    present = torch.arange(width, device=counts.device) < counts[:, None]
+    return torch.where(present, times, duration).sort(-1).values
 
 
 def _bridge_skeleton(times, start, end, duration, generator):
@@ -217,8 +229,9 @@ def _box_bounds(bounds_at, start, end, layers, duration):
     return low, torch.maximum(high, low + 1e-12 * (1 + low.abs()))  # U > L keeps the ratio defined
 
 
-def log_exact_estimate(density, scale, start, end, duration, generator, *, dominating_layer=7, bounded=False):
-    r"""Log of the exact Poisson estimate of :math:`\exp(-\int_0^\tau \phi(X_u) du)` per row.
+def log_exact_estimate(density, scale, start, end, duration, generator, *, dominating_layer=7, bounded=False,
+                       counts="poisson", nb_size=NB_SIZE):
+    r"""Log of an exact (Poisson or negative-binomial) estimate of :math:`\exp(-\int_0^\tau \phi(X_u) du)` per row.
 
     Parameters
     ----------
@@ -240,37 +253,135 @@ def log_exact_estimate(density, scale, start, end, duration, generator, *, domin
         Keep every factor of the estimate in [0, 1], so that ``exp(L tau) Q``
         is a probability (Monte Carlo Fusion's rejection step). Otherwise the
         rate is tuned for a small variance.
+    counts : str
+        The law of the number of points: ``"poisson"`` (the rate above) or
+        ``"negative_binomial"``, the generalised Poisson estimator of Chan et
+        al. (2023) with mean :math:`\gamma = \tau U - \tau(\phi(x_s) + \phi(x_t))/2`
+        and size ``nb_size`` (their 10): see :func:`_negative_binomial_counts`.
+        Not with ``bounded``.
 
     Returns
     -------
     (Tensor (N,), dict)
         The log estimates and counts: ``phi_evaluations``, ``top_ups``.
     """
+    if counts not in ("poisson", "negative_binomial") or (bounded and counts != "poisson"):
+        raise ValueError(f"counts must be 'poisson' or (not bounded) 'negative_binomial', got {counts!r}")
     w_start = torch.linalg.solve_triangular(scale, start.T, upper=False).T
     w_end = torch.linalg.solve_triangular(scale, end.T, upper=False).T
     bounds_at = density.ball_bounds(0.5 * (start + end), scale)
     dominating = torch.full_like(w_start, dominating_layer, dtype=torch.long)
     rate_low, rate_high = _box_bounds(bounds_at, w_start, w_end, dominating, duration)
     rate = rate_high - rate_low
+    if len(start) > 1 and float(rate.max()) * duration * len(start) * start.shape[1] > _BLOCK_CELLS:
+        # loose bounds of phi (thousands of skeleton points a bridge): rows in blocks of similar rates, so that
+        # they cost time, not memory (the blocks follow from the rates, not from any draw: each stays unbiased)
+        return _in_row_blocks(rate * duration, start.shape[1], lambda rows: log_exact_estimate(
+            density, scale, start[rows], end[rows], duration, generator, dominating_layer=dominating_layer,
+            bounded=bounded, counts=counts, nb_size=nb_size))
     times, _ = _poisson_times(rate, duration, generator)
     skeleton = _bridge_skeleton(times, w_start, w_end, duration, generator)
     points, gaps = _with_ends(w_start, w_end, times, skeleton, duration)
     uniforms = torch.rand(w_start.shape, generator=generator, dtype=w_start.dtype, device=w_start.device)
     layers = _draw_layers(points, gaps, w_start, w_end, duration, uniforms)
     low, high = _box_bounds(bounds_at, w_start, w_end, layers, duration)
-    intensity = _intensity(density, scale, start, end, low, high, bounded)
-    # thin the rate-R points to the estimator's intensity (all kept where it exceeds R)
-    keep = torch.rand(times.shape, generator=generator, dtype=times.dtype, device=times.device) * rate[:, None] \
-        < intensity[:, None]
-    keep &= times < duration
-    log_q = -(high - intensity) * duration + _log_product(density, scale, skeleton, keep, low, high, intensity)
-    top_up = intensity > rate
-    if top_up.any():
+    real = times < duration
+    if counts == "poisson":
+        intensity = _intensity(density, scale, start, end, low, high, bounded)
+        # thin the rate-R points to the estimator's intensity (all kept where it exceeds R)
+        keep = real & (torch.rand(times.shape, generator=generator, dtype=times.dtype, device=times.device)
+                       * rate[:, None] < intensity[:, None])
+        log_q, divisor, evaluations = -(high - intensity) * duration, intensity, 0 if bounded else len(start)
+    else:
+        number, log_q = _negative_binomial_counts(density, scale, start, end, duration, generator, nb_size, low, high)
+        # a uniform subset of the skeleton's real points (uniform times, chosen independently of the path)
+        keys = torch.where(real, torch.rand(times.shape, generator=generator, dtype=times.dtype, device=times.device),
+                           2.0)
+        keep = keys.argsort(1).argsort(1) < number[:, None]
+        divisor, evaluations = torch.ones_like(high), 2 * len(start)
+    log_q = log_q + _log_product(density, scale, skeleton, keep, low, high, divisor)
+    # the points the skeleton lacks: the Poisson rate above R, or the negative-binomial count above its points
+    if counts == "poisson":
+        top_up = intensity > rate
         rows = top_up.nonzero()[:, 0]
+        extra = torch.poisson((intensity - rate)[rows] * duration, generator=generator).long() if len(rows) else None
+    else:
+        top_up = number > real.sum(1)
+        rows = top_up.nonzero()[:, 0]
+        extra = number[rows] - real[rows].sum(1)
+    if len(rows):
+        extra_times = _uniform_times(extra, duration, generator, times.dtype)
         log_q[rows] += _top_up(density, scale, w_start[rows], w_end[rows], times[rows], skeleton[rows],
-                               layers[rows], low[rows], high[rows], intensity[rows], (intensity - rate)[rows],
-                               duration, generator)
-    return log_q, {"phi_evaluations": int(keep.sum()) + (0 if bounded else len(start)), "top_ups": int(top_up.sum())}
+                               layers[rows], low[rows], high[rows], divisor[rows], extra_times, duration, generator)
+        evaluations += int(extra.sum())
+    return log_q, {"phi_evaluations": int(keep.sum()) + evaluations, "top_ups": int(top_up.sum())}
+
+
+def _negative_binomial_counts(density, scale, start, end, duration, generator, size, low, high):
+    r"""The generalised Poisson estimator's negative-binomial counts, and the log of its constant factor.
+
+    With :math:`\kappa \sim p` on {0, 1, ...} and :math:`\kappa` uniform times,
+
+    .. math:: \hat Q = e^{-U\tau} \frac{\tau^\kappa}{\kappa!\, p(\kappa)} \prod_{k=1}^{\kappa} (U - \phi(X_{\xi_k})),
+              \qquad E[\hat Q] = e^{-U\tau} \sum_\kappa \frac{(\int (U - \phi))^\kappa}{\kappa!} = e^{-\int\phi},
+
+    unbiased and non-negative for any p with full support (Fearnhead, Papaspiliopoulos and Roberts 2008).
+    Chan et al. (2023) take p negative binomial of size r and mean
+    :math:`\gamma = \tau U - \tau(\phi(x_s) + \phi(x_t))/2`, near :math:`\int(U - \phi)`: its tail,
+    heavier than the Poisson's, keeps the variance finite when that guess is low. Returns the counts and
+    :math:`-U\tau + \log(\tau^\kappa / (\kappa!\, p(\kappa)))`.
+    """
+    width = high - low
+    guess = duration * (high - 0.5 * (density.phi(start, scale) + density.phi(end, scale)))
+    mean = guess.clamp(min=0.05 * width * duration, max=width * duration)
+    number = torch.poisson(_gamma(size, generator, mean.shape, mean.dtype, mean.device) * (mean / size),
+                           generator=generator).long()
+    return number, -high * duration + _log_count_weight(number, mean, duration, size)
+
+
+def _log_count_weight(counts, mean, duration, size):
+    r""":math:`\log(\tau^\kappa / (\kappa!\, p(\kappa)))`, p the negative binomial of ``size`` r and ``mean`` gamma."""
+    counts = counts.to(mean.dtype)
+    return counts * math.log(duration) + math.lgamma(size) + (size + counts) * torch.log(size + mean) \
+        - torch.lgamma(size + counts) - size * math.log(size) - counts * torch.log(mean)
+
+
+def _gamma(shape_parameter, generator, size, dtype, device):
+    """Gamma(shape_parameter, 1) draws from ``generator`` (torch's gamma sampler takes none): Marsaglia and
+    Tsang (2000), for a shape of at least 1."""
+    d = shape_parameter - 1 / 3
+    c = 1 / math.sqrt(9 * d)
+    out = torch.empty(size, dtype=dtype, device=device)
+    pending = torch.ones(size, dtype=torch.bool, device=device)
+    while pending.any():
+        normal = torch.randn(size, generator=generator, dtype=dtype, device=device)
+        uniform = torch.rand(size, generator=generator, dtype=dtype, device=device)
+        cube = (1 + c * normal) ** 3
+        accept = pending & (cube > 0) & (uniform.log() < 0.5 * normal ** 2 + d - d * cube
+                                         + d * cube.clamp_min(1e-300).log())
+        out = torch.where(accept, d * cube, out)
+        pending &= ~accept
+    return out
+
+
+def _in_row_blocks(expected, dim, estimate):
+    """``estimate(rows)`` over blocks of rows sorted by ``expected`` points, each of at most about
+    ``_BLOCK_CELLS`` points x coordinates (one row at least), gathered back in the rows' order."""
+    order = expected.argsort()
+    # the widest row of a block pads it: allow for the Poisson count's spread above its mean
+    widths = (expected[order] + 6 * expected[order].sqrt() + 10).tolist()
+    log_q = expected.new_zeros(expected.shape)
+    info = {"phi_evaluations": 0, "top_ups": 0}
+    first = 0
+    while first < len(order):
+        last = first + 1
+        while last < len(order) and (last + 1 - first) * widths[last] * dim <= _BLOCK_CELLS:
+            last += 1
+        rows = order[first:last]
+        log_q[rows], block_info = estimate(rows)
+        info = {key: info[key] + block_info[key] for key in info}
+        first = last
+    return log_q, info
 
 
 def _intensity(density, scale, start, end, low, high, bounded):
@@ -301,15 +412,15 @@ def _log_product(density, scale, whitened, mask, low, high, intensity):
     return low.new_zeros(low.shape).index_add(0, rows, ratio.log())
 
 
-def _top_up(density, scale, w_start, w_end, times, skeleton, layers, low, high, intensity, extra_rate, duration,
+def _top_up(density, scale, w_start, w_end, times, skeleton, layers, low, high, intensity, extra_times, duration,
             generator):
-    """The Poisson points beyond the dominating rate, drawn given the skeleton and the layers (rejection).
+    """The estimator's points beyond the skeleton's, at ``extra_times`` (sorted, padded with ``duration``),
+    drawn given the skeleton and the layers (rejection).
 
     Coordinate j's proposal is the bridge given the skeleton; it is accepted
     with probability P(layer = l_j | skeleton and proposal), so accepted points
     follow the bridge given the skeleton and the layer.
     """
-    extra_times, _ = _poisson_times(extra_rate, duration, generator)
     order = torch.cat([times, extra_times], 1).sort(1).values
     extra_points = torch.zeros(*extra_times.shape, w_start.shape[1], dtype=w_start.dtype, device=w_start.device)
     pending = torch.ones(w_start.shape, dtype=torch.bool, device=w_start.device)

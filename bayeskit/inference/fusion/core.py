@@ -39,6 +39,7 @@ as C grows; and the regular mesh step :math:`\Delta = \sqrt{b^2 C k_4 / (2 m^2 d
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from bayeskit.inference.fusion.densities import product_density
 from bayeskit.resampling import systematic
 
 __all__ = ["ParticleSet", "NodeResult", "fuse_gbf", "fuse_mcf", "time_horizon_guidance", "mesh_guidance",
-           "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
+           "adaptive_mesh_step", "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
 
 TREES = ("fork_and_join", "balanced", "progressive")
 
@@ -156,6 +157,30 @@ def mesh_guidance(horizon: float, num_children: int, dim: int, cess_step: float 
     return torch.linspace(0, horizon, steps + 1, dtype=torch.float64)
 
 
+def adaptive_mesh_step(x, log_weights, means, inverses, cess_step: float = 0.05) -> float:
+    r"""The next step of Chan et al.'s adaptive mesh, from the trajectories ``x`` (C, N, d) at the current time.
+
+    With :math:`E[\nu_j]`, the weighted mean over particles of
+    :math:`\frac1C \sum_c (x_c - a_c)^\top \Lambda_c^{-1} (x_c - a_c)` (``means`` the children's means
+    :math:`a_c`), the step is :math:`\min(k_3 / (C E[\nu_j]),\ \sqrt{k_4 / (2 C d)})`, their
+    :math:`\min(b^2 C k_3 / (E[\nu_j] m^2),\ \sqrt{b^2 C k_4 / (2 m^2 d)})` for :math:`b = m / C`, where
+    :math:`k_3 + k_4 = -\log \mathrm{CESS}_j` is split so that the two terms are equal (the root of
+    :math:`k_4^2 + (2\log\mathrm{CESS}_j - E[\nu_j]^2 C / 2d) k_4 + \log^2\mathrm{CESS}_j` in
+    :math:`(0, -\log\mathrm{CESS}_j)`, as in their ``mesh_guidance_adaptive``). The first term shrinks
+    the step where the trajectories are far from their sub-posteriors' means, where phi varies most.
+    """
+    num_children, _, dim = x.shape
+    centred = x - means[:, None]
+    spread = torch.einsum("cni,cij,cnj->n", centred, inverses, centred) / num_children
+    variation = float(_normalised(log_weights) @ spread)
+    budget = -math.log(cess_step)
+    linear = -2 * budget - variation ** 2 * num_children / (2 * dim)
+    k4 = 0.5 * (-linear - math.sqrt(max(linear ** 2 - 4 * budget ** 2, 0.0)))
+    # at this root the two terms are equal; the second has no cancellation as E[nu_j] -> 0 (then k4 -> budget and
+    # the step -> the regular mesh's)
+    return math.sqrt(k4 / (2 * num_children * dim))
+
+
 def _weighted_mean(child):
     if child.log_weights is None:
         return child.particles.mean(0)
@@ -164,9 +189,12 @@ def _weighted_mean(child):
 
 # ----------------------------------------------------------- path estimates
 def _log_path_weight(density, scale, start, end, duration, generator, exact, counts, cache):
-    """log Q-hat for one child's bridges, and phi at the end points (for the next step) when discretised."""
+    """log Q-hat for one child's bridges, and phi at the end points (for the next step) when discretised.
+
+    ``exact`` is False or the law of the exact estimator's counts (``"poisson"``, ``"negative_binomial"``).
+    """
     if exact:
-        log_q, info = log_exact_estimate(density, scale, start, end, duration, generator)
+        log_q, info = log_exact_estimate(density, scale, start, end, duration, generator, counts=exact)
         counts["phi_evaluations"] += info["phi_evaluations"]
         counts["top_ups"] += info["top_ups"]
         return log_q, None
@@ -189,57 +217,73 @@ def _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, g
 
 
 def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, preconditioner="covariance",
-             exact=None, cess0=0.2, cess_step=0.05, ess_threshold=0.5):
+             exact=None, cess0=0.2, cess_step=0.05, ess_threshold=0.5, counts="poisson", adaptive_mesh=False):
     """Generalised Bayesian Fusion of ``children`` (ParticleSets) into ``num_particles`` weighted particles.
 
     ``horizon`` (T) and ``mesh`` (an increasing tensor from 0 to T) default
-    to the guidance; ``mesh=torch.tensor([0, T])`` is D&C Monte Carlo Fusion.
-    ``exact=None`` uses the exact estimator when every density has bounds.
+    to the guidance; ``mesh=torch.tensor([0, T])`` is D&C Monte Carlo Fusion;
+    ``adaptive_mesh=True`` chooses each step from the particles (:func:`adaptive_mesh_step`).
+    ``exact=None`` uses the exact estimator when every density has bounds;
+    ``counts`` is its law of the number of points (``"poisson"`` or ``"negative_binomial"``).
     """
     began = time.perf_counter()
     densities = [child.density for child in children]
     exact = all(d.has_bounds for d in densities) if exact is None else exact
     if exact and not all(d.has_bounds for d in densities):
         raise ValueError("the exact estimator needs bounds of phi for every sub-posterior; use exact=False")
+    if adaptive_mesh and mesh is not None:
+        raise ValueError("give a mesh or adaptive_mesh=True, not both")
     scales = torch.stack([preconditioner_scale(child, preconditioner) for child in children])
     horizon = float(time_horizon_guidance(children, scales, cess0) if horizon is None else horizon)
     dim = children[0].particles.shape[1]
-    mesh = mesh_guidance(horizon, len(children), dim, cess_step) if mesh is None else torch.as_tensor(mesh)
-    mesh = [float(v) for v in mesh]
+    if not adaptive_mesh:
+        mesh = mesh_guidance(horizon, len(children), dim, cess_step) if mesh is None else torch.as_tensor(mesh)
     x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
     inverses, combined, combined_scale = combine_preconditioners(scales)
+    means = torch.stack([_weighted_mean(child) for child in children])
     log_w = log_rho(x, consensus_mean(x, inverses, combined), inverses, horizon)
     trace = {"time": [0.0], "ess": [float(ess_fraction(log_w))], "cess": [float(ess_fraction(log_w))],
              "resampled": [False]}
-    counts = {"phi_evaluations": 0, "top_ups": 0}
+    tally = {"phi_evaluations": 0, "top_ups": 0}
     phi_cache = [None] * len(children)
     # Which of the children's draws each particle descends from: resampling can leave few of them, which no
     # ESS of the current weights shows (the bridge moves make duplicates look distinct again).
     origin = torch.arange(num_particles, device=x.device)
-    for s, t in zip(mesh[:-1], mesh[1:]):
+    path_estimator = counts if exact else False
+    fixed = None if adaptive_mesh else [float(v) for v in mesh[1:]]
+    s = 0.0
+    for index in itertools.count():
+        if fixed is not None and index == len(fixed) or fixed is None and s >= horizon:
+            break
         resampled = float(ess_fraction(log_w)) < ess_threshold
         if resampled:
             ancestors = resample_indices(log_w, num_particles, generator)
             x, log_w, origin = x[:, ancestors], torch.zeros_like(log_w), origin[ancestors]
             phi_cache = [None if c is None else c[ancestors] for c in phi_cache]
+        if fixed is not None:
+            t = fixed[index]
+        else:  # from the resampled particles, as the authors do; the last step ends at T exactly
+            t = s + adaptive_mesh_step(x, log_w, means, inverses, cess_step)
+            t = horizon if t >= horizon * (1 - 1e-9) else t
         x_new = _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, generator)
         increment = torch.zeros_like(log_w)
         for c, density in enumerate(densities):
-            log_q, phi_cache[c] = _log_path_weight(density, scales[c], x[c], x_new[c], t - s, generator, exact,
-                                                   counts, phi_cache[c])
+            log_q, phi_cache[c] = _log_path_weight(density, scales[c], x[c], x_new[c], t - s, generator,
+                                                   path_estimator, tally, phi_cache[c])
             increment += log_q
         trace["cess"].append(float(cess_fraction(log_w, increment)))
         log_w = log_w + increment
-        x = x_new
+        x, s = x_new, t
         trace["time"].append(t)
         trace["ess"].append(float(ess_fraction(log_w)))
         trace["resampled"].append(resampled)
     if not torch.isfinite(torch.logsumexp(log_w, 0)):
         raise FloatingPointError("every fused particle has weight zero; raise num_particles or the time horizon")
     fused = ParticleSet(x[0], product_density(densities), log_w)
-    summary = {"time_horizon": horizon, "mesh_steps": len(mesh) - 1, "estimator": "exact" if exact else
-               "discretised", "num_children": len(children), "seconds": time.perf_counter() - began,
-               "distinct_origins": _distinct_fraction(origin, log_w), **counts}
+    estimator = "discretised" if not exact else "exact" if counts == "poisson" else f"exact ({counts})"
+    summary = {"time_horizon": horizon, "mesh_steps": len(trace["time"]) - 1, "estimator": estimator,
+               "adaptive_mesh": bool(adaptive_mesh), "num_children": len(children),
+               "seconds": time.perf_counter() - began, "distinct_origins": _distinct_fraction(origin, log_w), **tally}
     return NodeResult(fused, {key: torch.tensor(value) for key, value in trace.items()}, summary)
 
 

@@ -33,6 +33,7 @@ __all__ = ["Fusion", "METHODS"]
 METHODS = ("gbf", "dc_mcf", "mcf", "consensus", "weierstrass")
 _BASELINES = ("consensus", "weierstrass")
 _PRECONDITIONERS = ("covariance", "identity")
+_ESTIMATORS = ("auto", "exact", "negative_binomial", "discretised")
 _WEIERSTRASS_BUDGET = 4_000_000  # proposals per bandwidth tried
 _WEIERSTRASS_DOUBLINGS = 8
 # What a Fusion state holds (see Fusion.init).
@@ -171,8 +172,17 @@ class Fusion:
         Steps of a regular mesh per node (GBF); by default the guidance.
     estimator : str
         ``"auto"`` (exact where every density has bounds of phi, else
-        discretised), ``"exact"`` or ``"discretised"``. The discretised
-        estimator is biased; the result's ``meta["approximate"]`` says so.
+        discretised), ``"exact"`` (the Poisson estimator),
+        ``"negative_binomial"`` (exact too: Chan et al.'s negative-binomial
+        counts, robust where the bounds of phi are loose; see
+        :func:`~bayeskit.inference.fusion.bridges.log_exact_estimate`) or
+        ``"discretised"``. The discretised estimator is biased; the result's
+        ``meta["approximate"]`` says so.
+    adaptive_mesh : bool
+        GBF: choose each mesh step from the particles, shorter where the
+        trajectories lie far from their sub-posteriors' means
+        (:func:`~bayeskit.inference.fusion.core.adaptive_mesh_step`, the
+        authors' adaptive mesh) instead of the regular guidance mesh.
     cess0, cess_step : float
         The guidance's targets for the conditional ESS of the initial weights
         (0.2) and of each mesh step (0.05), the authors' values.
@@ -193,7 +203,7 @@ class Fusion:
 
     def __init__(self, model=None, *, num_shards=None, method="gbf", tree="balanced", num_particles=1000,
                  sampler=None, preconditioner="covariance", time_horizon=None, num_mesh_steps=None,
-                 estimator="auto", cess0=0.2, cess_step=0.05, ess_threshold=0.5, shuffle=True,
+                 estimator="auto", adaptive_mesh=False, cess0=0.2, cess_step=0.05, ess_threshold=0.5, shuffle=True,
                  backend="inprocess", ray_options=None):
         if model is not None and not callable(model):
             raise TypeError(f"model must be a Pyro model (a callable), got {type(model).__name__}")
@@ -203,10 +213,12 @@ class Fusion:
             raise ValueError(f"unknown tree {tree!r}; choose one of {list(core.TREES)}")
         if preconditioner not in _PRECONDITIONERS:
             raise ValueError(f"unknown preconditioner {preconditioner!r}; choose one of {list(_PRECONDITIONERS)}")
-        if estimator not in ("auto", "exact", "discretised"):
-            raise ValueError(f"estimator must be 'auto', 'exact' or 'discretised', got {estimator!r}")
-        if method == "mcf" and estimator == "discretised":
-            raise ValueError("method='mcf' is a rejection sampler and needs the exact estimator")
+        if estimator not in _ESTIMATORS:
+            raise ValueError(f"estimator must be one of {list(_ESTIMATORS)}, got {estimator!r}")
+        if method == "mcf" and estimator not in ("auto", "exact"):
+            raise ValueError("method='mcf' is a rejection sampler and needs the exact (Poisson) estimator")
+        if adaptive_mesh and (num_mesh_steps is not None or method != "gbf"):
+            raise ValueError("adaptive_mesh=True chooses GBF's mesh: it needs method='gbf' and no num_mesh_steps")
         if time_horizon is not None and not time_horizon > 0:
             raise ValueError(f"time_horizon must be positive, got {time_horizon!r}")
         if sampler is not None and not callable(sampler):
@@ -214,6 +226,7 @@ class Fusion:
         self.model = model
         self.num_shards = None if num_shards is None else positive_int("num_shards", num_shards)
         self.method, self.tree, self.preconditioner, self.estimator = method, tree, preconditioner, estimator
+        self.adaptive_mesh = bool(adaptive_mesh)
         self.num_particles = positive_int("num_particles", num_particles)
         self.sampler = sampler or NUTSSampler()
         self.time_horizon = time_horizon
@@ -227,8 +240,9 @@ class Fusion:
         return {"method": self.method, "tree": self.tree, "num_shards": self.num_shards,
                 "num_particles": self.num_particles, "preconditioner": self.preconditioner,
                 "time_horizon": self.time_horizon, "num_mesh_steps": self.num_mesh_steps,
-                "estimator": self.estimator, "cess0": self.cess0, "cess_step": self.cess_step,
-                "ess_threshold": self.ess_threshold, "backend": self.backend, "sampler": repr(self.sampler)}
+                "estimator": self.estimator, "adaptive_mesh": self.adaptive_mesh, "cess0": self.cess0,
+                "cess_step": self.cess_step, "ess_threshold": self.ess_threshold, "backend": self.backend,
+                "sampler": repr(self.sampler)}
 
     # ------------------------------------------------------------ sub-posteriors
     def shards(self, *model_args, seed=None, **model_kwargs):
@@ -511,8 +525,8 @@ class Fusion:
     def _node_settings(self):
         return {"method": self.method, "num_particles": self.num_particles, "horizon": self.time_horizon,
                 "num_mesh_steps": self.num_mesh_steps, "preconditioner": self.preconditioner,
-                "estimator": self.estimator, "cess0": self.cess0, "cess_step": self.cess_step,
-                "ess_threshold": self.ess_threshold}
+                "estimator": self.estimator, "adaptive_mesh": self.adaptive_mesh, "cess0": self.cess0,
+                "cess_step": self.cess_step, "ess_threshold": self.ess_threshold}
 
 
 def _plan_names(plan) -> list[str]:
@@ -570,11 +584,13 @@ def _fuse(settings, children, generator):
             settings["cess0"])
         steps = 1 if settings["method"] == "dc_mcf" else settings["num_mesh_steps"]
         mesh = torch.linspace(0, horizon, steps + 1, dtype=torch.float64)
-    exact = {"auto": None, "exact": True, "discretised": False}[settings["estimator"]]
+    exact = {"auto": None, "exact": True, "negative_binomial": True, "discretised": False}[settings["estimator"]]
+    counts = "negative_binomial" if settings["estimator"] == "negative_binomial" else "poisson"
     return core.fuse_gbf(children, num_particles=settings["num_particles"], generator=generator,
                          horizon=settings["horizon"] if mesh is None else float(mesh[-1]), mesh=mesh,
                          preconditioner=settings["preconditioner"], exact=exact, cess0=settings["cess0"],
-                         cess_step=settings["cess_step"], ess_threshold=settings["ess_threshold"])
+                         cess_step=settings["cess_step"], ess_threshold=settings["ess_threshold"], counts=counts,
+                         adaptive_mesh=settings["adaptive_mesh"])
 
 
 def _check_subposteriors(subposteriors):

@@ -572,8 +572,9 @@ class AdaptiveSGHMC(SGMCMC):
     the squared stochastic score per coordinate, learned over the
     ``num_warmup`` steps and frozen afterwards, so the kept draws come from
     a fixed sampler.  ``step_size`` ``epsilon`` is scale free: each step moves
-    a coordinate by about ``epsilon**2`` per unit-normalised gradient (the
-    paper's ``lr`` is ``epsilon**2``); ``momentum_decay`` is the fraction of
+    a coordinate by about ``epsilon**2`` per unit-normalised gradient
+    (``epsilon`` is the ``lr`` of Springenberg et al.'s code, and of Tran et
+    al.'s, whose update squares it); ``momentum_decay`` is the fraction of
     momentum lost per step (the paper's ``mdecay``, default 0.05).  This is
     the pilot-run mass tuning of :class:`SGHMC` done inside one run; it is
     what Bayesian neural networks and autoencoders, whose weights differ in
