@@ -56,6 +56,9 @@ __all__ = ["ParticleSet", "NodeResult", "fuse_gbf", "fuse_mcf", "time_horizon_gu
            "adaptive_mesh_step", "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
 
 TREES = ("fork_and_join", "balanced", "progressive")
+#: The most steps an adaptive mesh may take in one node before fuse_gbf gives up (its steps shrink as
+#: k3 / (C E[nu_j]) when the trajectories are far from their sub-posteriors' means).
+MAX_MESH_STEPS = 100_000
 
 
 @dataclass
@@ -217,7 +220,8 @@ def _bridge_step(x, scales, combined_scale, inverses, combined, s, t, horizon, g
 
 
 def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, preconditioner="covariance",
-             exact=None, cess0=0.2, cess_step=0.05, ess_threshold=0.5, counts="poisson", adaptive_mesh=False):
+             exact=None, cess0=0.2, cess_step=0.05, ess_threshold=0.5, counts="poisson", adaptive_mesh=False,
+             max_mesh_steps=MAX_MESH_STEPS):
     """Generalised Bayesian Fusion of ``children`` (ParticleSets) into ``num_particles`` weighted particles.
 
     ``horizon`` (T) and ``mesh`` (an increasing tensor from 0 to T) default
@@ -225,6 +229,7 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
     ``adaptive_mesh=True`` chooses each step from the particles (:func:`adaptive_mesh_step`).
     ``exact=None`` uses the exact estimator when every density has bounds;
     ``counts`` is its law of the number of points (``"poisson"`` or ``"negative_binomial"``).
+    An adaptive mesh that would take more than ``max_mesh_steps`` steps stops with an error.
     """
     began = time.perf_counter()
     densities = [child.density for child in children]
@@ -255,6 +260,10 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
     for index in itertools.count():
         if fixed is not None and index == len(fixed) or fixed is None and s >= horizon:
             break
+        if fixed is None and index == max_mesh_steps:
+            raise RuntimeError(f"the adaptive mesh reached {max_mesh_steps} steps at t = {s:.3g} of T = {horizon:.3g}: "
+                               "the trajectories lie far from their sub-posteriors' means, which shortens every "
+                               "step; use the regular mesh (adaptive_mesh=False) or a shorter time_horizon")
         resampled = float(ess_fraction(log_w)) < ess_threshold
         if resampled:
             ancestors = resample_indices(log_w, num_particles, generator)

@@ -640,6 +640,12 @@ def test_adaptive_mesh_step_follows_the_authors_formulas():
     k3 = -math.log(cess_step) - k4
     assert 0 < k4 < -math.log(cess_step)
     assert step == pytest.approx(k3 / (num_children * variation), rel=1e-10)
+    # an adaptive mesh past its step budget stops with a clear error rather than running on
+    subposteriors, _, _ = _gaussian_subposteriors(200)
+    children = [core.ParticleSet(sub.samples, sub.density) for sub in subposteriors[:2]]
+    with pytest.raises(RuntimeError, match="adaptive mesh reached 2 steps"):
+        core.fuse_gbf(children, num_particles=200, generator=torch.Generator().manual_seed(0), adaptive_mesh=True,
+                      exact=False, max_mesh_steps=2)
     # trajectories at their means: the regular mesh's step, not zero
     at_means = means[:, None].expand(num_children, num, dim)
     assert core.adaptive_mesh_step(at_means, log_weights, means, inverses, cess_step) == pytest.approx(
