@@ -163,6 +163,12 @@ FAULTS = (
           "        - torch.lgamma(size + counts) - size * math.log(size)", "        - size * math.log(size)",
           (T + "inference/fusion/test_fusion.py::"
                "test_negative_binomial_estimator_is_unbiased_for_the_gaussian_path_integral",)),
+    Fault("fusion-row-blocks-scatter", "the exact estimator writes a block of rows' estimates back in reverse order",
+          "bayeskit/inference/fusion/bridges.py",
+          "        log_q[rows], block_info = estimate(rows)",
+          "        log_q[rows.flip(0)], block_info = estimate(rows)",
+          (T + "inference/fusion/test_fusion.py::"
+               "test_exact_estimators_stay_unbiased_when_loose_bounds_split_the_rows_into_blocks",)),
     Fault("fusion-adaptive-mesh-spread", "the adaptive mesh ignores the trajectories' spread (E[nu_j] = 0)",
           "bayeskit/inference/fusion/core.py",
           "variation = float(_normalised(log_weights) @ spread)", "variation = 0.0",

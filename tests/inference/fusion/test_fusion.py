@@ -108,6 +108,25 @@ def test_negative_binomial_estimator_is_unbiased_for_the_gaussian_path_integral(
     assert info["phi_evaluations"] > 2 * reps
 
 
+@pytest.mark.parametrize("counts", ["poisson", "negative_binomial"])
+def test_exact_estimators_stay_unbiased_when_loose_bounds_split_the_rows_into_blocks(float64, counts):
+    """A curvature of 8 over a unit step gives about 350 dominating-layer points a bridge: 3,000 bridges run in
+    two blocks of rows (measured), whose estimates must land back on their own rows."""
+    a, x, y, tau, reps = 8.0, 0.1, -0.2, 1.0, 3000
+    density = GaussianDensity(torch.zeros(1), precision=torch.tensor([[a]]))
+    start, end = torch.full((reps, 1), x), torch.full((reps, 1), y)
+    start = start + torch.linspace(0, 1.5, reps)[:, None]  # rows differ, so a block written to wrong rows shows
+    log_q, _ = bridges.log_exact_estimate(density, torch.eye(1), start, end, tau, torch.Generator().manual_seed(1),
+                                          counts=counts)
+    q = log_q.exp()
+    truth = torch.tensor([_levy_expectation(a, float(s), y, tau) for s in start[:, 0]])
+    ratio = q / truth  # mean 1 for every row if each estimate is of its own row's path integral
+    assert abs(float(ratio.mean()) - 1) < 4 * float(ratio.std()) / math.sqrt(reps)
+    # the rows' estimates follow their own truths: the first and last thirds' means differ as theirs do
+    thirds = [ratio[: reps // 3].mean(), ratio[-reps // 3:].mean()]
+    assert all(abs(float(m) - 1) < 4 * float(ratio.std()) / math.sqrt(reps / 3) for m in thirds)
+
+
 def test_negative_binomial_estimator_tops_up_beyond_the_skeleton(float64):
     """A dominating layer of 1 leaves the skeleton short of the negative-binomial count on many rows."""
     a, x, y, tau, reps = 1.7, 0.4, -0.9, 1.0, 10000
