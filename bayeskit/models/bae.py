@@ -220,6 +220,13 @@ class _Autoencoder(torch.nn.Module):
         ``lambda = sigmoid(logits)`` (not its mean, which lies nearer 1/2), the Gaussian's mean."""
         return torch.sigmoid(outputs) if self.likelihood == "continuous_bernoulli" else outputs
 
+    def _outputs_of(self, parameter):
+        """The inverse of :meth:`_parameter`: decoder outputs for a parameter. A lambda of exactly 0 or 1 (a
+        saturated sigmoid) is kept a float's epsilon inside, where the density is finite."""
+        if self.likelihood != "continuous_bernoulli":
+            return parameter
+        return torch.logit(parameter, eps=torch.finfo(parameter.dtype).eps)
+
     def _point_weights(self, generator=None):
         """Freshly initialised weights (uniform in +-1/sqrt(fan-in), as torch's layers), ``name -> shape``."""
         weights = {}
@@ -605,13 +612,7 @@ class BayesianAutoencoder(_Autoencoder):
         weights, log_w = self._thinned_draws(posterior, x, max_draws)
         parameter = self._parameter(self.decode(self.encode(x, weights), weights))  # (S, n, *input_shape)
         mean = torch.einsum("s,s...->...", log_w.exp(), parameter)
-        if self.likelihood == "continuous_bernoulli":
-            # a lambda of exactly 0 or 1 (a saturated sigmoid) would give an infinite density
-            tiny = torch.finfo(mean.dtype).eps
-            base = dist.ContinuousBernoulli(probs=mean.clamp(tiny, 1 - tiny))
-        else:
-            base = dist.Normal(mean, torch.as_tensor(self.noise_scale, dtype=mean.dtype, device=mean.device))
-        return base.to_event(len(self.input_shape)).log_prob(x)
+        return self.observation(self._outputs_of(mean)).log_prob(x)
 
     @torch.no_grad()
     def generate(self, posterior, mixture, num: int, *, seed: int | None = None):
