@@ -87,7 +87,7 @@ def compare(prior_x, train, test, *, architecture, steps, prior_steps, num_prior
 
 def _compare(prior_x, train, test, *, architecture, steps, prior_steps, num_prior_draws, seed, batch_size,
              skip_standard):
-    dim = train.shape[1]
+    dim = tuple(train.shape[1:])  # (64,) flat, (1, 8, 8) for convolutions
     rows = {}
     began = time.perf_counter()
     vae = VariationalAutoencoder(dim, **architecture)
@@ -145,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--data", nargs="+", choices=("digits", "faces"), default=["digits"])
     parser.add_argument("--faces", type=Path, default=None, help="folder with freyfaces.pkl and yalefaces.pkl")
     parser.add_argument("--face-train", type=int, default=500)
+    parser.add_argument("--channels", type=int, nargs="+", default=[],
+                        help="digits: 3x3 stride-2 convolutions of these widths on 1 x 8 x 8 images before the "
+                             "dense layers (the authors' network is convolutional)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -158,7 +161,10 @@ def main(argv=None):
         for seed in args.seeds:
             for index, prior in enumerate(args.prior_data if "digits" in args.data else []):
                 prior_x, train, test = digits_split(seed, prior=prior)
-                found = compare(prior_x, train, test, architecture={"latent_dim": 8, "hidden": (128,)},
+                if args.channels:  # images, not flat vectors
+                    prior_x, train, test = (part.reshape(len(part), 1, 8, 8) for part in (prior_x, train, test))
+                found = compare(prior_x, train, test, architecture={"latent_dim": 8, "hidden": (128,),
+                                                                    "channels": tuple(args.channels)},
                                 steps=args.steps, prior_steps=args.prior_steps, num_prior_draws=8, seed=seed,
                                 skip_standard=index > 0)  # VAE and N(0, 1) do not see the prior data: once
                 for model, row in found.items():
@@ -185,7 +191,8 @@ def main(argv=None):
     command = " ".join(["python benchmarks/bae_priors.py", *given])
     report = {"settings": settings, "command": command, "versions": {**versions(), "torch_threads": 1},
               "rows": rows}
-    stem = "bae_priors" + ("_faces" if args.data == ["faces"] else "") + ("_quick" if args.quick else "")
+    stem = "bae_priors" + ("_faces" if args.data == ["faces"] else "") + ("_conv" if args.channels else "") \
+        + ("_quick" if args.quick else "")
     table = markdown(rows)
     write_report(args.out, stem, "Bayesian autoencoders: held-out NLL per image (lower is better)", command, table,
                  report)

@@ -221,11 +221,14 @@ def test_fork_and_join_on_many_subposteriors_is_flagged_and_the_balanced_tree_is
     fork, caught = results["fork_and_join"]
     assert caught and all("balanced" in str(w.message) for w in caught)
     assert [(f.check, f.parameter) for f in fork.health()] == [("ancestry", "tree node root (height 1)")]
-    # the warning is earned: the fused mean is far off the closed-form product (0.49 sd when measured)
-    error = ((fork.weights[0] @ fork.samples["theta"][0] - mean) / sd).abs().max()
-    assert error > 0.3, error
+    # the warning is earned: the fused mean is off the closed-form product by 0.27 sd when measured (0.49 before
+    # the regular mesh took the trajectories' spread into its step), three times the balanced tree's 0.09
+    def error(posterior):
+        return float(((posterior.weights[0] @ posterior.samples["theta"][0] - mean) / sd).abs().max())
+
     balanced, caught = results["balanced"]
     assert caught == [] and balanced.health() == []
+    assert error(fork) > max(0.2, 2 * error(balanced)), (error(fork), error(balanced))
 
 
 def test_chains_with_an_r_hat_between_the_old_and_new_thresholds_are_flagged():

@@ -231,11 +231,12 @@ if HAVE_RAY:
 #   authors' negative-binomial one) need thousands of evaluations of $\phi$ per bridge at the leaves
 #   (`benchmarks/fusion.py --data rare` measures it). We use the discretised estimator, which
 #   `meta["approximate"]` flags; at C = 4 and 8 the benchmark runs both and finds them equally close to NUTS;
-# * the mesh. `adaptive_mesh=True` chooses each step from the particles (shorter while the trajectories
-#   are far from their sub-posteriors' means), and `cess0=0.5, cess_step=0.2` are the authors' settings
-#   for this design. The discretised estimator's error grows with the step: on the flights' rare events
-#   (`late_after=120`) at C = 64 the regular mesh broke (IAD 0.94, flagged by the health report), the
-#   adaptive mesh with these settings did not (0.065; `benchmarks/README.md`).
+# * the mesh. The discretised estimator's error grows with the step, and the guidance shortens the step
+#   where the trajectories lie far from their sub-posteriors' means: the regular mesh by a bound of that
+#   spread over the whole path, `adaptive_mesh=True` by its value at each step, from the particles.
+#   `cess0=0.5, cess_step=0.2` are the authors' settings for this design. The spread term matters on rare
+#   events: on the flights with `late_after=120` at C = 64, a regular mesh without it broke (IAD 0.94,
+#   flagged by the health report), and with it D&C-GBF is at the noise floor (0.064; `benchmarks/README.md`).
 
 # %%
 rare = simulate_rare_event_logistic(seed=0)

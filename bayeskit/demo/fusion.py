@@ -12,6 +12,15 @@ from bayeskit.demo.common import one_thread, print_header, report_health
 
 __all__ = ["run"]
 
+# Two fusions this close in IAD to the same NUTS draws are equally accurate (two NUTS runs differ by 0.04-0.06)
+ABOUT_AS_CLOSE = 0.02
+# What the stop says when D&C-GBF is as close to NUTS as Consensus MC yet flagged: the ancestry check (the share
+# of the children's draws a node's particles descend from) fires on accurate GBF trees too, at shares of
+# 0.001-0.05 (benchmarks/fusion.py's runs), so here the IAD is the measurement to trust.
+EAGER_ANCESTRY = ("(shown as measured: its IAD to full-data NUTS is as small as Consensus MC's, which is near exact "
+                  "on these near-Gaussian shards, so these ancestry findings are false alarms here; that check "
+                  "fires on accurate GBF trees too)")
+
 
 @one_thread
 def run(out: Path, *, quick: bool, seed: int, progress: bool):
@@ -37,7 +46,7 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
     target = engine.shards(data.x, data.y, seed=seed)[0].target()
     reference = Fusion(logistic_regression, num_shards=1, num_particles=num_samples, sampler=sampler) \
         .sample_subposteriors(data.x, data.y, seed=seed + 1)[0].samples
-    fused = {}
+    fused, iad = {}, {}
     for label, method in (("D&C-GBF", "gbf"), ("Consensus MC", "consensus")):
         post = Fusion(method=method, tree="balanced", num_particles=num_samples).fuse(
             subposteriors, seed=seed, progress=progress, target=target)
@@ -45,10 +54,13 @@ def run(out: Path, *, quick: bool, seed: int, progress: bool):
         if post.log_weights is not None:
             draws = draws[torch.multinomial(torch.softmax(post.log_weights[0], 0), num_samples, replacement=True,
                                             generator=torch.Generator().manual_seed(seed))]
-        fused[label] = (post, draws)
-        print(f"{label:13s} IAD to full-data NUTS {float(integrated_absolute_distance(draws, reference)):.3f}, "
-              f"fusion {post.meta['fusion_wall_time_s']:.1f} s, estimator: {post.meta['estimator']}")
-        report_health(label, post)
+        fused[label], iad[label] = (post, draws), float(integrated_absolute_distance(draws, reference))
+    for label, (post, _) in fused.items():
+        print(f"{label:13s} IAD to full-data NUTS {iad[label]:.3f}, fusion {post.meta['fusion_wall_time_s']:.1f} s, "
+              f"estimator: {post.meta['estimator']}")
+        # CMC is near exact on shards this large (near-Gaussian sub-posteriors): a GBF that matches it is accurate
+        accurate = label != "Consensus MC" and iad[label] <= iad["Consensus MC"] + ABOUT_AS_CLOSE
+        report_health(label, post, if_unhealthy=EAGER_ANCESTRY if accurate else None)
     names = ["intercept", *data.feature_names]
     figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.6))
     for j, axis in enumerate(axes):

@@ -297,7 +297,8 @@ def log_exact_estimate(density, scale, start, end, duration, generator, *, domin
         # a uniform subset of the skeleton's real points (uniform times, chosen independently of the path)
         keys = torch.where(real, torch.rand(times.shape, generator=generator, dtype=times.dtype, device=times.device),
                            2.0)
-        keep = keys.argsort(1).argsort(1) < number[:, None]
+        # (only real points: where the count exceeds them, the padding's ranks fall below it too)
+        keep = real & (keys.argsort(1).argsort(1) < number[:, None])
         divisor, evaluations = torch.ones_like(high), 2 * len(start)
     log_q = log_q + _log_product(density, scale, skeleton, keep, low, high, divisor)
     # the points the skeleton lacks: the Poisson rate above R, or the negative-binomial count above its points

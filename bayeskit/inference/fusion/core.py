@@ -32,9 +32,12 @@ covariances): T is set so that the conditional ESS of :math:`\rho_0` is
 :math:`\lambda = \sum_c (\mu_c - \tilde\mu)^\top \Lambda_c^{-1} (\mu_c - \tilde\mu)`, whence
 :math:`T = \sqrt{((C - 1)d/2 + \lambda) / (-\log \mathrm{CESS}_0)}`, their
 :math:`T = b C^{3/2} k_1 / m` with :math:`k_1 = \sqrt{-(\lambda/C + d/2)/\log \mathrm{CESS}_0}`
-as C grows; and the regular mesh step :math:`\Delta = \sqrt{b^2 C k_4 / (2 m^2 d)}`,
-:math:`k_4 = -\log \mathrm{CESS}_j`, which for :math:`b = m / C` is
-:math:`\sqrt{k_4 / (2 C d)}`.
+as C grows. The mesh step (:func:`mesh_step`) is
+:math:`\min(b^2 C k_3 / (E[\nu_j] m^2),\ \sqrt{b^2 C k_4 / (2 m^2 d)})`, which for :math:`b = m / C` is
+:math:`\min(k_3 / (C E[\nu_j]),\ \sqrt{k_4 / (2 C d)})`, with :math:`k_3 + k_4 = -\log \mathrm{CESS}_j`
+and :math:`E[\nu_j]` the trajectories' mean squared distance from their sub-posteriors' means
+(:func:`trajectory_variation`): the regular mesh takes its largest value over the path
+(:func:`max_trajectory_variation`), the adaptive mesh its value at each step.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ from bayeskit.inference.fusion.densities import product_density
 from bayeskit.resampling import systematic
 
 __all__ = ["ParticleSet", "NodeResult", "fuse_gbf", "fuse_mcf", "time_horizon_guidance", "mesh_guidance",
-           "adaptive_mesh_step", "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
+           "mesh_step", "adaptive_mesh_step", "trajectory_variation",
+           "max_trajectory_variation", "build_tree", "TREES", "preconditioner_scale", "resample_indices"]
 
 TREES = ("fork_and_join", "balanced", "progressive")
 #: The most steps an adaptive mesh may take in one node before fuse_gbf gives up (its steps shrink as
@@ -153,35 +157,61 @@ def time_horizon_guidance(children, scales, cess0: float = 0.2):
     return math.sqrt(((len(children) - 1) * dim / 2 + heterogeneity) / -math.log(cess0))
 
 
-def mesh_guidance(horizon: float, num_children: int, dim: int, cess_step: float = 0.05) -> torch.Tensor:
-    """The regular mesh 0 = t_0 < ... < t_n = T with step sqrt(k4 / (2 C d)), k4 = -log(cess_step)."""
-    step = math.sqrt(-math.log(cess_step) / (2 * num_children * dim))
+def mesh_guidance(horizon: float, num_children: int, dim: int, cess_step: float = 0.05,
+                  max_variation: float = 0.0) -> torch.Tensor:
+    r"""Chan et al.'s regular mesh 0 = t_0 < ... < t_n = T, with the step of :func:`mesh_step` at ``max_variation``.
+
+    ``max_variation`` bounds :math:`E[\nu_j]` over the whole path (:func:`max_trajectory_variation`, as
+    their ``BF_guidance`` does); at 0 the step is :math:`\sqrt{-\log \mathrm{CESS}_j / (2 C d)}`.
+    """
+    step = mesh_step(max_variation, num_children, dim, cess_step)
     steps = max(1, math.ceil(horizon / step))
     return torch.linspace(0, horizon, steps + 1, dtype=torch.float64)
 
 
-def adaptive_mesh_step(x, log_weights, means, inverses, cess_step: float = 0.05) -> float:
-    r"""The next step of Chan et al.'s adaptive mesh, from the trajectories ``x`` (C, N, d) at the current time.
+def mesh_step(variation: float, num_children: int, dim: int, cess_step: float = 0.05) -> float:
+    r"""The longest step whose conditional ESS stays near ``cess_step`` where :math:`E[\nu_j]` = ``variation``.
 
-    With :math:`E[\nu_j]`, the weighted mean over particles of
-    :math:`\frac1C \sum_c (x_c - a_c)^\top \Lambda_c^{-1} (x_c - a_c)` (``means`` the children's means
-    :math:`a_c`), the step is :math:`\min(k_3 / (C E[\nu_j]),\ \sqrt{k_4 / (2 C d)})`, their
-    :math:`\min(b^2 C k_3 / (E[\nu_j] m^2),\ \sqrt{b^2 C k_4 / (2 m^2 d)})` for :math:`b = m / C`, where
-    :math:`k_3 + k_4 = -\log \mathrm{CESS}_j` is split so that the two terms are equal (the root of
+    The step is :math:`\min(k_3 / (C E[\nu_j]),\ \sqrt{k_4 / (2 C d)})` (their
+    :math:`\min(b^2 C k_3 / (E[\nu_j] m^2),\ \sqrt{b^2 C k_4 / (2 m^2 d)})` for :math:`b = m / C`), where
+    :math:`k_3 + k_4 = -\log \mathrm{CESS}_j` is split so that the two terms are equal: :math:`k_4` is the root of
     :math:`k_4^2 + (2\log\mathrm{CESS}_j - E[\nu_j]^2 C / 2d) k_4 + \log^2\mathrm{CESS}_j` in
-    :math:`(0, -\log\mathrm{CESS}_j)`, as in their ``mesh_guidance_adaptive``). The first term shrinks
-    the step where the trajectories are far from their sub-posteriors' means, where phi varies most.
+    :math:`(0, -\log\mathrm{CESS}_j)`, as in the authors' ``mesh_guidance_regular`` and
+    ``mesh_guidance_adaptive``. The first term shortens the step where the trajectories lie far from their
+    sub-posteriors' means, where phi varies most. At that root the two terms are equal, so the step is the
+    second term, which has no cancellation as :math:`E[\nu_j] \to 0` (then :math:`k_4 \to -\log\mathrm{CESS}_j`).
     """
-    num_children, _, dim = x.shape
-    centred = x - means[:, None]
-    spread = torch.einsum("cni,cij,cnj->n", centred, inverses, centred) / num_children
-    variation = float(_normalised(log_weights) @ spread)
     budget = -math.log(cess_step)
     linear = -2 * budget - variation ** 2 * num_children / (2 * dim)
     k4 = 0.5 * (-linear - math.sqrt(max(linear ** 2 - 4 * budget ** 2, 0.0)))
-    # at this root the two terms are equal; the second has no cancellation as E[nu_j] -> 0 (then k4 -> budget and
-    # the step -> the regular mesh's)
     return math.sqrt(k4 / (2 * num_children * dim))
+
+
+def trajectory_variation(x, log_weights, means, inverses) -> float:
+    r""":math:`E[\nu_j]`: the weighted mean over particles of :math:`\frac1C \sum_c (x_c - a_c)^\top
+    \Lambda_c^{-1} (x_c - a_c)`, for trajectories ``x`` (C, N, d) and the children's means :math:`a_c`."""
+    centred = x - means[:, None]
+    spread = torch.einsum("cni,cij,cnj->n", centred, inverses, centred) / x.shape[0]
+    return float(_normalised(log_weights) @ spread)
+
+
+def max_trajectory_variation(x, log_weights, means, inverses, combined) -> float:
+    r"""A bound of :math:`E[\nu_j]` over the path, from its two ends, as the authors' ``compute_max_E_nu_j``.
+
+    The bridges run from the children's draws ``x`` (C, N, d; weights ``log_weights``, the initial
+    :math:`\rho_0`) at t = 0 to their consensus mean at T, so the larger of the variation at the start
+    (with their 5% margin) and at the consensus is the regular mesh's :math:`\max_j E[\nu_j]`.
+    """
+    start = 1.05 * trajectory_variation(x, log_weights, means, inverses)
+    consensus = consensus_mean(x, inverses, combined).expand_as(x)
+    return max(start, trajectory_variation(consensus, log_weights, means, inverses))
+
+
+def adaptive_mesh_step(x, log_weights, means, inverses, cess_step: float = 0.05) -> float:
+    """The next step of Chan et al.'s adaptive mesh: :func:`mesh_step` at the current trajectories' ``x``
+    (C, N, d) :func:`trajectory_variation` (their ``mesh_guidance_adaptive``)."""
+    num_children, _, dim = x.shape
+    return mesh_step(trajectory_variation(x, log_weights, means, inverses), num_children, dim, cess_step)
 
 
 def _weighted_mean(child):
@@ -241,12 +271,13 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
     scales = torch.stack([preconditioner_scale(child, preconditioner) for child in children])
     horizon = float(time_horizon_guidance(children, scales, cess0) if horizon is None else horizon)
     dim = children[0].particles.shape[1]
-    if not adaptive_mesh:
-        mesh = mesh_guidance(horizon, len(children), dim, cess_step) if mesh is None else torch.as_tensor(mesh)
     x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
     inverses, combined, combined_scale = combine_preconditioners(scales)
     means = torch.stack([_weighted_mean(child) for child in children])
     log_w = log_rho(x, consensus_mean(x, inverses, combined), inverses, horizon)
+    if not adaptive_mesh:
+        mesh = torch.as_tensor(mesh) if mesh is not None else mesh_guidance(
+            horizon, len(children), dim, cess_step, max_trajectory_variation(x, log_w, means, inverses, combined))
     trace = {"time": [0.0], "ess": [float(ess_fraction(log_w))], "cess": [float(ess_fraction(log_w))],
              "resampled": [False]}
     tally = {"phi_evaluations": 0, "top_ups": 0}
