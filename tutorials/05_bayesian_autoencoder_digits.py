@@ -184,9 +184,11 @@ for name, (mixture, at_mean) in nll.items():
 # Convolutions, the largest difference left, narrow the gap but do not close
 # it. `python benchmarks/bae_priors.py --seeds 0 --channels 32 64` (two 3x3
 # stride-2 layers of 32 and 64 channels on the 1 x 8 x 8 images before the
-# same dense layers; 18 min) measures -100.6 (VAE), -101.0 (N(0, 1)), -95.8
-# (DSWD prior on the zeros: 5 nats behind, not 16) and -100.1 (on digits 0-9;
-# -99.7 against N(0, 1)'s -95.0 at the draws' mean lambda).
+# same dense layers; 18 min a seed) measures -100.6 / -98.5 (VAE, seeds 0 /
+# 1), -101.0 / -100.0 (N(0, 1)), -95.8 / -94.5 (DSWD prior on the zeros: 5-6
+# nats behind, not 16) and -100.1 / -97.1 (on digits 0-9; -99.7 / -96.8
+# against N(0, 1)'s -95.0 / -94.5 at the draws' mean lambda, still behind the
+# VAE).
 #
 # The audit behind these settings, against the authors' code
 # (github.com/tranbahien/bae-prior, `experiments/bae_conv_mnist.py`):
