@@ -180,7 +180,7 @@ FAULTS = (
           (T + "inference/fusion/test_fusion.py::test_adaptive_mesh_step_follows_the_authors_formulas",)),
     Fault("fusion-regular-mesh-spread", "the regular mesh leaves out the trajectories' spread (max E[nu_j])",
           "bayeskit/inference/fusion/core.py",
-          "horizon, len(children), dim, cess_step, max_trajectory_variation(x, log_w, means, inverses, combined))",
+          "horizon, len(children), dim, cess_step, max_trajectory_variation(x, log_w, means, inverses, consensus))",
           "horizon, len(children), dim, cess_step)",
           (T + "inference/fusion/test_fusion.py::test_regular_mesh_bounds_the_trajectories_variation_as_the_authors",)),
     Fault("fusion-logistic-temper", "the logistic shard density ignores the prior exponent 1/C",

@@ -292,6 +292,10 @@ def log_exact_estimate(density, scale, start, end, duration, generator, *, domin
         keep = real & (torch.rand(times.shape, generator=generator, dtype=times.dtype, device=times.device)
                        * rate[:, None] < intensity[:, None])
         log_q, divisor, evaluations = -(high - intensity) * duration, intensity, 0 if bounded else len(start)
+        # the points the skeleton lacks: those of the rate above R
+        top_up = intensity > rate
+        rows = top_up.nonzero()[:, 0]
+        extra = torch.poisson((intensity - rate)[rows] * duration, generator=generator).long() if len(rows) else None
     else:
         number, log_q = _negative_binomial_counts(density, scale, start, end, duration, generator, nb_size, low, high)
         # a uniform subset of the skeleton's real points (uniform times, chosen independently of the path)
@@ -300,16 +304,11 @@ def log_exact_estimate(density, scale, start, end, duration, generator, *, domin
         # (only real points: where the count exceeds them, the padding's ranks fall below it too)
         keep = real & (keys.argsort(1).argsort(1) < number[:, None])
         divisor, evaluations = torch.ones_like(high), 2 * len(start)
-    log_q = log_q + _log_product(density, scale, skeleton, keep, low, high, divisor)
-    # the points the skeleton lacks: the Poisson rate above R, or the negative-binomial count above its points
-    if counts == "poisson":
-        top_up = intensity > rate
-        rows = top_up.nonzero()[:, 0]
-        extra = torch.poisson((intensity - rate)[rows] * duration, generator=generator).long() if len(rows) else None
-    else:
+        # the points the skeleton lacks: the count above its real points
         top_up = number > real.sum(1)
         rows = top_up.nonzero()[:, 0]
         extra = number[rows] - real[rows].sum(1)
+    log_q = log_q + _log_product(density, scale, skeleton, keep, low, high, divisor)
     if len(rows):
         extra_times = _uniform_times(extra, duration, generator, times.dtype)
         log_q[rows] += _top_up(density, scale, w_start[rows], w_end[rows], times[rows], skeleton[rows],

@@ -195,16 +195,16 @@ def trajectory_variation(x, log_weights, means, inverses) -> float:
     return float(_normalised(log_weights) @ spread)
 
 
-def max_trajectory_variation(x, log_weights, means, inverses, combined) -> float:
+def max_trajectory_variation(x, log_weights, means, inverses, consensus) -> float:
     r"""A bound of :math:`E[\nu_j]` over the path, from its two ends, as the authors' ``compute_max_E_nu_j``.
 
     The bridges run from the children's draws ``x`` (C, N, d; weights ``log_weights``, the initial
-    :math:`\rho_0`) at t = 0 to their consensus mean at T, so the larger of the variation at the start
-    (with their 5% margin) and at the consensus is the regular mesh's :math:`\max_j E[\nu_j]`.
+    :math:`\rho_0`) at t = 0 to their ``consensus`` mean (N, d; :func:`consensus_mean`) at T, so the larger
+    of the variation at the start (with their 5% margin) and at the consensus is the regular mesh's
+    :math:`\max_j E[\nu_j]`.
     """
     start = 1.05 * trajectory_variation(x, log_weights, means, inverses)
-    consensus = consensus_mean(x, inverses, combined).expand_as(x)
-    return max(start, trajectory_variation(consensus, log_weights, means, inverses))
+    return max(start, trajectory_variation(consensus.expand_as(x), log_weights, means, inverses))
 
 
 def adaptive_mesh_step(x, log_weights, means, inverses, cess_step: float = 0.05) -> float:
@@ -274,10 +274,11 @@ def fuse_gbf(children, *, num_particles, generator, horizon=None, mesh=None, pre
     x = torch.stack([equal_weight_draws(child, num_particles, generator) for child in children])
     inverses, combined, combined_scale = combine_preconditioners(scales)
     means = torch.stack([_weighted_mean(child) for child in children])
-    log_w = log_rho(x, consensus_mean(x, inverses, combined), inverses, horizon)
+    consensus = consensus_mean(x, inverses, combined)
+    log_w = log_rho(x, consensus, inverses, horizon)
     if not adaptive_mesh:
         mesh = torch.as_tensor(mesh) if mesh is not None else mesh_guidance(
-            horizon, len(children), dim, cess_step, max_trajectory_variation(x, log_w, means, inverses, combined))
+            horizon, len(children), dim, cess_step, max_trajectory_variation(x, log_w, means, inverses, consensus))
     trace = {"time": [0.0], "ess": [float(ess_fraction(log_w))], "cess": [float(ess_fraction(log_w))],
              "resampled": [False]}
     tally = {"phi_evaluations": 0, "top_ups": 0}

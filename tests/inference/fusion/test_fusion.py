@@ -676,7 +676,8 @@ def test_regular_mesh_bounds_the_trajectories_variation_as_the_authors(float64):
         end += float(weights[n]) * sum(float((consensus - means[c]) @ inverses[c] @ (consensus - means[c]))
                                        for c in range(4)) / 4
     bound = max(1.05 * start, end)
-    assert core.max_trajectory_variation(x, log_weights, means, inverses, combined) == pytest.approx(bound, rel=1e-10)
+    consensus = core.consensus_mean(x, inverses, combined)
+    assert core.max_trajectory_variation(x, log_weights, means, inverses, consensus) == pytest.approx(bound, rel=1e-10)
     assert bound > 1  # the children's draws are about d = 3 from their means: the E[nu] term is not idle here
     step = core.mesh_step(bound, 4, 3, 0.05)
     assert step < 0.95 * core.mesh_step(0.0, 4, 3, 0.05)
