@@ -212,7 +212,7 @@ for name, (mixture, at_mean) in nll.items():
 # README has the figures), the tuned prior's four chains do not mix (r_hat
 # 2-3), so averaging their lambda blurs what the mixture keeps sharp; and
 # under N(0, 1) the draws of one chain differ so much that their averaged
-# lambda scores 180-205 nats better than their mixture: the authors' metric
+# lambda scores 180-214 nats better than their mixture: the authors' metric
 # rewards an ensemble of poor reconstructions, the predictive does not.
 #
 # The audit behind these settings, against the authors' code
