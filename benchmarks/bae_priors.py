@@ -117,12 +117,24 @@ def mnist(seed, prior, num_train=200, num_test=1000):
 
 def nll(bae, post, test, test_labels=None):
     """Both test NLLs of a BAE posterior, per image (50 images at a time: draws x images x features can be large)."""
-    mixture = bae.log_likelihood(post, test, batch_size=50)
-    mean_lambda = bae.log_likelihood(post, test, average="parameter", batch_size=50)
+    return scores(bae.log_likelihood(post, test, batch_size=50),
+                  bae.log_likelihood(post, test, average="parameter", batch_size=50), test_labels)
+
+
+def scores(mixture, mean_lambda, test_labels=None):
+    """The table's NLLs from per-image log-likelihoods under either average."""
     found = {"mixture": -float(mixture.mean()), "mean lambda": -float(mean_lambda.mean())}
     if test_labels is not None:  # the authors score every digit; the task's own digits are 1-9
         found["mean lambda, 1-9"] = -float(mean_lambda[test_labels != 0].mean())
     return found
+
+
+def record(rows, found, label, **keys):
+    """Append one split's rows to the table and print them as they come."""
+    for model, row in found.items():
+        rows.append({**keys, "model": model, **row})
+        print(f"{label}, {model}: NLL {row['nll']['mixture']:.1f} (mean lambda {row['nll']['mean lambda']:.1f}), "
+              f"{row['seconds']:.0f} s", flush=True)
 
 
 def compare(prior_x, train, test, *, architecture, steps, prior_steps, dswd, seed, batch_size=None,
@@ -143,11 +155,8 @@ def _compare(prior_x, train, test, *, architecture, steps, prior_steps, dswd, se
         began = time.perf_counter()
         vae = VariationalAutoencoder(dim, **architecture)
         vae.fit(train, num_steps=steps, seed=seed, progress=False)
-        log_lik = vae.log_likelihood(test)
-        nll_vae = {"mixture": -float(log_lik.mean()), "mean lambda": -float(log_lik.mean())}
-        if test_labels is not None:
-            nll_vae["mean lambda, 1-9"] = -float(log_lik[test_labels != 0].mean())
-        rows["VAE"] = {"nll": nll_vae, "seconds": time.perf_counter() - began}
+        log_lik = vae.log_likelihood(test)  # one code per image: both averages are this
+        rows["VAE"] = {"nll": scores(log_lik, log_lik, test_labels), "seconds": time.perf_counter() - began}
     for name in MODELS[1:]:
         if skip_standard and "N(0, 1)" in name:
             continue
@@ -233,28 +242,20 @@ def main(argv=None):
                                                                     "channels": tuple(args.channels)},
                                 steps=args.steps, prior_steps=args.prior_steps, dswd=dswd, seed=seed,
                                 skip_standard=index > 0)  # the VAE and N(0, 1) do not see the prior data: once
-                for model, row in found.items():
-                    rows.append({"data": "digits", "prior_data": prior, "seed": seed, "model": model, **row})
-                    print(f"digits, prior on {prior}, seed {seed}, {model}: NLL {row['nll']['mixture']:.1f} "
-                          f"(mean lambda {row['nll']['mean lambda']:.1f}), {row['seconds']:.0f} s", flush=True)
+                record(rows, found, f"digits, prior on {prior}, seed {seed}", data="digits", prior_data=prior,
+                       seed=seed)
             for prior in args.prior_data if "mnist" in args.data else []:
                 prior_x, train, test, test_labels = mnist(seed, prior)
                 found = compare(prior_x, train, test, architecture=MNIST_ARCHITECTURE, steps=args.steps,
                                 prior_steps=args.prior_steps, dswd=dswd, seed=seed, batch_size=64,
                                 skip_standard=prior != args.prior_data[0], test_labels=test_labels)
-                for model, row in found.items():
-                    rows.append({"data": "mnist", "prior_data": prior, "seed": seed, "model": model, **row})
-                    print(f"mnist, prior on {prior}, seed {seed}, {model}: NLL {row['nll']['mixture']:.1f} "
-                          f"(mean lambda {row['nll']['mean lambda']:.1f}), {row['seconds']:.0f} s", flush=True)
+                record(rows, found, f"mnist, prior on {prior}, seed {seed}", data="mnist", prior_data=prior, seed=seed)
             if "faces" in args.data:
                 frey, train, test = faces(args.faces, args.face_train, seed)
                 found = compare(frey, train, test, architecture={"latent_dim": 16, "hidden": (128,)},
                                 steps=args.steps, prior_steps=args.prior_steps, dswd=dswd, seed=seed,
                                 batch_size=64)
-                for model, row in found.items():
-                    rows.append({"data": "faces", "prior_data": "Frey", "seed": seed, "model": model, **row})
-                    print(f"faces, seed {seed}, {model}: NLL {row['nll']['mixture']:.1f} "
-                          f"(mean lambda {row['nll']['mean lambda']:.1f}), {row['seconds']:.0f} s", flush=True)
+                record(rows, found, f"faces, seed {seed}", data="faces", prior_data="Frey", seed=seed)
     finally:
         torch.set_num_threads(threads)
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
