@@ -216,6 +216,20 @@ def energy_distance(x, y, *, weights_x=None, weights_y=None):
 
 
 # ------------------------------------------------------------------ sliced Wasserstein
+def _sorted_rows(values):
+    """``values.sort(-1).values``, differentiable (the gradient flows back to each value's place).
+
+    On the CPU the order comes from NumPy's argsort, five to six times faster than torch's sort for the
+    DSWD's thousand rows of a few thousand projections (one thread); the values are then gathered by
+    torch, so autograd sees an ordinary index.  Ties may come in another order than torch's: the sorted
+    values are the same, and the gradient is another valid split of it among the tied elements.
+    """
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+        return values.sort(-1).values
+    order = np.argsort(values.detach().numpy(), axis=-1)
+    return values.gather(-1, torch.from_numpy(order).to(torch.long))
+
+
 def wasserstein_1d(x, y, p: float = 2.0):
     r"""``W_p^p`` between the empirical distributions of ``x`` ``(..., n)`` and ``y`` ``(..., m)``, exactly.
 
@@ -227,14 +241,15 @@ def wasserstein_1d(x, y, p: float = 2.0):
     (one row per projection) and differentiable in ``x`` and ``y``.
     """
     n, m = x.shape[-1], y.shape[-1]
-    xs, ys = x.sort(-1).values, y.sort(-1).values
+    xs, ys = _sorted_rows(x), _sorted_rows(y)
     options = {"dtype": xs.dtype, "device": xs.device}
     levels = torch.cat([torch.arange(1, n + 1, **options) / n, torch.arange(1, m + 1, **options) / m]).sort().values
     widths = torch.diff(levels, prepend=levels.new_zeros(1))
     middles = levels - widths / 2
     ix = (middles * n).long().clamp(max=n - 1)
     iy = (middles * m).long().clamp(max=m - 1)
-    return (widths * (xs[..., ix] - ys[..., iy]).abs() ** p).sum(-1)
+    gaps = xs.index_select(-1, ix) - ys.index_select(-1, iy)  # index_select: a cheaper backward than [..., ix]
+    return (gaps.square() if p == 2 else gaps.abs() ** p) @ widths
 
 
 def _unit_directions(num, dim, like, generator=None):

@@ -230,6 +230,25 @@ def test_wasserstein_1d_matches_scipy_for_unequal_sizes(n, m):
         assert float(diagnostics.wasserstein_1d(x, y, p=2)) == pytest.approx(float(by_hand), rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype, p", [(F64, 2.0), (torch.float32, 2.0), (F64, 1.5)])
+def test_wasserstein_1d_gradient_is_the_quantile_couplings(dtype, p):
+    # Rows of equal sizes couple the k-th smallest x with the k-th smallest y, so
+    # d W_p^p / d x_i = p |x_i - y_(rank i)|^(p - 1) sign(x_i - y_(rank i)) / n: the sort's order must
+    # carry each gradient back to the value it came from (on the CPU the order comes from NumPy).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 300, generator=g, dtype=F64).to(dtype).requires_grad_()
+    y = (1 + 3 * torch.rand(4, 300, generator=g, dtype=F64)).to(dtype)
+    distance = diagnostics.wasserstein_1d(x, y, p=p)
+    distance.sum().backward()
+    ranks = x.detach().argsort(-1).argsort(-1)
+    partner = y.sort(-1).values.gather(-1, ranks)
+    gap = x.detach() - partner
+    expected = p * gap.abs() ** (p - 1) * gap.sign() / x.shape[-1]
+    tolerance = 1e-12 if dtype == F64 else 1e-5
+    assert torch.allclose(x.grad, expected, rtol=tolerance, atol=tolerance)
+    assert torch.allclose(distance, (gap.abs() ** p).mean(-1), rtol=tolerance)
+
+
 def isotropic_gaussians(d, n, shift, scale, seed):
     g = torch.Generator().manual_seed(seed)
     mean = torch.zeros(d, dtype=F64)

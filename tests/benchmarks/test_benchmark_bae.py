@@ -23,6 +23,28 @@ def test_bae_priors_quick_mode_writes_every_model_and_both_metrics(tmp_path):
     assert report["settings"]["step_size"] == 0.003 and saved["versions"]["torch_threads"] == 1
     table = (tmp_path / "bae_priors_quick.md").read_text()
     assert table.count("\n| digits ") == len(module.MODELS)
+    # Chain by chain: four chains, each its own score. Pooling mixes the chains' predictives, and the log of a
+    # mean beats the mean of the logs (Jensen), strictly when the chains differ.
+    for row in report["rows"]:
+        if "per_chain" in row:
+            mixture = [chain["mixture"] for chain in row["per_chain"]]
+            assert len(mixture) == 4 and len(set(mixture)) == 4
+            assert row["nll"]["mixture"] < sum(mixture) / 4
+            assert f"{min(mixture):.1f} to {max(mixture):.1f}" in table
+
+
+@pytest.mark.parametrize("argv, stem", [
+    ([], "bae_priors"),
+    (["--seeds", "1", "--channels", "32", "64"], "bae_priors_conv_seed1"),
+    (["--data", "mnist", "--seeds", "1"], "bae_priors_mnist_seed1"),
+    (["--seeds", "0", "--prior-data", "all", "--projections", "1000", "--transform-steps", "30",
+      "--prior-draws", "32"], "bae_priors_dswd1000x30x32_all"),
+    (["--quick"], "bae_priors_quick"),
+])
+def test_results_files_are_named_after_what_the_run_covered(argv, stem):
+    module = load_benchmark("bae_priors.py")
+    parser_args = module.parse_arguments(argv)
+    assert module.output_stem(parser_args) == stem
 
 
 def test_mnist_split_is_the_authors_and_both_priors_share_training_and_test_images():
