@@ -226,8 +226,11 @@ def _sorted_rows(values):
     """
     if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
         return values.sort(-1).values
-    order = np.argsort(values.detach().numpy(), axis=-1)
-    return values.gather(-1, torch.from_numpy(order).to(torch.long))
+    try:
+        plain = values.detach().numpy()
+    except RuntimeError:  # no storage NumPy can read: a tensor inside torch.func's vmap or grad
+        return values.sort(-1).values
+    return values.gather(-1, torch.from_numpy(np.argsort(plain, axis=-1)).to(torch.long))
 
 
 def wasserstein_1d(x, y, p: float = 2.0):

@@ -249,6 +249,16 @@ def test_wasserstein_1d_gradient_is_the_quantile_couplings(dtype, p):
     assert torch.allclose(distance, (gap.abs() ** p).mean(-1), rtol=tolerance)
 
 
+def test_wasserstein_1d_runs_under_torch_func_transforms():
+    # NumPy cannot read a tensor inside vmap or grad: the sort must fall back to torch's there
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, 50, generator=g, dtype=F64), torch.randn(3, 40, generator=g, dtype=F64)
+    assert torch.allclose(torch.func.vmap(diagnostics.wasserstein_1d)(x, y), diagnostics.wasserstein_1d(x, y))
+    x.requires_grad_()
+    diagnostics.wasserstein_1d(x, y).sum().backward()
+    assert torch.allclose(torch.func.grad(lambda a: diagnostics.wasserstein_1d(a, y).sum())(x.detach()), x.grad)
+
+
 def isotropic_gaussians(d, n, shift, scale, seed):
     g = torch.Generator().manual_seed(seed)
     mean = torch.zeros(d, dtype=F64)
