@@ -133,12 +133,8 @@ def chain_by_chain(bae, post, test):
     blurs the mean lambda (chains in different modes are averaged), so the one-chain figures are the ones
     comparable with theirs.
     """
-    found = []
-    for chain in range(post.num_chains):
-        draws = {name: post.samples[name][chain] for name in bae.sites}
-        found.append(scores(bae.log_likelihood(draws, test, batch_size=50),
-                            bae.log_likelihood(draws, test, average="parameter", batch_size=50)))
-    return found
+    return [nll(bae, {name: post.samples[name][chain] for name in bae.sites}, test)
+            for chain in range(post.num_chains)]
 
 
 def scores(mixture, mean_lambda, test_labels=None):
